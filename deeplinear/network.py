@@ -1,0 +1,128 @@
+r"""Brute-force simulation of actual deep linear networks: the ground truth.
+
+Draw every weight matrix and push the inputs through (theory.md §1):
+
+.. math::
+
+    h^1 = W^1 X,\quad h^l = W^l h^{l-1},\quad f(X) = W^{L+1} h^L,\qquad
+    W^l_{ij} \sim N(0, \lambda_{l-1}/N_{l-1}).
+
+This costs :math:`O(\sum_l N_l N_{l-1} P)` per network and is what the Bartlett route
+of :mod:`deeplinear.priors` replaces; the test suite and the prior benchmark compare
+against it.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deeplinear._checks import (
+    check_dtype,
+    check_inputs,
+    check_key,
+    check_positive_int,
+    check_positive_scalar,
+)
+
+__all__ = ["sample_network_outputs", "network_forward"]
+
+
+def network_forward(key, X, widths: tuple[int, ...], num_outputs: int, layer_scales=None):
+    r"""One random network's outputs :math:`f(X)` (shape ``(D, P)``); jit-able core.
+
+    ``layer_scales`` are :math:`\lambda_0, \ldots, \lambda_L` (default all ones).
+    Equal hidden widths are scanned (one compiled layer); unequal ones are unrolled.
+    """
+    N0 = X.shape[0]
+    dims = (N0, *widths, num_outputs)
+    L = len(widths)
+    scales = jnp.ones(L + 1, X.dtype) if layer_scales is None else jnp.asarray(layer_scales, X.dtype)
+    keys = jax.random.split(key, L + 1)
+
+    def layer(h, k, n_out, n_in, lam):
+        w = jax.random.normal(k, (n_out, n_in), X.dtype) * jnp.sqrt(lam / n_in)
+        return w @ h
+
+    h = layer(X, keys[0], dims[1], dims[0], scales[0])
+    if L > 1 and len(set(widths)) == 1:
+        n = widths[0]
+
+        def step(h, inputs):
+            k, lam = inputs
+            return layer(h, k, n, n, lam), None
+
+        h, _ = jax.lax.scan(step, h, (keys[1:L], scales[1:L]))
+    else:
+        for l in range(1, L):
+            h = layer(h, keys[l], dims[l + 1], dims[l], scales[l])
+    return layer(h, keys[L], dims[L + 1], dims[L], scales[L])
+
+
+@partial(jax.jit, static_argnames=("widths", "num_outputs", "num_samples", "batch_size"))
+def _sample(key, X, layer_scales, widths, num_outputs, num_samples, batch_size):
+    keys = jax.random.split(key, num_samples)
+    fwd = partial(network_forward, X=X, widths=widths, num_outputs=num_outputs, layer_scales=layer_scales)
+    return jax.lax.map(lambda k: fwd(k), keys, batch_size=batch_size)
+
+
+def sample_network_outputs(
+    key,
+    X,
+    widths,
+    num_outputs: int,
+    num_samples: int,
+    layer_scales=None,
+    dtype=None,
+    batch_size: int | None = None,
+) -> jax.Array:
+    r"""Outputs of ``num_samples`` independently drawn deep linear networks.
+
+    Parameters
+    ----------
+    key : PRNG key
+    X : array, shape ``(N0, P)``
+        Inputs as columns.
+    widths : sequence of int
+        Hidden widths ``N_1..N_L`` (any positive integers; no ``N_l >= D`` needed here).
+    num_outputs : int
+        ``D``.
+    num_samples : int
+        Number of networks.
+    layer_scales : sequence of float, optional
+        :math:`\lambda_0..\lambda_L` (length ``L + 1``); weights of layer ``l`` have
+        variance :math:`\lambda_{l-1}/N_{l-1}`. Default: all ones (:math:`\lambda_* = 1`).
+    dtype : float32 or float64, optional
+    batch_size : int, optional
+        Networks simulated at once (memory ``~ batch_size * max N_l^2``). Default:
+        chosen so one batch holds about ``2**24`` weights.
+
+    Returns
+    -------
+    array, shape ``(num_samples, D, P)``
+    """
+    key = check_key(key)
+    dtype = check_dtype(dtype)
+    X = check_inputs(X, dtype=dtype)
+    num_outputs = check_positive_int("num_outputs", num_outputs)
+    num_samples = check_positive_int("num_samples", num_samples)
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__") or len(tuple(widths)) == 0:
+        raise TypeError(f"widths must be a non-empty sequence of integers, got {widths!r}")
+    widths = tuple(check_positive_int(f"widths[{i}]", w) for i, w in enumerate(widths))
+    if layer_scales is not None:
+        layer_scales = np.asarray(layer_scales, dtype=float)
+        if layer_scales.shape != (len(widths) + 1,):
+            raise ValueError(
+                f"layer_scales must have length L + 1 = {len(widths) + 1} (lambda_0..lambda_L), "
+                f"got shape {layer_scales.shape}"
+            )
+        for i, lam in enumerate(layer_scales):
+            check_positive_scalar(f"layer_scales[{i}]", float(lam))
+    if batch_size is None:
+        per_net = max(w * v for w, v in zip((X.shape[0], *widths), (*widths, num_outputs)))
+        batch_size = max(1, min(num_samples, 2**24 // per_net))
+    batch_size = check_positive_int("batch_size", batch_size)
+    return _sample(key, X, layer_scales, widths, num_outputs, num_samples, min(batch_size, num_samples))

@@ -1,0 +1,389 @@
+r"""Priors over the mixing matrix :math:`\bar V` (and :math:`Q = \bar V \bar V^\top`).
+
+A deep linear network with Gaussian weights has outputs (theory.md §2)
+
+.. math::
+
+    f(X) \overset{d}{=} \sqrt{\lambda_*/N_0}\; \bar V\, G\, X, \qquad
+    \bar V = V^L V^{L-1} \cdots V^1,
+
+with ``G`` a ``D x N0`` standard normal matrix. Everything about depth and width is
+in the law of the lower-triangular ``D x D`` matrix :math:`\bar V`. This module gives
+three such laws with one interface:
+
+* :class:`FiniteWidthPrior` -- exact, Bartlett factors of ``Wishart_D(N_l, I/N_l)``;
+* :class:`ProportionalLimitPrior` -- the ``L/N -> a`` limit, Brownian integrals;
+* :class:`NNGPPrior` -- the infinite-width limit, :math:`\bar V = I`.
+
+Each prior is an immutable JAX pytree and is defined by *named latent variables*
+(:meth:`VbarPrior.latent_distributions`) and *one deterministic map* from latents to
+:math:`\bar V` (:meth:`VbarPrior.vbar_from_latents`). Direct sampling
+(:meth:`VbarPrior.sample_vbar`) and NumPyro models (:meth:`VbarPrior.numpyro_vbar`)
+both go through that map, so what NUTS explores is exactly what the sampler draws.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+
+from deeplinear._checks import (
+    check_dtype,
+    check_inputs,
+    check_key,
+    check_positive_int,
+    check_positive_scalar,
+    check_ratio,
+    check_sample_shape,
+    check_widths,
+)
+
+__all__ = ["VbarPrior", "FiniteWidthPrior", "ProportionalLimitPrior", "NNGPPrior"]
+
+
+def _lower_triangular(diag, offdiag, num_outputs: int):
+    """Assemble ``(..., D, D)`` lower-triangular matrices from diagonal ``(..., D)``
+    and strictly-lower entries ``(..., D(D-1)/2)`` (row-major order)."""
+    batch = diag.shape[:-1]
+    out = jnp.zeros(batch + (num_outputs, num_outputs), dtype=diag.dtype)
+    idx = jnp.arange(num_outputs)
+    out = out.at[..., idx, idx].set(diag)
+    if num_outputs > 1:
+        rows, cols = jnp.tril_indices(num_outputs, k=-1)
+        out = out.at[..., rows, cols].set(offdiag)
+    return out
+
+
+def _ordered_product(factors):
+    r"""Left-ordered product :math:`M_K \cdots M_1` of factors ``(..., K, D, D)``."""
+    factors = jnp.moveaxis(factors, -3, 0)  # (K, ..., D, D)
+
+    def step(carry, m):
+        return m @ carry, None
+
+    eye = jnp.broadcast_to(jnp.eye(factors.shape[-1], dtype=factors.dtype), factors.shape[1:])
+    prod, _ = jax.lax.scan(step, eye, factors)
+    return prod
+
+
+class VbarPrior(abc.ABC):
+    r"""Common interface of the priors over :math:`\bar V`.
+
+    Subclasses define :meth:`latent_distributions` (named NumPyro distributions of
+    the latents) and :meth:`vbar_from_latents` (the deterministic map). Shapes follow
+    NumPyro: a latent drawn with ``sample_shape`` has shape
+    ``sample_shape + event_shape``, and :math:`\bar V` has shape ``sample_shape + (D, D)``.
+    """
+
+    num_outputs: int
+
+    @abc.abstractmethod
+    def latent_distributions(self, dtype=None) -> dict[str, dist.Distribution]:
+        """Named latent distributions (each with all dimensions in its event shape)."""
+
+    @abc.abstractmethod
+    def vbar_from_latents(self, latents: dict) -> jax.Array:
+        r"""Deterministic, differentiable map from latents to :math:`\bar V` ``(..., D, D)``."""
+
+    # -- sampling ---------------------------------------------------------------
+    def sample_latents(self, key, sample_shape=(), dtype=None) -> dict[str, jax.Array]:
+        """Draw the latents with an explicit PRNG ``key``; shapes ``sample_shape + event``."""
+        key = check_key(key)
+        sample_shape = check_sample_shape(sample_shape)
+        dists = self.latent_distributions(check_dtype(dtype))
+        keys = jax.random.split(key, max(len(dists), 1))
+        return {name: d.sample(k, sample_shape) for k, (name, d) in zip(keys, dists.items())}
+
+    def sample_vbar(self, key, sample_shape=(), dtype=None) -> jax.Array:
+        r"""Exact draws of :math:`\bar V`, shape ``sample_shape + (D, D)``."""
+        dtype = check_dtype(dtype)
+        sample_shape = check_sample_shape(sample_shape)
+        latents = self.sample_latents(key, sample_shape, dtype)
+        vbar = self.vbar_from_latents(latents)
+        return jnp.broadcast_to(vbar, sample_shape + vbar.shape[-2:]).astype(dtype)
+
+    def sample_q(self, key, sample_shape=(), dtype=None) -> jax.Array:
+        r"""Draws of :math:`Q = \bar V \bar V^\top`, shape ``sample_shape + (D, D)``."""
+        vbar = self.sample_vbar(key, sample_shape, dtype)
+        return vbar @ jnp.swapaxes(vbar, -1, -2)
+
+    def sample_outputs(self, key, X, sample_shape=(), lambda_star=1.0, dtype=None) -> jax.Array:
+        r"""Draws of the network outputs :math:`f(X)` from the mixture representation.
+
+        .. math:: f(X) = \sqrt{\lambda_*/N_0}\; \bar V\, G\, X, \qquad G_{ij} \sim N(0, 1),
+
+        so that :math:`f(X) \mid Q \sim \mathcal{MN}_{D\times P}(0, \lambda_* Q, K)` with
+        :math:`K = X^\top X / N_0` (theory.md §2).
+
+        Parameters
+        ----------
+        key : PRNG key
+        X : array, shape ``(N0, P)``
+            Inputs as columns.
+        sample_shape : int or tuple of int
+        lambda_star : float
+            Overall prior scale :math:`\lambda_* = \lambda_0 \cdots \lambda_L`.
+
+        Returns
+        -------
+        array, shape ``sample_shape + (D, P)``
+        """
+        key = check_key(key)
+        dtype = check_dtype(dtype)
+        X = check_inputs(X, dtype=dtype)
+        sample_shape = check_sample_shape(sample_shape)
+        check_positive_scalar("lambda_star", lambda_star)
+        k_vbar, k_g = jax.random.split(key)
+        vbar = self.sample_vbar(k_vbar, sample_shape, dtype)
+        g = jax.random.normal(k_g, sample_shape + (self.num_outputs, X.shape[0]), dtype)
+        scale = jnp.sqrt(jnp.asarray(lambda_star, dtype) / X.shape[0])
+        return scale * (vbar @ (g @ X))
+
+    # -- NumPyro ----------------------------------------------------------------
+    def numpyro_vbar(self, prefix: str = "") -> jax.Array:
+        r"""Sample the latents as named NumPyro sites and return :math:`\bar V`.
+
+        For use inside a NumPyro model: each latent becomes the site
+        ``prefix + name`` (see :meth:`latent_distributions`), and the returned
+        :math:`\bar V` is the same deterministic function of them as in
+        :meth:`sample_vbar`.
+        """
+        latents = {
+            name: numpyro.sample(prefix + name, d) for name, d in self.latent_distributions().items()
+        }
+        return self.vbar_from_latents(latents)
+
+
+def _pytree(cls, data_fields=()):
+    """Register ``cls`` as a pytree whose unflatten bypasses ``__init__`` validation."""
+    names = tuple(cls.__init__.__code__.co_varnames[1 : cls.__init__.__code__.co_argcount])
+    meta = tuple(n for n in names if n not in data_fields)
+
+    def flatten(obj):
+        return tuple(getattr(obj, n) for n in data_fields), tuple(getattr(obj, n) for n in meta)
+
+    def unflatten(aux, children):
+        obj = object.__new__(cls)
+        for n, v in zip(meta, aux):
+            object.__setattr__(obj, n, v)
+        for n, v in zip(data_fields, children):
+            object.__setattr__(obj, n, v)
+        return obj
+
+    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+    return cls
+
+
+class _Frozen:
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable; use .replace(...) instead")
+
+    def _set(self, **kwargs):
+        for k, v in kwargs.items():
+            object.__setattr__(self, k, v)
+
+
+class FiniteWidthPrior(_Frozen, VbarPrior):
+    r"""Exact prior of a deep linear network with hidden widths ``N_1..N_L`` (theory.md §2).
+
+    .. math::
+
+        \bar V = V^L \cdots V^1, \qquad V^l = T^l/\sqrt{N_l},\qquad
+        (T^l_{rr})^2 \sim \chi^2_{N_l - r + 1},\quad T^l_{rs} \sim N(0,1)\ (r > s),
+
+    the Bartlett factors of :math:`V^l V^{l\top} \sim \mathrm{Wishart}_D(N_l, I_D/N_l)`.
+    ``V^L`` belongs to the last hidden layer (the one next to the outputs).
+
+    Latents (NumPyro sites, ``L`` layers, ``D`` outputs):
+
+    * ``"bartlett_diag"``, shape ``(L, D)``: :math:`(V^l_{rr})^2 \sim
+      \mathrm{Gamma}((N_l - r + 1)/2,\ \mathrm{rate}=N_l/2)`, mean about 1;
+    * ``"bartlett_offdiag"``, shape ``(L, D(D-1)/2)``, only when ``D > 1``: standard
+      normals :math:`\xi`, with :math:`V^l_{rs} = \xi/\sqrt{N_l}` (non-centered).
+
+    Parameters
+    ----------
+    widths : sequence of int
+        Hidden widths ``N_1, ..., N_L``, each ``>= num_outputs``.
+    num_outputs : int
+        Number of outputs ``D``.
+
+    Examples
+    --------
+    >>> import jax
+    >>> prior = FiniteWidthPrior.from_depth_width(depth=4, width=8, num_outputs=2)
+    >>> prior.sample_q(jax.random.key(0), (3,)).shape
+    (3, 2, 2)
+    """
+
+    widths: tuple[int, ...]
+    num_outputs: int
+
+    def __init__(self, widths, num_outputs: int):
+        num_outputs = check_positive_int("num_outputs", num_outputs)
+        self._set(widths=check_widths(widths, num_outputs), num_outputs=num_outputs)
+
+    @classmethod
+    def from_depth_width(cls, depth: int, width: int, num_outputs: int) -> FiniteWidthPrior:
+        """Equal widths: ``depth`` hidden layers of ``width`` units each."""
+        depth = check_positive_int("depth", depth)
+        width = check_positive_int("width", width)
+        return cls((width,) * depth, num_outputs)
+
+    @property
+    def depth(self) -> int:
+        """Number of hidden layers ``L``."""
+        return len(self.widths)
+
+    def replace(self, **kwargs) -> FiniteWidthPrior:
+        args = {"widths": self.widths, "num_outputs": self.num_outputs, **kwargs}
+        return FiniteWidthPrior(**args)
+
+    def latent_distributions(self, dtype=None):
+        dtype = check_dtype(dtype)
+        D = self.num_outputs
+        n = jnp.asarray(self.widths, dtype)[:, None]  # (L, 1)
+        r = jnp.arange(1, D + 1, dtype=dtype)[None, :]  # (1, D)
+        out = {"bartlett_diag": dist.Gamma((n - r + 1) / 2, n / 2).to_event(2)}
+        if D > 1:
+            shape = (self.depth, D * (D - 1) // 2)
+            out["bartlett_offdiag"] = dist.Normal(jnp.zeros(shape, dtype), 1.0).to_event(2)
+        return out
+
+    def vbar_from_latents(self, latents):
+        diag_sq = latents["bartlett_diag"]
+        dtype = diag_sq.dtype
+        D = self.num_outputs
+        if D == 1:
+            return jnp.prod(jnp.sqrt(diag_sq), axis=-2)[..., None]
+        inv_sqrt_n = 1.0 / jnp.sqrt(jnp.asarray(self.widths, dtype))[:, None]
+        factors = _lower_triangular(jnp.sqrt(diag_sq), latents["bartlett_offdiag"] * inv_sqrt_n, D)
+        return _ordered_product(factors)
+
+    def __repr__(self):
+        w = self.widths
+        ws = f"({w[0]},)*{len(w)}" if len(set(w)) == 1 and len(w) > 3 else repr(w)
+        return f"FiniteWidthPrior(widths={ws}, num_outputs={self.num_outputs})"
+
+    def __eq__(self, other):
+        return isinstance(other, FiniteWidthPrior) and (self.widths, self.num_outputs) == (
+            other.widths,
+            other.num_outputs,
+        )
+
+    def __hash__(self):
+        return hash((FiniteWidthPrior, self.widths, self.num_outputs))
+
+
+class ProportionalLimitPrior(_Frozen, VbarPrior):
+    r"""The proportional limit ``L, N -> inf`` with ``L/N -> a`` (theory.md §3).
+
+    :math:`\bar V_\infty = Y(a)`, a lower-triangular matrix of Brownian stochastic
+    integrals: :math:`Y_{rr}(t) = e^{Z_r(t)}` with :math:`Z_r(t) = -rt/2 + B_{rr}(t)/\sqrt2`
+    (so :math:`\log \bar V_{rr} \sim N(-ar/2, a/2)` exactly), and for ``r > s``
+
+    .. math:: Y_{rs}(t) = \sum_{k=s}^{r-1} \int_0^t e^{Z_r(t) - Z_r(u)}\, Y_{ks}(u)\, dB_{rk}(u).
+
+    Simulated on ``num_steps = K`` steps of size ``h = a/K`` as
+    :math:`\bar V \approx M_K \cdots M_1` with exact log-normal diagonal increments
+    :math:`(M_k)_{rr} = \exp(-rh/2 + \sqrt{h/2}\,\xi_{kr})` and
+    :math:`(M_k)_{rs} = \sqrt{h}\,\xi'_{k,rs}`. The diagonal of :math:`\bar V` is exact for
+    every ``K``; the off-diagonal has weak error ``O(h)`` (see
+    ``docs/limit_timestep_error.md``).
+
+    Latents (standard normals, non-centered, so the map is differentiable in ``a``):
+
+    * ``"brownian_diag"``, shape ``(K, D)``;
+    * ``"brownian_offdiag"``, shape ``(K, D(D-1)/2)``, only when ``D > 1``.
+
+    Parameters
+    ----------
+    ratio : float or scalar array
+        Depth-to-width ratio ``a > 0``. May be a traced value (e.g. a NumPyro sample),
+        in which case it is not validated.
+    num_outputs : int
+        Number of outputs ``D``.
+    num_steps : int, default 64
+        Time steps ``K`` of the simulation (ignored in effect for ``D = 1``, where the
+        result is exact for any ``K``).
+    """
+
+    ratio: jax.Array | float
+    num_outputs: int
+    num_steps: int
+
+    def __init__(self, ratio, num_outputs: int, num_steps: int = 64):
+        self._set(
+            ratio=check_ratio(ratio),
+            num_outputs=check_positive_int("num_outputs", num_outputs),
+            num_steps=check_positive_int("num_steps", num_steps),
+        )
+
+    def replace(self, **kwargs) -> ProportionalLimitPrior:
+        args = {"ratio": self.ratio, "num_outputs": self.num_outputs, "num_steps": self.num_steps}
+        args.update(kwargs)
+        return ProportionalLimitPrior(**args)
+
+    def latent_distributions(self, dtype=None):
+        dtype = check_dtype(dtype)
+        D, K = self.num_outputs, self.num_steps
+        out = {"brownian_diag": dist.Normal(jnp.zeros((K, D), dtype), 1.0).to_event(2)}
+        if D > 1:
+            out["brownian_offdiag"] = dist.Normal(jnp.zeros((K, D * (D - 1) // 2), dtype), 1.0).to_event(2)
+        return out
+
+    def vbar_from_latents(self, latents):
+        xi = latents["brownian_diag"]
+        dtype = xi.dtype
+        D, K = self.num_outputs, self.num_steps
+        h = jnp.asarray(self.ratio, dtype) / K
+        r = jnp.arange(1, D + 1, dtype=dtype)
+        log_diag = -r * h / 2 + jnp.sqrt(h / 2) * xi  # (..., K, D)
+        if D == 1:
+            return jnp.exp(jnp.sum(log_diag, axis=-2))[..., None]
+        factors = _lower_triangular(jnp.exp(log_diag), jnp.sqrt(h) * latents["brownian_offdiag"], D)
+        return _ordered_product(factors)
+
+    def __repr__(self):
+        return (
+            f"ProportionalLimitPrior(ratio={self.ratio!r}, num_outputs={self.num_outputs}, "
+            f"num_steps={self.num_steps})"
+        )
+
+
+class NNGPPrior(_Frozen, VbarPrior):
+    r"""The infinite-width (NNGP) limit at fixed depth: :math:`\bar V = Q = I_D` (theory.md §6).
+
+    Outputs are independent Gaussian processes with kernel :math:`\lambda_* K`. There are
+    no latents; :meth:`numpyro_vbar` samples nothing.
+    """
+
+    num_outputs: int
+
+    def __init__(self, num_outputs: int):
+        self._set(num_outputs=check_positive_int("num_outputs", num_outputs))
+
+    def latent_distributions(self, dtype=None):
+        return {}
+
+    def vbar_from_latents(self, latents):
+        return jnp.eye(self.num_outputs, dtype=check_dtype(None))
+
+    def __repr__(self):
+        return f"NNGPPrior(num_outputs={self.num_outputs})"
+
+    def __eq__(self, other):
+        return isinstance(other, NNGPPrior) and other.num_outputs == self.num_outputs
+
+    def __hash__(self):
+        return hash((NNGPPrior, self.num_outputs))
+
+
+_pytree(FiniteWidthPrior)
+_pytree(ProportionalLimitPrior, data_fields=("ratio",))
+_pytree(NNGPPrior)
+
