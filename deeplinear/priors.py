@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
+from deeplinear._random import standard_gamma
 from deeplinear._checks import (
     check_dtype,
     check_inputs,
@@ -252,6 +253,22 @@ class FiniteWidthPrior(_Frozen, VbarPrior):
         if D > 1:
             shape = (self.depth, D * (D - 1) // 2)
             out["bartlett_offdiag"] = dist.Normal(jnp.zeros(shape, dtype), 1.0).to_event(2)
+        return out
+
+    def sample_latents(self, key, sample_shape=(), dtype=None):
+        """As :meth:`VbarPrior.sample_latents`, with a fast exact vectorized Gamma sampler."""
+        key = check_key(key)
+        sample_shape = check_sample_shape(sample_shape)
+        dtype = check_dtype(dtype)
+        D = self.num_outputs
+        n = jnp.asarray(self.widths, dtype)[:, None]
+        r = jnp.arange(1, D + 1, dtype=dtype)[None, :]
+        k_diag, k_off = jax.random.split(key)
+        shape = sample_shape + (self.depth, D)
+        out = {"bartlett_diag": standard_gamma(k_diag, (n - r + 1) / 2, shape, dtype) * (2 / n)}
+        if D > 1:
+            off_shape = sample_shape + (self.depth, D * (D - 1) // 2)
+            out["bartlett_offdiag"] = jax.random.normal(k_off, off_shape, dtype)
         return out
 
     def vbar_from_latents(self, latents):
