@@ -7,17 +7,47 @@ laws exactly at finite width (:class:`FiniteWidthPrior`), in the proportional li
 (:class:`NNGPPrior`), and checks them against brute-force networks
 (:func:`sample_network_outputs`) and closed forms (:mod:`deeplinear.moments`).
 
+Inference (theory.md §4): :class:`RegressionData` prepares the kernel eigenbasis once,
+:func:`deep_linear_model` / :class:`KroneckerNormal` / :func:`sample_q` are the NumPyro
+model and its building blocks, :func:`fit` runs NUTS and returns an ArviZ DataTree,
+:meth:`PosteriorFit.predict` gives the predictive mixture, :func:`compare_models` sets a
+model against the NNGP, and :func:`exact_posterior_d1` gives exact ``D = 1`` references.
+
 Importing deeplinear changes no global JAX state; for float64 run
 ``jax.config.update("jax_enable_x64", True)`` yourself (or use ``jax.enable_x64()``).
 """
 
 from deeplinear import moments
+from deeplinear.comparison import ModelComparison, compare_models, loo, plot_predictive_correlations
+from deeplinear.data import KernelEigenbasis, RegressionData
+from deeplinear.exact import ExactPosteriorD1, exact_posterior_d1
+from deeplinear.inference import ConvergenceWarning, PosteriorFit, fit
+from deeplinear.likelihood import KroneckerNormal, loo_log_likelihood
+from deeplinear.models import deep_linear_model, sample_q
 from deeplinear.network import network_forward, sample_network_outputs
+from deeplinear.predictive import PredictiveMixture, conditional_predictive
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvergenceWarning",
+    "ExactPosteriorD1",
+    "KernelEigenbasis",
+    "KroneckerNormal",
+    "ModelComparison",
+    "PosteriorFit",
+    "PredictiveMixture",
+    "RegressionData",
+    "compare_models",
+    "conditional_predictive",
+    "deep_linear_model",
+    "exact_posterior_d1",
+    "fit",
+    "loo",
+    "loo_log_likelihood",
+    "plot_predictive_correlations",
+    "sample_q",
     "FiniteWidthPrior",
     "NNGPPrior",
     "ProportionalLimitPrior",

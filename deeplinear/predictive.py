@@ -22,7 +22,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.linalg import cho_solve
 
 from deeplinear._checks import check_key, check_positive_int
@@ -221,8 +220,3 @@ def _mvn_logpdf(x, cov):
     z = jax.scipy.linalg.solve_triangular(chol, x, lower=True)
     return -0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(jnp.diagonal(chol))) - 0.5 * x.shape[0] * _LOG_2PI
 
-
-def predictive_from_arrays(q, lambda_star, noise_variance, data, X_test=None, *, cross_gram=None, test_gram=None):
-    """Convenience: a :class:`PredictiveMixture` from draws and test inputs/Gram matrices."""
-    test = data.test_kernel(X_test, cross_gram=cross_gram, test_gram=test_gram)
-    return PredictiveMixture(np.asarray(q), lambda_star, noise_variance, data, test)

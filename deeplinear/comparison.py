@@ -1,0 +1,155 @@
+r"""Comparing a deep linear posterior with the NNGP baseline (theory.md §4, §6).
+
+Under the NNGP (``Q = I``) outputs are independent and the predictive covariance does
+not depend on the labels; under a finite-width or proportional-limit prior
+:math:`E[Q \mid Y]` follows the labels' output correlations. :func:`compare_models` puts
+the models side by side:
+
+* PSIS-LOO from the exact pointwise leave-one-input-out terms
+  (:func:`~deeplinear.likelihood.loo_log_likelihood`), ranked by ``arviz.compare``;
+* the held-out log predictive density of test labels,
+  :math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s), \Sigma_{*jj}(Q_s) + \sigma_s^2 I)`;
+* predictive means, variances and cross-output correlations at the test inputs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from deeplinear.inference import PosteriorFit
+
+__all__ = ["loo", "compare_models", "ModelComparison", "plot_predictive_correlations"]
+
+
+def loo(result: PosteriorFit):
+    r"""PSIS-LOO (``arviz.loo``) of a fit from its ``log_likelihood`` group.
+
+    When nothing in the posterior is random (the NNGP with fixed hyperparameters) the
+    leave-one-out terms are exact and identical across draws; PSIS cannot smooth constant
+    weights, so uniform weights with Pareto ``k = 0`` are passed explicitly.
+    """
+    import arviz_stats
+
+    if not isinstance(result, PosteriorFit):
+        raise TypeError(f"result must be a PosteriorFit, got {type(result).__name__}")
+    if "log_likelihood" not in result.datatree.children:
+        raise ValueError("this fit has no log_likelihood group; refit with log_likelihood=True")
+    if result.mcmc is not None:
+        return arviz_stats.loo(result.datatree)
+    ll = result.datatree["log_likelihood"]["Y"]
+    log_weights = xr.zeros_like(ll) - np.log(ll.sizes["chain"] * ll.sizes["draw"])
+    pareto_k = xr.zeros_like(ll.isel(chain=0, draw=0, drop=True))
+    return arviz_stats.loo(result.datatree, log_weights=log_weights, pareto_k=pareto_k)
+
+
+class ModelComparison(NamedTuple):
+    """Result of :func:`compare_models`.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per model: ``elpd_loo``, ``elpd_loo_se``, ``heldout_lpd`` (if test labels
+        were given), mean predictive variance and mean/max absolute cross-output correlation
+        at the test inputs, and posterior mean of ``Q``'s correlation.
+    loo : pandas.DataFrame
+        ``arviz.compare`` on the LOO estimates (ranked, with weights).
+    predictive : dict[str, deeplinear.predictive.PredictiveMixture]
+    """
+
+    table: object
+    loo: object
+    predictive: dict
+
+
+def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, test_gram=None) -> ModelComparison:
+    r"""Compare fitted models (e.g. ``{"limit a=1": fit1, "NNGP": fit0}``) on the same data.
+
+    Parameters
+    ----------
+    fits : dict[str, PosteriorFit]
+    X_test : array ``(N0, P*)``, optional
+        Test inputs (linear kernel); or ``cross_gram``/``test_gram`` for a user kernel.
+    Y_test : array ``(D, P*)``, optional
+        Held-out labels for the log predictive density.
+    """
+    import arviz_stats
+    import pandas as pd
+
+    if not isinstance(fits, dict) or not fits:
+        raise TypeError("fits must be a non-empty dict {name: PosteriorFit}")
+    for name, f in fits.items():
+        if not isinstance(f, PosteriorFit):
+            raise TypeError(f"fits[{name!r}] must be a PosteriorFit, got {type(f).__name__}")
+    shapes = {(f.data.num_outputs, f.data.num_obs) for f in fits.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"all fits must be on the same data; got (D, P) = {sorted(shapes)}")
+    has_test = X_test is not None or cross_gram is not None
+    if Y_test is not None and not has_test:
+        raise ValueError("Y_test needs test inputs (X_test, or cross_gram and test_gram)")
+
+    loos = {name: loo(f) for name, f in fits.items()}
+    rows, predictive = [], {}
+    for name, f in fits.items():
+        q = f.draws("Q")
+        sd = np.sqrt(np.einsum("sdd->sd", q))
+        qcorr = (q / (sd[:, :, None] * sd[:, None, :])).mean(0)
+        row = {
+            "model": name,
+            "elpd_loo": loos[name].elpd,
+            "elpd_loo_se": loos[name].se,
+            "mean_Q_offdiag_corr": _mean_offdiag(qcorr[None])[0],
+        }
+        if has_test:
+            pm = f.predict(X_test, cross_gram=cross_gram, test_gram=test_gram)
+            predictive[name] = pm
+            cov = np.asarray(pm.covariance())
+            corr = np.asarray(pm.correlation())
+            row["mean_pred_var"] = float(np.mean(np.einsum("jdd->jd", cov)))
+            off = _offdiag(corr)
+            row["mean_pred_corr"] = float(off.mean()) if off.size else 0.0
+            row["max_abs_pred_corr"] = float(np.abs(off).max()) if off.size else 0.0
+            if Y_test is not None:
+                row["heldout_lpd"] = float(pm.log_predictive_density(Y_test))
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("model")
+    ranked = arviz_stats.compare(loos) if len(loos) > 1 else None
+    return ModelComparison(table, ranked, predictive)
+
+
+def _offdiag(mats):
+    D = mats.shape[-1]
+    r, c = np.tril_indices(D, k=-1)
+    return mats[..., r, c]
+
+
+def _mean_offdiag(mats):
+    off = _offdiag(mats)
+    return off.mean(-1) if off.shape[-1] else np.zeros(mats.shape[:-2])
+
+
+def plot_predictive_correlations(comparison: ModelComparison, pair=(0, 1), ax=None, label_corr=None):
+    """Bar chart of the predictive cross-output correlation (outputs ``pair``) per test
+    input, one bar group per model; a dashed line at the labels' correlation if given."""
+    import matplotlib.pyplot as plt
+
+    if not comparison.predictive:
+        raise ValueError("the comparison has no test inputs; pass X_test to compare_models")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    i, j = pair
+    names = list(comparison.predictive)
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        corr = np.asarray(comparison.predictive[name].correlation())[:, i, j]
+        ax.bar(np.arange(corr.size) + k * width, corr, width, label=name)
+    if label_corr is not None:
+        ax.axhline(label_corr, color="k", ls="--", lw=1, label="labels' correlation")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("test input")
+    ax.set_ylabel(f"predictive corr(f_{i}, f_{j})")
+    ax.legend(fontsize=8)
+    return ax
+
