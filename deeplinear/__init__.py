@@ -17,7 +17,11 @@ Importing deeplinear changes no global JAX state; for float64 run
 ``jax.config.update("jax_enable_x64", True)`` yourself (or use ``jax.enable_x64()``).
 """
 
-from deeplinear import moments
+from deeplinear._compat import repair_lazy_numpyro
+
+repair_lazy_numpyro()  # arviz_base lazy-loads numpyro; see deeplinear/_compat.py
+
+from deeplinear import moments  # noqa: E402
 from deeplinear.comparison import ModelComparison, compare_models, loo, plot_predictive_correlations
 from deeplinear.data import KernelEigenbasis, RegressionData
 from deeplinear.exact import ExactPosteriorD1, exact_posterior_d1

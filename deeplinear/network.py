@@ -19,6 +19,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 
 from deeplinear._checks import (
     check_dtype,
@@ -28,7 +30,7 @@ from deeplinear._checks import (
     check_positive_scalar,
 )
 
-__all__ = ["sample_network_outputs", "network_forward"]
+__all__ = ["sample_network_outputs", "network_forward", "weight_space_model"]
 
 
 def network_forward(key, X, widths: tuple[int, ...], num_outputs: int, layer_scales=None):
@@ -126,3 +128,30 @@ def sample_network_outputs(
         batch_size = max(1, min(num_samples, 2**24 // per_net))
     batch_size = check_positive_int("batch_size", batch_size)
     return _sample(key, X, layer_scales, widths, num_outputs, num_samples, min(batch_size, num_samples))
+
+
+def weight_space_model(X, Y=None, *, widths, num_outputs, lambda_star=1.0, noise_variance=1.0, X_test=None):
+    r"""NumPyro model of the actual network, every weight a latent: the brute-force posterior.
+
+    .. math::
+
+        W^l = \sqrt{\lambda_{l-1}/N_{l-1}}\, Z^l,\quad Z^l_{ij} \sim N(0, 1),\qquad
+        Y \sim N(W^{L+1} \cdots W^1 X,\ \sigma^2 I),
+
+        with :math:`\lambda_0 = \lambda_*` and the other :math:`\lambda_l = 1`. Sites ``"Z1"``..
+    ``"Z{L+1}"`` (non-centered weights), deterministic ``"f_test"`` (``D x P*``, the outputs at
+    ``X_test``) and observed ``"Y"``. NUTS on it is what deeplinear's ``Q``-space
+    posterior replaces; the tests and ``benchmarks/posterior_vs_weights.py`` compare the two.
+    """
+    dims = (X.shape[0], *widths, num_outputs)
+    h, ht = X, X_test
+    for l in range(len(dims) - 1):
+        n_in, n_out = dims[l], dims[l + 1]
+        z = numpyro.sample(f"Z{l + 1}", dist.Normal(jnp.zeros((n_out, n_in), X.dtype), 1.0).to_event(2))
+        scale = jnp.sqrt((lambda_star if l == 0 else 1.0) / n_in)
+        h = scale * (z @ h)
+        if ht is not None:
+            ht = scale * (z @ ht)
+    if ht is not None:
+        numpyro.deterministic("f_test", ht)
+    numpyro.sample("Y", dist.Normal(h, jnp.sqrt(noise_variance)).to_event(2), obs=Y)
