@@ -1,8 +1,10 @@
 """The ``deeplinear`` command line.
 
-``deeplinear`` with no sub-command runs the demonstration (currently ``simulate``):
-prior laws of deep linear networks against theory, printed as tables and saved as
-figures. Errors on bad arguments are one line on stderr and exit code 2.
+``deeplinear`` with no sub-command runs the whole demonstration on built-in data:
+``infer`` (posteriors of the proportional limit and of the NNGP on data with correlated
+outputs, compared by LOO, held-out log density and predictive correlations; summary
+tables and figures), then ``simulate`` (prior laws against theory). Errors on bad
+arguments are one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _build_parser():
     parser = argparse.ArgumentParser(
         prog="deeplinear",
         description="Bayesian deep linear networks at any depth-to-width ratio. "
-        "With no command, runs the demonstration (`simulate`).",
+        "With no command, runs the demonstration: `infer`, then `simulate`.",
     )
     sub = parser.add_subparsers(dest="command")
     sim = sub.add_parser(
@@ -38,8 +40,14 @@ def _build_parser():
         description="D = 1: log Vbar of finite products (L = aN) against the limit N(-a/2, a/2); "
         "D = 2: E[Q_12^2] against 1/N, finite products vs the limit simulator and closed forms.",
     )
-    for p in (parser, sim):
-        p.add_argument("--samples", type=_positive_int, default=20_000, help="draws per configuration")
+    inf = sub.add_parser(
+        "infer",
+        help="posterior inference on built-in data, compared with the NNGP",
+        description="Built-in data with two correlated outputs: NUTS posteriors of the proportional "
+        "limit (a = 0.5, 2, and a inferred) and of the NNGP; LOO, held-out log predictive density, "
+        "predictive cross-output correlations; figures.",
+    )
+    for p in (parser, sim, inf):
         p.add_argument("--seed", type=int, default=0, help="PRNG seed (same seed, same numbers)")
         p.add_argument(
             "--output",
@@ -49,6 +57,12 @@ def _build_parser():
         )
         p.add_argument("--overwrite", action="store_true", help="allow replacing existing figure files")
         p.add_argument("--no-plots", action="store_true", help="print the tables only")
+    for p in (parser, sim):
+        p.add_argument("--samples", type=_positive_int, default=20_000, help="prior draws per configuration")
+    for p in (parser, inf):
+        p.add_argument("--draws", type=_positive_int, default=500, help="posterior draws per chain")
+        p.add_argument("--warmup", type=_positive_int, default=500, help="warmup steps per chain")
+        p.add_argument("--chains", type=_positive_int, default=2, help="MCMC chains")
     return parser
 
 
@@ -74,7 +88,7 @@ def _simulate(args):
         plot_offdiagonal_variance,
     )
 
-    figures = ["lognormal_convergence.png", "offdiagonal_variance.png"]
+    figures = _SIM_FIGURES
     out = None if args.no_plots else _output_dir(args, figures)
     key = jax.random.key(args.seed)
     k1, k2 = jax.random.split(key)
@@ -114,11 +128,61 @@ def _simulate(args):
     return 0
 
 
+_INFER_FIGURES = ["predictive_correlations.png", "posterior_correlation_and_ratio.png"]
+_SIM_FIGURES = ["lognormal_convergence.png", "offdiagonal_variance.png"]
+
+
+def _infer(args):
+    import pandas as pd
+
+    from deeplinear.demo import inference_demo, plot_demo
+
+    out = None if args.no_plots else _output_dir(args, _INFER_FIGURES)
+    print("Posterior inference on built-in data (theory.md §4)")
+    demo = inference_demo(num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed)
+    print(f"data: {demo.dataset.description}")
+    print(f"labels' output correlation (train): {demo.label_correlation:+.3f}\n")
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+        print("Model comparison (elpd_loo: PSIS-LOO over training inputs; heldout_lpd: test labels;")
+        print("pred_corr: predictive corr(f_1, f_2) at the test inputs; Q corr: posterior mean of corr(Q))")
+        print(demo.comparison.table.to_string(float_format=lambda v: f"{v:.3f}"))
+        print()
+        print("arviz.compare (PSIS-LOO):")
+        cols = [c for c in ("rank", "elpd", "elpd_diff", "dse", "weight") if c in demo.comparison.loo.columns]
+        print(demo.comparison.loo[cols].to_string())
+        print()
+        print("Posterior summary, limit with a inferred:")
+        print(demo.fits["limit a~LogNormal"].summary().to_string())
+    for name, f in demo.fits.items():
+        if f.num_divergences:
+            print(f"warning: {name}: {f.num_divergences} divergent transitions")
+    if out is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        for fig, name in zip(plot_demo(demo), _INFER_FIGURES):
+            fig.savefig(out / name, dpi=120)
+        plt.close("all")
+        print(f"\nFigures written to {out}/")
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of the ``deeplinear`` program; returns the exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "simulate":
+            return _simulate(args)
+        if args.command == "infer":
+            return _infer(args)
+        if args.output is None and not args.no_plots:  # one folder for the whole demonstration
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            args.output = Path("deeplinear-output") / stamp
+        _infer(args)
+        print("\n" + "=" * 78 + "\n")
         return _simulate(args)
     except (ValueError, TypeError, OSError) as err:
         print(f"deeplinear: error: {err}", file=sys.stderr)

@@ -150,6 +150,8 @@ def plot_predictive_correlations(comparison: ModelComparison, pair=(0, 1), ax=No
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("test input")
     ax.set_ylabel(f"predictive corr(f_{i}, f_{j})")
-    ax.legend(fontsize=8)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(min(lo, -0.05), max(hi, 0.05) + 0.35 * (max(hi, 0.05) - min(lo, -0.05)))
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
     return ax
 

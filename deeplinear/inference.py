@@ -290,10 +290,15 @@ def _warn_on_convergence(result: PosteriorFit):
     if n_div:
         total = post.sizes["chain"] * post.sizes["draw"]
         msgs.append(f"{n_div} of {total} transitions diverged (raise target_accept_prob or check the model)")
-    if num_chains > 1:
-        names = [v for v in ("Q", "ratio", "lambda_star", "noise_variance") if v in post.data_vars]
+    names = [
+        v for v in ("Q", "ratio", "lambda_star", "noise_variance")
+        if v in post.data_vars and np.ptp(post[v].values) > 0  # constant draws (NNGP's Q) have no R-hat
+    ]
+    if num_chains > 1 and names:
         rhat = arviz_stats.rhat(result.datatree, var_names=names)
-        worst = max(float(np.nanmax(rhat[v].values)) for v in names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            worst = max(float(np.nanmax(np.asarray(rhat[v].values, float))) for v in names)
         if worst > RHAT_THRESHOLD:
             msgs.append(f"max R-hat of {names} is {worst:.3f} > {RHAT_THRESHOLD} (run longer or more warmup)")
     if msgs:

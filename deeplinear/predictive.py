@@ -56,6 +56,14 @@ def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData,
     return mean, cov
 
 
+@partial(jax.jit, static_argnames="batch_size")
+def _all_draws(q, lam, noise, data, test, batch_size):
+    """Per-draw predictive mean and per-input covariance, ``(S, D, P*)`` and ``(S, P*, D, D)``;
+    module-level so that repeated calls with the same shapes reuse the compiled code."""
+    fn = partial(conditional_predictive, data=data, test=test)
+    return jax.lax.map(lambda a: fn(*a), (q, lam, noise), batch_size=batch_size)
+
+
 def _psd_root(cov):
     """Symmetric square root factor of a PSD matrix (robust when it is singular)."""
     w, v = jnp.linalg.eigh((cov + cov.T) / 2)
@@ -102,14 +110,11 @@ class PredictiveMixture:
     def num_test(self) -> int:
         return self.test.test_gram.shape[0]
 
-    def _per_draw(self, joint):
-        fn = partial(conditional_predictive, data=self.data, test=self.test, joint=joint)
-        args = (self.q, self.lambda_star, self.noise_variance)
-        return jax.lax.map(lambda a: fn(*a), args, batch_size=self.batch_size)
-
     def _compute(self):
         if self._draw_means is None:
-            self._draw_means, self._draw_covs = jax.jit(self._per_draw, static_argnums=0)(False)
+            self._draw_means, self._draw_covs = _all_draws(
+                self.q, self.lambda_star, self.noise_variance, self.data, self.test, self.batch_size
+            )
         return self._draw_means, self._draw_covs
 
     @property

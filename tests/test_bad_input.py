@@ -4,11 +4,30 @@ import jax
 import numpy as np
 import pytest
 
-from deeplinear import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, sample_network_outputs
+import numpyro.distributions as dist
+
+from deeplinear import (
+    FiniteWidthPrior,
+    KroneckerNormal,
+    NNGPPrior,
+    ProportionalLimitPrior,
+    RegressionData,
+    exact_posterior_d1,
+    fit,
+    sample_network_outputs,
+)
 from deeplinear import moments as mom
 
 KEY = jax.random.key(0)
 X = np.ones((3, 2))
+XI = np.random.default_rng(0).normal(size=(3, 5))  # N0 = 3, P = 5 (rank 3 < P)
+YI = np.random.default_rng(1).normal(size=(2, 5))  # D = 2
+DATA = RegressionData.linear(XI, YI)
+LIM2 = ProportionalLimitPrior(1.0, 2, num_steps=4)
+NAN_Y = YI.copy()
+NAN_Y[0, 1] = np.nan
+NOT_PSD = np.diag([1.0, -1.0, 2.0, 1.0, 1.0])
+NOT_SYM = np.eye(5) + np.triu(np.ones((5, 5)), 1)
 
 CASES = [
     # (callable, exception, fragment of the message)
@@ -52,6 +71,39 @@ CASES = [
     (lambda: mom.finite_q_second_moments((1, 3), 2), ValueError, "N_l >= D"),
     (lambda: mom.limit_q_second_moments(-0.5, 2), ValueError, "ratio"),
     (lambda: mom.finite_vbar_diag_moment((3,), 1, -4.0), ValueError, "s must"),
+    # --- inference (issue 3) ---
+    (lambda: RegressionData.linear(XI, NAN_Y), ValueError, "Y contains NaN"),
+    (lambda: RegressionData.linear(np.where(XI > 1, np.inf, XI), YI), ValueError, "X contains NaN"),
+    (lambda: RegressionData.linear(XI, YI[:, :4]), ValueError, "(D, P) = (D, 5)"),
+    (lambda: RegressionData.linear(XI, YI[0]), ValueError, "rank 2"),
+    (lambda: RegressionData.linear(XI[:, :0], YI[:, :0]), ValueError, "non-empty"),
+    (lambda: RegressionData.linear(XI, np.ones((0, 5))), ValueError, "non-empty"),
+    (lambda: RegressionData.linear(XI, [["a"] * 5]), TypeError, "Y must hold real numbers"),
+    (lambda: RegressionData.from_gram(NOT_PSD, YI), ValueError, "positive semi-definite"),
+    (lambda: RegressionData.from_gram(NOT_SYM, YI), ValueError, "symmetric"),
+    (lambda: RegressionData.from_gram(np.eye(4), YI), ValueError, "K is 4 x 4"),
+    (lambda: RegressionData.from_gram(np.ones((5, 4)), YI), ValueError, "square"),
+    (lambda: fit(DATA, ProportionalLimitPrior(1.0, 3)), ValueError, "num_outputs = 3"),
+    (lambda: fit(DATA, LIM2, noise_variance=-0.1), ValueError, "noise_variance"),
+    (lambda: fit(DATA, LIM2, noise_variance=0.0), ValueError, "rank 3 < P = 5"),
+    (lambda: fit(DATA, LIM2, lambda_star=0.0), ValueError, "lambda_star"),
+    (lambda: fit(DATA, LIM2, lambda_star="big"), TypeError, "lambda_star"),
+    (lambda: fit(DATA, FiniteWidthPrior((4,), 2), ratio=dist.LogNormal()), ValueError, "ratio"),
+    (lambda: fit(DATA, LIM2, ratio=2.0), TypeError, "ratio"),
+    (lambda: fit(DATA, LIM2, num_samples=0), ValueError, "num_samples"),
+    (lambda: fit(DATA, LIM2, num_chains=1.5), TypeError, "num_chains"),
+    (lambda: fit(DATA, LIM2, chain_method="threads"), ValueError, "chain_method"),
+    (lambda: fit(DATA, LIM2, seed="0"), TypeError, "seed"),
+    (lambda: fit(DATA, LIM2, target_accept_prob=1.5), ValueError, "target_accept_prob"),
+    (lambda: fit((XI, YI), LIM2), TypeError, "RegressionData"),
+    (lambda: fit(DATA, "limit"), TypeError, "prior must be"),
+    (lambda: fit(DATA, LIM2, output_names=["a"]), ValueError, "output_names"),
+    (lambda: DATA.test_kernel(np.ones((4, 2))), ValueError, "N0 = 3"),
+    (lambda: DATA.test_kernel(np.full((3, 2), np.nan)), ValueError, "X_test contains NaN"),
+    (lambda: DATA.test_kernel(cross_gram=np.ones((5, 2)), test_gram=np.eye(2)), ValueError, "linear kernel"),
+    (lambda: KroneckerNormal(np.eye(3), 1.0, 0.5, DATA), ValueError, "q must have shape"),
+    (lambda: KroneckerNormal(np.eye(2), 1.0, 0.5, (XI, YI)), TypeError, "RegressionData"),
+    (lambda: exact_posterior_d1(DATA, NNGPPrior(2)), ValueError, "D = 1"),
 ]
 
 
@@ -81,3 +133,15 @@ def test_import_changes_no_global_state():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_fit_bad_input_is_caught_before_sampling(monkeypatch):
+    import numpyro.infer
+
+    calls = []
+    monkeypatch.setattr(numpyro.infer.MCMC, "run", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: calls.append(1))
+    for bad in (dict(noise_variance=-1.0), dict(num_samples=0), dict(chain_method="x")):
+        with pytest.raises((ValueError, TypeError)):
+            fit(DATA, LIM2, **bad)
+    assert not calls
