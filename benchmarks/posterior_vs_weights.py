@@ -152,11 +152,11 @@ def main():
             f"| **{r['steady']:.1f}x** | {r['z']:.2f} |"
         )
     lines += ["", "Predictive mean and variance of (f_1, f_2) at the test input:", ""]
+    fmt = lambda v: "[" + ", ".join(f"{float(x):.4f}" for x in v) + "]"  # noqa: E731
     for r in rows:
         lines.append(
-            f"- N={r['N']}, L={r['L']}: mean weights {np.round(r['mean_w'], 4).tolist()} vs deeplinear "
-            f"{np.round(r['mean_d'], 4).tolist()}; variance {np.round(r['var_w'], 4).tolist()} vs "
-            f"{np.round(r['var_d'], 4).tolist()}"
+            f"- N={r['N']}, L={r['L']}: mean weights {fmt(r['mean_w'])} vs deeplinear {fmt(r['mean_d'])}; "
+            f"variance {fmt(r['var_w'])} vs {fmt(r['var_d'])}"
         )
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
