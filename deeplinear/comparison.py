@@ -14,6 +14,7 @@ the models side by side:
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -51,7 +52,8 @@ class ModelComparison(NamedTuple):
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per model: ``elpd_loo``, ``elpd_loo_se``, ``heldout_lpd`` (if test labels
+        One row per model: ``elpd_loo``, ``elpd_loo_se``, ``max_pareto_k`` (PSIS reliability:
+        above 0.7 the LOO estimate for some input is unreliable), ``heldout_lpd`` (if test labels
         were given), mean predictive variance and mean/max absolute cross-output correlation
         at the test inputs, and posterior mean of ``Q``'s correlation.
     loo : pandas.DataFrame
@@ -90,7 +92,9 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
     if Y_test is not None and not has_test:
         raise ValueError("Y_test needs test inputs (X_test, or cross_gram and test_gram)")
 
-    loos = {name: loo(f) for name, f in fits.items()}
+    with warnings.catch_warnings():  # high Pareto k is reported in the table instead
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
+        loos = {name: loo(f) for name, f in fits.items()}
     rows, predictive = [], {}
     for name, f in fits.items():
         q = f.draws("Q")
@@ -100,6 +104,7 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
             "model": name,
             "elpd_loo": loos[name].elpd,
             "elpd_loo_se": loos[name].se,
+            "max_pareto_k": float(np.max(loos[name].pareto_k)) if loos[name].pareto_k is not None else np.nan,
             "mean_Q_offdiag_corr": _mean_offdiag(qcorr[None])[0],
         }
         if has_test:
