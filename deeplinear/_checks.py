@@ -21,6 +21,7 @@ __all__ = [
     "check_key",
     "check_sample_shape",
     "check_inputs",
+    "check_real_matrix",
     "check_dtype",
     "check_positive_scalar",
     "is_concrete",
@@ -131,22 +132,29 @@ def check_dtype(dtype, name: str = "dtype"):
     return jax.dtypes.canonicalize_dtype(dt)
 
 
+def check_real_matrix(value, name: str, layout: str):
+    """A non-empty, finite, real 2-D array (lists accepted); ``layout`` describes the shape
+    in messages, e.g. ``"(N0, P) with inputs as columns"``. Returns the array unconverted."""
+    if isinstance(value, (list, tuple)):
+        value = np.asarray(value)
+    if not isinstance(value, (np.ndarray, jax.Array)):
+        raise TypeError(f"{name} must be an array of shape {layout}, got {_describe(value)}")
+    if value.dtype == object or not (
+        np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+    ):
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    if value.ndim != 2:
+        raise ValueError(f"{name} must have rank 2, shape {layout}, got shape {value.shape}")
+    if value.shape[0] == 0 or value.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {value.shape}")
+    if is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value
+
+
 def check_inputs(X, name: str = "X", dtype=None):
     """Inputs ``X`` of shape ``(N0, P)`` (columns are inputs), real and finite."""
-    if isinstance(X, (list, tuple)):
-        X = np.asarray(X)
-    if not isinstance(X, (np.ndarray, jax.Array)):
-        raise TypeError(f"{name} must be an array of shape (N0, P), got {_describe(X)}")
-    if X.dtype == object or not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
-        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
-    if X.ndim != 2:
-        raise ValueError(
-            f"{name} must have rank 2, shape (N0, P) with inputs as columns, got shape {X.shape}"
-        )
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {X.shape}")
-    if is_concrete(X) and not np.all(np.isfinite(np.asarray(X))):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    X = check_real_matrix(X, name, "(N0, P) with inputs as columns")
     return jnp.asarray(X, dtype=check_dtype(dtype))
 
 

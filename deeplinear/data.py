@@ -25,32 +25,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deeplinear._checks import _describe, check_dtype, check_inputs
+from deeplinear._checks import _describe, check_dtype, check_inputs, check_real_matrix
 
 __all__ = ["KernelEigenbasis", "RegressionData", "TestKernel", "check_labels", "check_gram"]
 
 
 def check_labels(Y, num_obs: int | None = None, name: str = "Y") -> np.ndarray:
     """Labels ``Y`` of shape ``(D, P)`` (outputs as rows, one column per input), finite."""
-    if isinstance(Y, (list, tuple)):
-        Y = np.asarray(Y)
-    if not isinstance(Y, (np.ndarray, jax.Array)):
-        raise TypeError(f"{name} must be an array of shape (D, P), got {_describe(Y)}")
-    if Y.dtype == object or not (np.issubdtype(Y.dtype, np.floating) or np.issubdtype(Y.dtype, np.integer)):
-        raise TypeError(f"{name} must hold real numbers, got dtype {Y.dtype}")
-    if Y.ndim != 2:
-        raise ValueError(f"{name} must have rank 2, shape (D, P) with one column per input, got shape {Y.shape}")
-    if Y.shape[0] == 0 or Y.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {Y.shape}")
+    Y = check_real_matrix(Y, name, "(D, P) with one column per input")
     if num_obs is not None and Y.shape[1] != num_obs:
         raise ValueError(
             f"{name} has {Y.shape[1]} columns but there are {num_obs} inputs; "
             f"{name} must have shape (D, P) = (D, {num_obs})"
         )
-    Y = np.asarray(Y, dtype=np.float64)
-    if not np.all(np.isfinite(Y)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return Y
+    return np.asarray(Y, dtype=np.float64)
 
 
 def check_gram(K, name: str = "K", shape: tuple | None = None, symmetric: bool = True) -> np.ndarray:
