@@ -29,6 +29,7 @@ from deeplinear.inference import ConvergenceWarning, PosteriorFit, fit
 from deeplinear.likelihood import KroneckerNormal, loo_log_likelihood
 from deeplinear.models import deep_linear_model, sample_q
 from deeplinear.network import network_forward, sample_network_outputs
+from deeplinear.persistence import load_fit, save_fit
 from deeplinear.predictive import PredictiveMixture, conditional_predictive
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
 
@@ -49,7 +50,9 @@ __all__ = [
     "exact_posterior_d1",
     "fit",
     "loo",
+    "load_fit",
     "loo_log_likelihood",
+    "save_fit",
     "plot_predictive_correlations",
     "sample_q",
     "FiniteWidthPrior",

@@ -29,7 +29,7 @@ def loo(result: PosteriorFit):
     r"""PSIS-LOO (``arviz.loo``) of a fit from its ``log_likelihood`` group.
 
     When nothing in the posterior is random (the NNGP with fixed hyperparameters) the
-    leave-one-out terms are exact and identical across draws; PSIS cannot smooth constant
+    leave-one-out terms are exact and identical across draws (detected from the draws); PSIS cannot smooth constant
     weights, so uniform weights with Pareto ``k = 0`` are passed explicitly.
     """
     import arviz_stats
@@ -38,9 +38,9 @@ def loo(result: PosteriorFit):
         raise TypeError(f"result must be a PosteriorFit, got {type(result).__name__}")
     if "log_likelihood" not in result.datatree.children:
         raise ValueError("this fit has no log_likelihood group; refit with log_likelihood=True")
-    if result.mcmc is not None:
-        return arviz_stats.loo(result.datatree)
     ll = result.datatree["log_likelihood"]["Y"]
+    if float((ll.max(("chain", "draw")) - ll.min(("chain", "draw"))).max()) > 0:
+        return arviz_stats.loo(result.datatree)
     log_weights = xr.zeros_like(ll) - np.log(ll.sizes["chain"] * ll.sizes["draw"])
     pareto_k = xr.zeros_like(ll.isel(chain=0, draw=0, drop=True))
     return arviz_stats.loo(result.datatree, log_weights=log_weights, pareto_k=pareto_k)
