@@ -1,6 +1,8 @@
 """The ``deeplinear`` command line.
 
-``deeplinear`` with no sub-command runs the whole demonstration on built-in data:
+``deeplinear fit`` / ``deeplinear compare`` work on users' CSV/NPY files
+(:mod:`deeplinear.cli_fit`). ``deeplinear`` with no sub-command runs the whole
+demonstration on built-in data:
 ``infer`` (posteriors of the proportional limit and of the NNGP on data with correlated
 outputs, compared by LOO, held-out log density and predictive correlations; summary
 tables and figures), then ``simulate`` (prior laws against theory). Errors on bad
@@ -47,6 +49,9 @@ def _build_parser():
         "limit (a = 0.5, 2, and a inferred) and of the NNGP; LOO, held-out log predictive density, "
         "predictive cross-output correlations; figures.",
     )
+    from deeplinear.cli_fit import add_parsers
+
+    add_parsers(sub)
     for p in (parser, sim, inf):
         p.add_argument("--seed", type=int, default=0, help="PRNG seed (same seed, same numbers)")
         p.add_argument(
@@ -178,6 +183,10 @@ def main(argv=None) -> int:
             return _simulate(args)
         if args.command == "infer":
             return _infer(args)
+        if args.command in ("fit", "compare"):
+            from deeplinear.cli_fit import run_compare, run_fit
+
+            return run_fit(args) if args.command == "fit" else run_compare(args)
         if args.output is None and not args.no_plots:  # one folder for the whole demonstration
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             args.output = Path("deeplinear-output") / stamp

@@ -16,7 +16,7 @@ import numpy as np
 
 from deeplinear._checks import check_positive_int
 
-__all__ = ["Dataset", "correlated_outputs"]
+__all__ = ["Dataset", "correlated_outputs", "linnerud"]
 
 
 class Dataset(NamedTuple):
@@ -61,3 +61,34 @@ def correlated_outputs(
         f"noise variance {noise_variance}, {num_train} train / {num_test} test inputs, seed {seed}"
     )
     return Dataset(X[:, :num_train], Y[:, :num_train], X[:, num_train:], Y[:, num_train:], desc)
+
+
+LINNERUD_INPUTS = ("Chins", "Situps", "Jumps")
+LINNERUD_OUTPUTS = ("Weight", "Waist", "Pulse")
+
+
+def linnerud_path():
+    """Path of the bundled ``linnerud.csv`` (see ``deeplinear/data_files/README.md``)."""
+    from importlib import resources
+
+    return resources.files("deeplinear") / "data_files" / "linnerud.csv"
+
+
+def linnerud(num_test: int = 5, seed: int = 0) -> Dataset:
+    """Linnerud exercise (inputs) and physiology (3 correlated outputs) data, 20 men.
+
+    Raw units; a random split of ``num_test`` test rows (fixed by ``seed``). Source and
+    licence: ``deeplinear/data_files/README.md`` (Tenenhaus 1998, via scikit-learn, BSD-3).
+    """
+    from deeplinear.tabular import read_table, select_columns
+
+    num_test = check_positive_int("num_test", num_test)
+    if num_test >= 20:
+        raise ValueError(f"num_test must be < 20 (there are 20 rows), got {num_test}")
+    table = read_table(linnerud_path())
+    X = select_columns(table, ",".join(LINNERUD_INPUTS), "inputs")
+    Y = select_columns(table, ",".join(LINNERUD_OUTPUTS), "outputs")
+    perm = np.random.default_rng(seed).permutation(20)
+    test, train = perm[:num_test], perm[num_test:]
+    desc = f"Linnerud (Tenenhaus 1998): 3 exercise inputs, 3 physiological outputs, {20 - num_test} train / {num_test} test"
+    return Dataset(X[:, train], Y[:, train], X[:, test], Y[:, test], desc)

@@ -1,0 +1,99 @@
+r"""Tables in, arrays out: reading users' CSV/NPY files for the command line.
+
+Files hold one row per observation. Columns are chosen by name (CSV with a header) or by
+index (NPY, or CSV when given integers). Inputs become ``X`` (``N0 x P``, columns are
+inputs) and labels ``Y`` (``D x P``). :class:`Standardizer` z-scores them with training
+statistics (the linear kernel is not scale invariant) and maps predictions back:
+:math:`f = \mu + s \odot f_{\text{std}}`, :math:`\Sigma = \operatorname{diag}(s)\,\Sigma_{\text{std}}\,\operatorname{diag}(s)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Table", "read_table", "select_columns", "Standardizer"]
+
+
+class Table(NamedTuple):
+    """Column names and a ``(rows, columns)`` float64 array."""
+
+    columns: list
+    values: np.ndarray
+
+
+def read_table(path) -> Table:
+    """Read a ``.csv`` (header row required) or ``.npy`` (2-D numeric) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{path}: not a numeric .npy array ({err})") from None
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"{path}: expected a 2-D numeric array, got dtype {arr.dtype} and shape {arr.shape}")
+        return Table([str(i) for i in range(arr.shape[1])], arr.astype(np.float64))
+    if suffix == ".csv":
+        import pandas as pd
+
+        try:
+            df = pd.read_csv(path)
+        except Exception as err:  # pandas raises several parser error types
+            raise ValueError(f"{path}: cannot be read as CSV ({err})") from None
+        if df.shape[0] == 0:
+            raise ValueError(f"{path}: no data rows")
+        return Table([str(c).strip() for c in df.columns], df.to_numpy())
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv or .npy")
+
+
+def select_columns(table: Table, spec: str, what: str, path="") -> np.ndarray:
+    """Columns named (or indexed) in the comma-separated ``spec``, as ``(len(spec), rows)`` float64."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"--{what} needs at least one column name")
+    idx = []
+    for n in names:
+        if n in table.columns:
+            idx.append(table.columns.index(n))
+        elif n.isdigit() and int(n) < len(table.columns):
+            idx.append(int(n))
+        else:
+            raise ValueError(f"--{what}: no column {n!r} in {path}; columns are {', '.join(table.columns)}")
+    block = table.values[:, idx]
+    try:
+        block = block.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"--{what}: columns {names} of {path} are not all numeric") from None
+    bad = ~np.isfinite(block)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"--{what}: {path} has a missing or non-finite value in column {names[c]!r}, row {r + 2}")
+    return block.T
+
+
+class Standardizer(NamedTuple):
+    """Per-row mean and scale of a ``(features, observations)`` array."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, A: np.ndarray) -> Standardizer:
+        scale = A.std(axis=1)
+        scale = np.where(scale > 0, scale, 1.0)
+        return cls(A.mean(axis=1), scale)
+
+    def transform(self, A):
+        return (A - self.mean[:, None]) / self.scale[:, None]
+
+    def inverse_mean(self, M):
+        return M * self.scale[:, None] + self.mean[:, None]
+
+    def inverse_cov(self, C):
+        """``(..., D, D)`` covariances back to original units."""
+        return C * self.scale[:, None] * self.scale[None, :]
