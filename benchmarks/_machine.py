@@ -1,7 +1,8 @@
-"""Describe the machine a benchmark ran on (written next to its results)."""
+"""Shared by the benchmarks: describe the machine (written next to the results), time a jitted call."""
 
 import os
 import platform
+import time
 
 import jax
 
@@ -21,3 +22,14 @@ def describe() -> str:
         f"{cpu}; {os.cpu_count()} logical cores; Python {platform.python_version()}; "
         f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}); x64={jax.config.jax_enable_x64}"
     )
+
+
+def best_time(fn, *args, repeats: int = 3) -> float:
+    """Best wall time of ``fn(*args)`` over ``repeats`` runs, after one compile/warm-up call."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return min(times)

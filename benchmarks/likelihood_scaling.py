@@ -22,23 +22,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _machine import describe
+from _machine import best_time, describe
 
 import deeplinear as dl
 
 N0, D = 64, 3
 LAM, NOISE = 1.0, 0.5
 REPEATS = 5
-
-
-def best_time(fn, *args):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def dense_logp(vbar, X, Y):
@@ -72,13 +62,13 @@ def main():
         def fast(v, data):
             return jax.value_and_grad(lambda v: dl.KroneckerNormal(v @ v.T, LAM, NOISE, data).log_prob(data.labels))(v)
 
-        step = best_time(fast, vbar, data)
+        step = best_time(fast, vbar, data, repeats=REPEATS)
         value = float(fast(vbar, data)[0])
         row = dict(P=P, setup=setup, step=step, dense=None, rel=None)
         if P <= dense_max:
             Xj, Yj = jnp.asarray(X), jnp.asarray(Y)
             dense = jax.jit(jax.value_and_grad(dense_logp))
-            row["dense"] = best_time(dense, vbar, Xj, Yj)
+            row["dense"] = best_time(dense, vbar, Xj, Yj, repeats=REPEATS)
             row["rel"] = abs(float(dense(vbar, Xj, Yj)[0]) - value) / abs(value)
         rows.append(row)
         d = f"{row['dense'] * 1e3:10.1f} ms" if row["dense"] else "         -"

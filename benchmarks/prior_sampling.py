@@ -12,27 +12,16 @@ Writes benchmarks/results/prior_sampling_<platform>.md.
 """
 
 import argparse
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from _machine import describe
+from _machine import best_time, describe
 
 import deeplinear as dl
 
 N0, P, D = 10, 10, 2
 REPEATS = 3
-
-
-def best_time(fn):
-    jax.block_until_ready(fn())  # compile + warm up
-    times = []
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main():
@@ -47,8 +36,8 @@ def main():
     for n, depth in sizes:
         prior = dl.FiniteWidthPrior.from_depth_width(depth, n, D)
         key = jax.random.key(0)
-        t_net = best_time(lambda: dl.sample_network_outputs(key, X, prior.widths, D, n_net, batch_size=64))
-        t_bar = best_time(lambda: prior.sample_outputs(key, X, n_bar))
+        t_net = best_time(lambda: dl.sample_network_outputs(key, X, prior.widths, D, n_net, batch_size=64), repeats=REPEATS)
+        t_bar = best_time(lambda: prior.sample_outputs(key, X, n_bar), repeats=REPEATS)
         r_net, r_bar = n_net / t_net, n_bar / t_bar
         rows.append((n, depth, r_net, r_bar, r_bar / r_net))
         print(f"N = L = {n}: network {r_net:,.0f}/s, Bartlett {r_bar:,.0f}/s, ratio {r_bar / r_net:,.0f}x")

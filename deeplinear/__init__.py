@@ -25,8 +25,8 @@ from deeplinear import moments  # noqa: E402
 from deeplinear.comparison import ModelComparison, compare_models, loo, plot_predictive_correlations
 from deeplinear.data import KernelEigenbasis, RegressionData
 from deeplinear.exact import ExactPosteriorD1, exact_posterior_d1
-from deeplinear.inference import ConvergenceWarning, PosteriorFit, fit
-from deeplinear.likelihood import KroneckerNormal, loo_log_likelihood
+from deeplinear.inference import ConvergenceWarning, Diagnostics, PosteriorFit, fit
+from deeplinear.likelihood import KroneckerNormal, loo_log_likelihood, loo_log_likelihood_draws
 from deeplinear.models import deep_linear_model, sample_q
 from deeplinear.network import network_forward, sample_network_outputs
 from deeplinear.persistence import load_fit, save_fit
@@ -37,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceWarning",
+    "Diagnostics",
     "ExactPosteriorD1",
     "KernelEigenbasis",
     "KroneckerNormal",
@@ -52,6 +53,7 @@ __all__ = [
     "loo",
     "load_fit",
     "loo_log_likelihood",
+    "loo_log_likelihood_draws",
     "save_fit",
     "plot_predictive_correlations",
     "sample_q",

@@ -69,9 +69,8 @@ class _Prepared:
             self.X_test = select_columns(test, args.inputs, "inputs", args.test)
             if all(n in test.columns for n in self.output_names):
                 self.Y_test = select_columns(test, args.outputs, "outputs", args.test)
-        ident = Standardizer(np.zeros(X.shape[0]), np.ones(X.shape[0]))
-        self.sx = ident if args.no_standardize else Standardizer.fit(X)
-        self.sy = Standardizer(np.zeros(Y.shape[0]), np.ones(Y.shape[0])) if args.no_standardize else Standardizer.fit(Y)
+        fit = Standardizer.identity if args.no_standardize else Standardizer.fit
+        self.sx, self.sy = fit(X), fit(Y)
         self.X, self.Y = self.sx.transform(X), self.sy.transform(Y)
         if self.X_test is not None:
             self.X_test = self.sx.transform(self.X_test)
@@ -117,18 +116,10 @@ def _check_targets(args, names):
 
 
 def _diagnostics(result):
-    import arviz_stats
-
-    post = result.datatree["posterior"]
-    names = [v for v in ("Q", "ratio", "lambda_star", "noise_variance")
-             if v in post.data_vars and np.ptp(post[v].values) > 0]  # constant draws have no R-hat
-    if result.mcmc is None or not names:
+    d = result.diagnostics()
+    if not d.variables:
         return "exact posterior (NNGP with fixed hyperparameters): no MCMC"
-    rhat = arviz_stats.rhat(result.datatree, var_names=names)
-    ess = arviz_stats.ess(result.datatree, var_names=names)
-    worst = max(float(np.nanmax(rhat[v].values)) for v in names)
-    low = min(float(np.nanmin(ess[v].values)) for v in names)
-    return f"divergences {result.num_divergences}; max R-hat {worst:.3f}; min bulk ESS {low:.0f}"
+    return f"divergences {d.divergences}; max R-hat {d.max_rhat:.3f}; min bulk ESS {d.min_ess_bulk:.0f}"
 
 
 def run_fit(args) -> int:

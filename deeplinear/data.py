@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deeplinear._checks import _describe, check_dtype, check_inputs, check_real_matrix
+from deeplinear._checks import _describe, check_dtype, check_real_matrix
 
 __all__ = ["KernelEigenbasis", "RegressionData", "TestKernel", "check_labels", "check_gram"]
 
@@ -116,8 +116,7 @@ class KernelEigenbasis:
         ``max(N0, P) * eps(float64)`` (NumPy's ``matrix_rank`` rule).
         """
         dtype = check_dtype(dtype)
-        check_inputs(X)
-        X = np.asarray(X, np.float64)
+        X = np.asarray(check_real_matrix(X, "X", "(N0, P) with inputs as columns"), np.float64)
         n0, p = X.shape
         w, s, vt = np.linalg.svd(X, full_matrices=False)
         rtol = max(n0, p) * np.finfo(np.float64).eps if rtol is None else rtol
@@ -163,7 +162,7 @@ class KernelEigenbasis:
         resid = Y - rotated @ U.T
         return rotated, jnp.sum(resid**2, axis=(-2, -1))
 
-    def test_kernel_linear(self, X, X_test, dtype) -> TestKernel:
+    def test_kernel_linear(self, X_test, dtype) -> TestKernel:
         """Linear kernel at test inputs ``X_test`` (``N0 x P*``)."""
         proj = self.input_projection.astype(dtype)
         X_test = jnp.asarray(X_test, dtype)
@@ -230,8 +229,7 @@ class RegressionData:
     def linear(cls, X, Y, dtype=None, rtol: float | None = None) -> RegressionData:
         r"""Linear kernel :math:`K = X^\top X/N_0`; ``X`` is ``(N0, P)``, ``Y`` is ``(D, P)``."""
         dtype = check_dtype(dtype)
-        check_inputs(X)
-        X64 = np.asarray(X, np.float64)
+        X64 = np.asarray(check_real_matrix(X, "X", "(N0, P) with inputs as columns"), np.float64)
         Y64 = check_labels(Y, X64.shape[1])
         basis = KernelEigenbasis.linear(X64, dtype, rtol)
         return cls._build(basis, Y64, dtype, inputs=jnp.asarray(X64, dtype))
@@ -263,14 +261,13 @@ class RegressionData:
         if self.kernel_kind == "linear":
             if X_test is None or cross_gram is not None:
                 raise ValueError("this data uses the linear kernel: pass X_test (N0 x P*), not Gram matrices")
-            check_inputs(X_test, "X_test")
-            X_test = np.asarray(X_test, np.float64)
+            X_test = np.asarray(check_real_matrix(X_test, "X_test", "(N0, P*) with inputs as columns"), np.float64)
             n0 = self.inputs.shape[0]
             if X_test.shape[0] != n0:
                 raise ValueError(
                     f"X_test has {X_test.shape[0]} features (rows) but the training inputs have N0 = {n0}"
                 )
-            return self.basis.test_kernel_linear(self.inputs, X_test, dtype)
+            return self.basis.test_kernel_linear(X_test, dtype)
         if X_test is not None or cross_gram is None or test_gram is None:
             raise ValueError(
                 "this data uses a user-supplied Gram matrix: pass cross_gram (P x P*) and test_gram (P* x P*)"

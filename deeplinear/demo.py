@@ -19,7 +19,7 @@ import numpyro.distributions as dist
 from deeplinear.comparison import ModelComparison, compare_models
 from deeplinear.data import RegressionData
 from deeplinear.datasets import Dataset, correlated_outputs
-from deeplinear.inference import fit
+from deeplinear.inference import ConvergenceWarning, fit
 from deeplinear.priors import NNGPPrior, ProportionalLimitPrior
 
 __all__ = ["InferenceDemo", "inference_demo"]
@@ -59,7 +59,7 @@ def inference_demo(
         )
         fits["NNGP"] = fit(data, NNGPPrior(D), **kw)
     for w in caught:  # surface convergence problems, drop library noise
-        if "ConvergenceWarning" in type(w.message).__name__:
+        if isinstance(w.message, ConvergenceWarning):
             warnings.warn(w.message, stacklevel=2)
     comparison = compare_models(fits, ds.X_test, ds.Y_test)
     corr = np.corrcoef(ds.Y_train)

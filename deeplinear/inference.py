@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +28,12 @@ from numpyro.infer import MCMC, NUTS, init_to_median
 
 from deeplinear._checks import check_positive_int
 from deeplinear.data import RegressionData
-from deeplinear.likelihood import loo_log_likelihood
+from deeplinear.likelihood import loo_log_likelihood_draws
 from deeplinear.models import check_model_args, deep_linear_model, has_latent_sites
 from deeplinear.predictive import PredictiveMixture
 from deeplinear.priors import FiniteWidthPrior, ProportionalLimitPrior
 
-__all__ = ["fit", "PosteriorFit", "ConvergenceWarning"]
+__all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
 
 _CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
 RHAT_THRESHOLD = 1.01
@@ -63,6 +64,16 @@ def _dims_and_coords(prior, data, output_names=None):
         dims["brownian_diag"] = ["step", "output"]
         dims["brownian_offdiag"] = ["step", "offdiag"]
     return dims, coords
+
+
+class Diagnostics(NamedTuple):
+    """Convergence summary of a fit (see :meth:`PosteriorFit.diagnostics`)."""
+
+    divergences: int
+    num_draws: int
+    max_rhat: float
+    min_ess_bulk: float
+    variables: tuple
 
 
 class PosteriorFit:
@@ -120,6 +131,29 @@ class PosteriorFit:
             post = self.datatree["posterior"]
             var_names = [v for v in ("Q", "ratio", "lambda_star", "noise_variance") if v in post.data_vars]
         return arviz_stats.summary(self.datatree, var_names=var_names, **kwargs)
+
+    def diagnostics(self) -> Diagnostics:
+        """Divergences, max R-hat and min bulk ESS over ``Q`` and the inferred hyperparameters
+        (variables whose draws are all equal, like the NNGP's ``Q``, are skipped; R-hat needs
+        two or more chains, else it is NaN)."""
+        import arviz_stats
+
+        post = self.datatree["posterior"]
+        names = tuple(
+            v for v in ("Q", "ratio", "lambda_star", "noise_variance")
+            if v in post.data_vars and np.ptp(post[v].values) > 0
+        )
+        rhat = ess = np.nan
+        if names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                if post.sizes["chain"] > 1:
+                    r = arviz_stats.rhat(self.datatree, var_names=list(names))
+                    rhat = max(float(np.nanmax(np.asarray(r[v].values, float))) for v in names)
+                e = arviz_stats.ess(self.datatree, var_names=list(names))
+                ess = min(float(np.nanmin(np.asarray(e[v].values, float))) for v in names)
+        num_draws = post.sizes["chain"] * post.sizes["draw"]
+        return Diagnostics(self.num_divergences, num_draws, rhat, ess, names)
 
     @property
     def num_divergences(self) -> int:
@@ -267,11 +301,7 @@ def _add_loo_group(result: PosteriorFit):
     lam = jnp.asarray(result.draws("lambda_star"), data.dtype)
     noise = jnp.asarray(result.draws("noise_variance"), data.dtype)
 
-    @jax.jit
-    def all_draws(q, lam, noise):
-        return jax.lax.map(lambda a: loo_log_likelihood(*a, data), (q, lam, noise), batch_size=64)
-
-    ll = np.asarray(all_draws(q, lam, noise)).reshape(C, S, data.num_obs)
+    ll = np.asarray(loo_log_likelihood_draws(q, lam, noise, data)).reshape(C, S, data.num_obs)
     ds = xr.Dataset(
         {"Y": (("chain", "draw", "obs"), ll)},
         coords={"chain": post["chain"].values, "draw": post["draw"].values, "obs": np.arange(data.num_obs)},
@@ -281,25 +311,15 @@ def _add_loo_group(result: PosteriorFit):
 
 
 def _warn_on_convergence(result: PosteriorFit):
-    import arviz_stats
-
-    n_div = result.num_divergences
-    post = result.datatree["posterior"]
-    num_chains = post.sizes["chain"]
+    diag = result.diagnostics()
     msgs = []
-    if n_div:
-        total = post.sizes["chain"] * post.sizes["draw"]
-        msgs.append(f"{n_div} of {total} transitions diverged (raise target_accept_prob or check the model)")
-    names = [
-        v for v in ("Q", "ratio", "lambda_star", "noise_variance")
-        if v in post.data_vars and np.ptp(post[v].values) > 0  # constant draws (NNGP's Q) have no R-hat
-    ]
-    if num_chains > 1 and names:
-        rhat = arviz_stats.rhat(result.datatree, var_names=names)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            worst = max(float(np.nanmax(np.asarray(rhat[v].values, float))) for v in names)
-        if worst > RHAT_THRESHOLD:
-            msgs.append(f"max R-hat of {names} is {worst:.3f} > {RHAT_THRESHOLD} (run longer or more warmup)")
+    if diag.divergences:
+        msgs.append(
+            f"{diag.divergences} of {diag.num_draws} transitions diverged (raise target_accept_prob or check the model)"
+        )
+    if diag.max_rhat > RHAT_THRESHOLD:
+        msgs.append(
+            f"max R-hat of {list(diag.variables)} is {diag.max_rhat:.3f} > {RHAT_THRESHOLD} (run longer or more warmup)"
+        )
     if msgs:
         warnings.warn("; ".join(msgs), ConvergenceWarning, stacklevel=3)

@@ -18,6 +18,7 @@ evaluated in the eigenbasis of ``K`` (see :mod:`deeplinear.data`): with
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,13 @@ from numpyro.distributions import constraints
 from deeplinear._checks import check_positive_scalar, is_concrete
 from deeplinear.data import RegressionData
 
-__all__ = ["KroneckerNormal", "block_covariances", "loo_log_likelihood", "check_noise_for_data"]
+__all__ = [
+    "KroneckerNormal",
+    "block_covariances",
+    "loo_log_likelihood",
+    "loo_log_likelihood_draws",
+    "check_noise_for_data",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -108,7 +115,8 @@ class KroneckerNormal(dist.Distribution):
     def __init__(self, q, lambda_star, noise_variance, data: RegressionData, *, validate_args=None):
         if not isinstance(data, RegressionData):
             raise TypeError(f"data must be a deeplinear.RegressionData, got {type(data).__name__}")
-        check_positive_scalar("lambda_star", lambda_star) if jnp.ndim(lambda_star) == 0 else None
+        if jnp.ndim(lambda_star) == 0:
+            check_positive_scalar("lambda_star", lambda_star)
         if jnp.ndim(noise_variance) == 0:
             check_noise_for_data(noise_variance, data)
         q = jnp.asarray(q)
@@ -172,25 +180,46 @@ def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData):
     with, in the eigenbasis, :math:`B_i = \sum_p U_{ip}^2 C_p^{-1} + (1 - \sum_p U_{ip}^2) I/\sigma^2`
     and :math:`g_i = \sum_p U_{ip} C_p^{-1} \tilde y_p + (y_i - \sum_p U_{ip}\tilde y_p)/\sigma^2`.
     Cost :math:`O(P R D^2)` per draw. One ``Q`` ``(D, D)`` and scalar hyperparameters in,
-    ``(P,)`` out; ``vmap`` it over draws.
+    ``(P,)`` out; for many draws use :func:`loo_log_likelihood_draws`.
     """
+    return _loo_from_terms(q, lambda_star, noise_variance, data, _loo_data_terms(data, q.dtype))
+
+
+def _loo_data_terms(data: RegressionData, dtype):
+    r"""Draw-independent pieces of the LOO terms: ``U_R``, ``U_R^2``, and for a nonempty null
+    space the leftover weights :math:`1 - \sum_p U_{ip}^2` and residuals :math:`y_i - \sum_p U_{ip}\tilde y_p`."""
+    U = data.basis.eigenvectors.astype(dtype)
+    if not data.basis.num_null:
+        return U, U**2, None, None
+    resid = data.labels.T.astype(dtype) - U @ data.rotated_labels.T.astype(dtype)  # (P, D)
+    return U, U**2, 1 - jnp.sum(U**2, axis=1), resid
+
+
+def _loo_from_terms(q, lambda_star, noise_variance, data, terms):
+    U, U2, leftover, resid = terms
     dtype = q.dtype
-    basis = data.basis
-    U = basis.eigenvectors.astype(dtype)
     D = q.shape[-1]
-    chol = jnp.linalg.cholesky(block_covariances(q, lambda_star, noise_variance, basis.eigenvalues))
+    chol = jnp.linalg.cholesky(block_covariances(q, lambda_star, noise_variance, data.basis.eigenvalues))
     eye = jnp.eye(D, dtype=dtype)
     cinv = jax.vmap(lambda c: cho_solve((c, True), eye))(chol)  # (R, D, D)
-    cinv_y = jnp.einsum("pde,ep->pd", cinv, data.rotated_labels)  # (R, D)
-    B = jnp.einsum("ip,pde->ide", U**2, cinv)
+    cinv_y = jnp.einsum("pde,ep->pd", cinv, data.rotated_labels.astype(dtype))  # (R, D)
+    B = jnp.einsum("ip,pde->ide", U2, cinv)
     g = U @ cinv_y  # (P, D)
-    if basis.num_null:
+    if leftover is not None:
         noise = jnp.asarray(noise_variance, dtype)
-        leftover = 1 - jnp.sum(U**2, axis=1)
         B = B + leftover[:, None, None] * eye / noise
-        resid = data.labels.T - U @ data.rotated_labels.T  # (P, D)
         g = g + resid / noise
     cb = jnp.linalg.cholesky(B)
     w = solve_triangular(cb, g[..., None], lower=True)[..., 0]
     logdet_b = 2 * jnp.sum(jnp.log(jnp.diagonal(cb, axis1=-2, axis2=-1)), axis=-1)
     return -0.5 * D * _LOG_2PI + 0.5 * logdet_b - 0.5 * jnp.sum(w**2, axis=-1)
+
+
+@partial(jax.jit, static_argnames="batch_size")
+def loo_log_likelihood_draws(q, lambda_star, noise_variance, data: RegressionData, batch_size: int = 64):
+    """:func:`loo_log_likelihood` for ``S`` draws (``q`` ``(S, D, D)``, hyperparameters ``(S,)``),
+    ``(S, P)``; the draw-independent terms are computed once, outside the loop over draws."""
+    terms = _loo_data_terms(data, q.dtype)
+    return jax.lax.map(
+        lambda a: _loo_from_terms(*a, data, terms), (q, lambda_star, noise_variance), batch_size=batch_size
+    )

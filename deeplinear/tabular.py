@@ -88,6 +88,11 @@ class Standardizer(NamedTuple):
         scale = np.where(scale > 0, scale, 1.0)
         return cls(A.mean(axis=1), scale)
 
+    @classmethod
+    def identity(cls, A: np.ndarray) -> Standardizer:
+        """No scaling (mean 0, scale 1) for the rows of ``A``."""
+        return cls(np.zeros(A.shape[0]), np.ones(A.shape[0]))
+
     def transform(self, A):
         return (A - self.mean[:, None]) / self.scale[:, None]
 
