@@ -11,7 +11,8 @@ Inference (theory.md §4): :class:`RegressionData` prepares the kernel eigenbasi
 :func:`deep_linear_model` / :class:`KroneckerNormal` / :func:`sample_q` are the NumPyro
 model and its building blocks, :func:`fit` runs NUTS and returns an ArviZ DataTree,
 :meth:`PosteriorFit.predict` gives the predictive mixture, :func:`compare_models` sets a
-model against the NNGP, and :func:`exact_posterior_d1` gives exact ``D = 1`` references.
+model against the NNGP, :func:`exact_posterior_d1` gives exact ``D = 1`` references, and
+:func:`simulation_based_calibration` checks the sampler on data simulated from the prior.
 
 Importing deeplinear changes no global JAX state; for float64 run
 ``jax.config.update("jax_enable_x64", True)`` yourself (or use ``jax.enable_x64()``).
@@ -26,12 +27,13 @@ from deeplinear.comparison import ModelComparison, compare_models, loo, plot_pre
 from deeplinear.data import KernelEigenbasis, RegressionData
 from deeplinear.exact import ExactPosteriorD1, exact_posterior_d1
 from deeplinear.inference import ConvergenceWarning, Diagnostics, PosteriorFit, fit
-from deeplinear.likelihood import KroneckerNormal, loo_log_likelihood, loo_log_likelihood_draws
+from deeplinear.likelihood import KroneckerNormal, PrecisionWarning, loo_log_likelihood, loo_log_likelihood_draws
 from deeplinear.models import deep_linear_model, sample_q
 from deeplinear.network import network_forward, sample_network_outputs
 from deeplinear.persistence import load_fit, save_fit
 from deeplinear.predictive import PredictiveMixture, conditional_predictive
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
+from deeplinear.sbc import SBCResult, simulation_based_calibration
 
 __version__ = "0.1.0"
 
@@ -43,8 +45,10 @@ __all__ = [
     "KroneckerNormal",
     "ModelComparison",
     "PosteriorFit",
+    "PrecisionWarning",
     "PredictiveMixture",
     "RegressionData",
+    "SBCResult",
     "compare_models",
     "conditional_predictive",
     "deep_linear_model",
@@ -57,6 +61,7 @@ __all__ = [
     "save_fit",
     "plot_predictive_correlations",
     "sample_q",
+    "simulation_based_calibration",
     "FiniteWidthPrior",
     "NNGPPrior",
     "ProportionalLimitPrior",

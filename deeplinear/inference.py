@@ -28,7 +28,7 @@ from numpyro.infer import MCMC, NUTS, init_to_median
 
 from deeplinear._checks import check_positive_int
 from deeplinear.data import RegressionData
-from deeplinear.likelihood import loo_log_likelihood_draws
+from deeplinear.likelihood import loo_log_likelihood_draws, warn_if_unresolvable_in_float32
 from deeplinear.models import check_model_args, deep_linear_model, has_latent_sites
 from deeplinear.predictive import PredictiveMixture
 from deeplinear.priors import FiniteWidthPrior, ProportionalLimitPrior
@@ -236,11 +236,15 @@ def fit(
     -----
     ConvergenceWarning
         On divergent transitions or R-hat of ``Q`` above 1.01.
+    PrecisionWarning
+        Before sampling, when float32 cannot resolve ``noise_variance`` against the labels
+        (:func:`~deeplinear.likelihood.warn_if_unresolvable_in_float32`).
     """
     check_model_args(data, prior, lambda_star, noise_variance, ratio)
     _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, seed, target_accept_prob, max_tree_depth)
     if output_names is not None and len(output_names) != data.num_outputs:
         raise ValueError(f"output_names must have D = {data.num_outputs} entries, got {len(output_names)}")
+    warn_if_unresolvable_in_float32(data, noise_variance, stacklevel=3)
     hyper = {"lambda_star": lambda_star, "noise_variance": noise_variance, "ratio": ratio}
     dims, coords = _dims_and_coords(prior, data, output_names)
     model_kwargs = dict(lambda_star=lambda_star, noise_variance=noise_variance, ratio=ratio)

@@ -18,10 +18,12 @@ evaluated in the eigenbasis of ``K`` (see :mod:`deeplinear.data`): with
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.linalg import cho_solve, solve_triangular
 from numpyro.distributions import constraints
@@ -31,7 +33,11 @@ from deeplinear.data import RegressionData
 
 __all__ = [
     "KroneckerNormal",
+    "PrecisionWarning",
+    "warn_if_unresolvable_in_float32",
     "block_covariances",
+    "block_cholesky_from_root",
+    "psd_root",
     "loo_log_likelihood",
     "loo_log_likelihood_draws",
     "check_noise_for_data",
@@ -49,6 +55,37 @@ def block_covariances(q, lambda_star, noise_variance, eigenvalues):
     return lam * eigenvalues.astype(q.dtype)[:, None, None] * q[..., None, :, :] + noise * eye
 
 
+def psd_root(q):
+    r"""A square root :math:`W \operatorname{diag}(\sqrt{\max(w, 0)})` of symmetric ``q``
+    ``(..., D, D)`` with eigendecomposition :math:`W \operatorname{diag}(w) W^\top` (rounding
+    that makes tiny eigenvalues negative is clipped). For evaluation, not for gradients
+    (``eigh``'s derivative is singular at repeated eigenvalues)."""
+    w, v = jnp.linalg.eigh((q + jnp.swapaxes(q, -1, -2)) / 2)
+    return v * jnp.sqrt(jnp.clip(w, 0))[..., None, :]
+
+
+def block_cholesky_from_root(root, lambda_star, noise_variance, eigenvalues):
+    r"""Lower factors :math:`L_p L_p^\top = C_p = \lambda_*\kappa_p\, V V^\top + \sigma^2 I_D` without
+    forming :math:`C_p`: :math:`L_p^\top` is the triangular factor of the QR decomposition of the
+    ``2D x D`` matrix :math:`[\sqrt{\lambda_*\kappa_p}\, V^\top;\ \sigma I_D]`.
+
+    Square-root form: it never squares the condition number of ``V`` (``root``, any factor
+    with :math:`Q = VV^\top`, e.g. :math:`\bar V`), so it stays finite where the Cholesky
+    factorization of the formed :math:`C_p` fails -- e.g. float32 at large ``a``, where the
+    eigenvalues of ``Q`` span tens of orders of magnitude and :math:`\sigma^2` is small.
+    Diagonal entries may be negative; use :math:`\log|L_{ii}|`. Shape ``(..., R, D, D)``.
+    """
+    root = jnp.asarray(root)
+    dtype = root.dtype
+    D = root.shape[-1]
+    lam = jnp.asarray(lambda_star, dtype)[..., None, None, None]
+    sd = jnp.sqrt(jnp.asarray(noise_variance, dtype))[..., None, None, None]
+    top = jnp.sqrt(lam * eigenvalues.astype(dtype)[:, None, None]) * jnp.swapaxes(root, -1, -2)[..., None, :, :]
+    bottom = sd * jnp.eye(D, dtype=dtype)
+    stacked = jnp.concatenate([top, jnp.broadcast_to(bottom, top.shape)], axis=-2)  # (..., R, 2D, D)
+    return jnp.swapaxes(jnp.linalg.qr(stacked, mode="r"), -1, -2)
+
+
 def check_noise_for_data(noise_variance, data: RegressionData):
     """``sigma^2 >= 0``; ``sigma^2 = 0`` (interpolation) needs a full-rank kernel."""
     check_positive_scalar("noise_variance", noise_variance, allow_zero=True)
@@ -60,11 +97,51 @@ def check_noise_for_data(noise_variance, data: RegressionData):
     return noise_variance
 
 
+class PrecisionWarning(UserWarning):
+    """The configuration is beyond what float32 can resolve; use float64 or rescale the labels."""
+
+
+FLOAT32_SIGNAL_TO_NOISE_LIMIT = 1e6
+
+
+def warn_if_unresolvable_in_float32(data: RegressionData, noise_variance, stacklevel: int = 3) -> float:
+    r"""Warn when float32 cannot resolve ``noise_variance`` against the labels.
+
+    The block covariances :math:`C_p = \lambda_*\kappa_p Q + \sigma^2 I` must fit the labels,
+    so in the posterior their largest eigenvalue is about the largest per-output label
+    energy along one kernel eigendirection, :math:`s = \max_p \|\tilde y_p\|^2 / D`, and the
+    smallest is at least :math:`\sigma^2`. When :math:`s/\sigma^2` exceeds
+    ``FLOAT32_SIGNAL_TO_NOISE_LIMIT`` (``1e6``; float32 keeps about 7 significant digits),
+    float32 cannot represent the posterior's spread of scales: the model's log density and
+    its gradient stay accurate (square-root form, :func:`block_cholesky_from_root`), but
+    predictive means and covariances, computed from the stored ``Q`` draws, lose their
+    digits. Emits a :class:`PrecisionWarning` (float32 data and a fixed ``noise_variance``
+    only) and returns the ratio (``nan`` when not applicable).
+    """
+    if data.dtype != jnp.float32 or not isinstance(noise_variance, (int, float, np.floating, np.integer)):
+        return math.nan
+    if float(noise_variance) <= 0:
+        return math.nan
+    energy = np.asarray(data.rotated_labels, np.float64) ** 2  # (D, R)
+    ratio = float(energy.sum(axis=0).max() / data.num_outputs / float(noise_variance))
+    if ratio > FLOAT32_SIGNAL_TO_NOISE_LIMIT:
+        warnings.warn(
+            f"float32 cannot resolve this configuration: the labels' largest variance component is "
+            f"{ratio:.1e} x noise_variance (float32 keeps ~7 digits; limit {FLOAT32_SIGNAL_TO_NOISE_LIMIT:.0e}), "
+            "so predictive means and covariances computed from Q lose their digits (the log density stays "
+            "accurate). Use float64 (jax.config.update('jax_enable_x64', True) and dtype='float64') "
+            "or a larger noise_variance.",
+            PrecisionWarning,
+            stacklevel=stacklevel,
+        )
+    return ratio
+
+
 def _rotated_log_prob(chol, rotated, null_energy, noise_variance, num_null):
     """Log density from Cholesky factors ``(..., R, D, D)`` of the blocks and rotated labels."""
     R, D = chol.shape[-3], chol.shape[-1]
     z = solve_triangular(chol, jnp.swapaxes(rotated, -1, -2)[..., None], lower=True)[..., 0]
-    logdet = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=(-2, -1))
+    logdet = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol, axis1=-2, axis2=-1))), axis=(-2, -1))
     lp = -0.5 * jnp.sum(z**2, axis=(-2, -1)) - logdet - 0.5 * R * D * _LOG_2PI
     if num_null:
         noise = jnp.asarray(noise_variance, chol.dtype)
@@ -91,6 +168,10 @@ class KroneckerNormal(dist.Distribution):
         :math:`\sigma^2 \ge 0`; ``0`` is interpolation and needs ``rank K = P``.
     data : RegressionData
         Kernel eigenbasis (and, optionally, the observed labels).
+    root : array ``(..., D, D)``, optional
+        A factor with :math:`Q = V V^\top` (the models pass :math:`\bar V`). When given, the
+        blocks are factored in square-root form (:func:`block_cholesky_from_root`), which stays
+        finite in float32 where :math:`Q` is very ill-conditioned (large ``a``, large ``D``).
 
     Examples
     --------
@@ -110,9 +191,9 @@ class KroneckerNormal(dist.Distribution):
         "noise_variance": constraints.nonnegative,
     }
     support = constraints.real_matrix
-    pytree_data_fields = ("q", "lambda_star", "noise_variance", "data")
+    pytree_data_fields = ("q", "lambda_star", "noise_variance", "data", "root")
 
-    def __init__(self, q, lambda_star, noise_variance, data: RegressionData, *, validate_args=None):
+    def __init__(self, q, lambda_star, noise_variance, data: RegressionData, *, root=None, validate_args=None):
         if not isinstance(data, RegressionData):
             raise TypeError(f"data must be a deeplinear.RegressionData, got {type(data).__name__}")
         if jnp.ndim(lambda_star) == 0:
@@ -123,7 +204,12 @@ class KroneckerNormal(dist.Distribution):
         D = data.num_outputs
         if q.ndim < 2 or q.shape[-2:] != (D, D):
             raise ValueError(f"q must have shape (..., {D}, {D}) for D = {D} outputs, got {q.shape}")
+        if root is not None:
+            root = jnp.asarray(root, q.dtype)
+            if root.shape[-2:] != (D, D):
+                raise ValueError(f"root must have shape (..., {D}, {D}), got {root.shape}")
         self.q = q
+        self.root = root
         self.lambda_star = jnp.asarray(lambda_star, q.dtype)
         self.noise_variance = jnp.asarray(noise_variance, q.dtype)
         self.data = data
@@ -131,7 +217,10 @@ class KroneckerNormal(dist.Distribution):
         super().__init__(batch_shape, (D, data.num_obs), validate_args=validate_args)
 
     def block_cholesky(self):
-        """Cholesky factors of the blocks :math:`C_p`, shape ``batch + (R, D, D)``."""
+        """Lower factors of the blocks :math:`C_p`, shape ``batch + (R, D, D)`` (square-root
+        form when ``root`` was given)."""
+        if self.root is not None:
+            return block_cholesky_from_root(self.root, self.lambda_star, self.noise_variance, self.data.basis.eigenvalues)
         c = block_covariances(self.q, self.lambda_star, self.noise_variance, self.data.basis.eigenvalues)
         return jnp.linalg.cholesky(c)
 
@@ -154,7 +243,7 @@ class KroneckerNormal(dist.Distribution):
         g = jax.random.normal(k1, shape + (D, R), dtype)
         e = jax.random.normal(k2, shape + self.event_shape, dtype)
         root = basis.eigenvectors.astype(dtype) * jnp.sqrt(basis.eigenvalues.astype(dtype))
-        lchol = jnp.linalg.cholesky(self.q)
+        lchol = self.root if self.root is not None else jnp.linalg.cholesky(self.q)
         lam = jnp.sqrt(self.lambda_star)[..., None, None]
         sd = jnp.sqrt(self.noise_variance)[..., None, None]
         return lam * (lchol @ g) @ root.T + sd * e
@@ -199,7 +288,7 @@ def _loo_from_terms(q, lambda_star, noise_variance, data, terms):
     U, U2, leftover, resid = terms
     dtype = q.dtype
     D = q.shape[-1]
-    chol = jnp.linalg.cholesky(block_covariances(q, lambda_star, noise_variance, data.basis.eigenvalues))
+    chol = block_cholesky_from_root(psd_root(q), lambda_star, noise_variance, data.basis.eigenvalues)
     eye = jnp.eye(D, dtype=dtype)
     cinv = jax.vmap(lambda c: cho_solve((c, True), eye))(chol)  # (R, D, D)
     cinv_y = jnp.einsum("pde,ep->pd", cinv, data.rotated_labels.astype(dtype))  # (R, D)

@@ -100,6 +100,7 @@ def deep_linear_model(
     noise_variance=1.0,
     ratio: dist.Distribution | None = None,
     observed: bool = True,
+    labels=None,
 ):
     r"""NumPyro model: Bayesian deep linear network regression with ``f`` marginalized.
 
@@ -118,6 +119,11 @@ def deep_linear_model(
         keeps ``prior.ratio`` fixed.
     observed : bool, default True
         Condition on ``data.labels``; ``False`` samples ``Y`` (prior/posterior predictive).
+    labels : array ``(D, P)``, optional
+        Condition on these labels instead of ``data.labels`` (same inputs). May be traced,
+        e.g. under ``jax.vmap`` over simulated data sets (as
+        :func:`~deeplinear.sbc.simulation_based_calibration` does); costs :math:`O(PRD)`
+        more per evaluation than ``data.labels``, whose rotation is precomputed.
 
     Examples
     --------
@@ -133,9 +139,15 @@ def deep_linear_model(
     """
     check_model_args(data, prior, lambda_star, noise_variance, ratio)
     dtype = data.dtype
+    if labels is None:
+        labels = data.labels
+    elif jnp.shape(labels) != data.labels.shape:
+        raise ValueError(f"labels must have the shape of data.labels {data.labels.shape}, got {jnp.shape(labels)}")
     if ratio is not None:
         prior = prior.replace(ratio=numpyro.sample("ratio", ratio))
     lam = _hyper("lambda_star", lambda_star, dtype)
     noise = _hyper("noise_variance", noise_variance, dtype)
-    q = sample_q(prior, dtype=dtype)
-    numpyro.sample("Y", KroneckerNormal(q, lam, noise, data), obs=data.labels if observed else None)
+    vbar = prior.numpyro_vbar().astype(dtype)
+    q = numpyro.deterministic("Q", vbar @ vbar.T)
+    likelihood = KroneckerNormal(q, lam, noise, data, root=vbar)  # square-root form: robust in float32
+    numpyro.sample("Y", likelihood, obs=labels if observed else None)

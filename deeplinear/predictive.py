@@ -26,7 +26,7 @@ from jax.scipy.linalg import cho_solve
 
 from deeplinear._checks import check_key, check_positive_int
 from deeplinear.data import RegressionData, TestKernel, check_labels
-from deeplinear.likelihood import block_covariances
+from deeplinear.likelihood import block_cholesky_from_root, psd_root
 
 __all__ = ["PredictiveMixture", "conditional_predictive"]
 
@@ -42,7 +42,7 @@ def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData,
     """
     dtype = q.dtype
     lam = jnp.asarray(lambda_star, dtype)
-    chol = jnp.linalg.cholesky(block_covariances(q, lam, noise_variance, data.basis.eigenvalues))
+    chol = block_cholesky_from_root(psd_root(q), lam, noise_variance, data.basis.eigenvalues)
     kt = test.rotated_cross.astype(dtype)  # (R, P*)
     cinv_y = jax.vmap(lambda c, y: cho_solve((c, True), y))(chol, data.rotated_labels.T.astype(dtype))
     mean = lam * q @ (cinv_y.T @ kt)

@@ -1,0 +1,384 @@
+r"""Simulation-based calibration of the posterior sampler (Talts et al. 2018; Modrák et al. 2023).
+
+For ``s = 1..S``: draw :math:`\theta_s` from the prior, labels :math:`Y_s \sim p(Y\mid\theta_s)`,
+run NUTS on :math:`p(\theta \mid Y_s)`, keep ``M`` thinned draws :math:`\theta_s^{(m)}`, and
+record for each test quantity :math:`f` the rank
+
+.. math:: r_s = \#\{m : f(\theta_s^{(m)}, Y_s) < f(\theta_s, Y_s)\} \in \{0, \dots, M\}
+
+(ties broken uniformly at random). If the sampler draws from the exact posterior,
+:math:`r_s` is uniform on :math:`\{0..M\}` and the fractional ranks
+:math:`u_s = (r_s + V_s)/(M+1)`, :math:`V_s \sim U(0,1)`, are uniform on ``(0, 1)``.
+
+Test quantities: the entries of ``Q`` (diagonal and below), the inferred hyperparameters
+(``lambda_star``, ``noise_variance``, ``ratio``), and the data-dependent log-likelihood
+:math:`\log p(Y_s \mid \theta)` (Modrák et al. 2023), which is sensitive to errors that
+leave every marginal calibrated.
+
+Uniformity is judged by the ECDF of ``u`` against simultaneous bands
+(``arviz_stats``' simulation method; Säilynoja et al. 2022) and by a chi-square test on
+a rank histogram. The fits are batched: one NUTS driver, compiled once, is ``vmap``-ed over
+simulated data sets (labels enter the model as an argument; see ``labels`` in
+:func:`~deeplinear.models.deep_linear_model`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from numpyro.infer import Predictive, init_to_median
+from numpyro.infer.hmc import hmc
+from numpyro.infer.util import initialize_model
+from scipy import stats
+
+from deeplinear._checks import check_positive_int
+from deeplinear.likelihood import KroneckerNormal
+from deeplinear.models import check_model_args, deep_linear_model, has_latent_sites
+from deeplinear.priors import NNGPPrior
+
+__all__ = ["simulation_based_calibration", "SBCResult"]
+
+_HYPERPARAMETERS = ("lambda_star", "noise_variance", "ratio")
+
+
+def _interactive() -> bool:
+    return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+
+
+def _describe(value) -> str:
+    """Readable form of a fixed value or a NumPyro distribution (for result descriptions)."""
+    if not isinstance(value, dist.Distribution):
+        return repr(value)
+    params = ", ".join(
+        f"{k}={float(np.asarray(getattr(value, k))):.3g}"
+        for k in value.arg_constraints
+        if hasattr(value, k) and np.ndim(getattr(value, k)) == 0
+    )
+    return f"{type(value).__name__}({params})"
+
+
+def _quantity_names(prior, hyper):
+    D = prior.num_outputs
+    names = []
+    if not isinstance(prior, NNGPPrior):
+        names += [f"Q[{r},{s}]" for r in range(D) for s in range(r + 1)]
+    names += [h for h in _HYPERPARAMETERS if isinstance(hyper[h], dist.Distribution)]
+    return names + ["log_likelihood"]
+
+
+def _quantities(draws, labels, data, prior, hyper):
+    """Test quantities ``(..., k)`` from (constrained) draws with leading batch dims."""
+    q = draws["Q"]
+    batch = q.shape[:-2]
+    dtype = q.dtype
+    cols = []
+    if not isinstance(prior, NNGPPrior):
+        rows, cols_ = np.tril_indices(prior.num_outputs)
+        order = np.lexsort((cols_, rows))  # row-major over the lower triangle
+        cols.append(q[..., rows[order], cols_[order]])
+    for h in _HYPERPARAMETERS:
+        if isinstance(hyper[h], dist.Distribution):
+            cols.append(draws[h].reshape(batch + (1,)))
+    lam = draws["lambda_star"] if "lambda_star" in draws else jnp.full(batch, hyper["lambda_star"], dtype)
+    noise = draws["noise_variance"] if "noise_variance" in draws else jnp.full(batch, hyper["noise_variance"], dtype)
+    flat = lambda x: x.reshape((-1,) + x.shape[len(batch):])  # noqa: E731
+    loglik = jax.vmap(lambda qq, ll, nn: KroneckerNormal(qq, ll, nn, data).log_prob(labels))(
+        flat(q), flat(lam), flat(noise)
+    ).reshape(batch + (1,))
+    cols.append(loglik)
+    return jnp.concatenate([c.astype(dtype) for c in cols], axis=-1)
+
+
+class SBCResult:
+    r"""Ranks from :func:`simulation_based_calibration`.
+
+    Attributes
+    ----------
+    ranks : dict[str, numpy.ndarray]
+        For each test quantity, the ``(S,)`` integer ranks in ``0..M``.
+    num_draws : int
+        ``M``, the number of thinned posterior draws per simulation.
+    divergences : numpy.ndarray
+        ``(S,)`` divergent transitions per simulation (sampling phase, all iterations).
+    description : str
+        The configuration (prior, hyperparameters, data shape, sampler settings).
+    """
+
+    def __init__(self, ranks, num_draws, divergences, description, seed=0):
+        self.ranks = ranks
+        self.num_draws = int(num_draws)
+        self.divergences = np.asarray(divergences)
+        self.description = description
+        self._seed = seed
+
+    @property
+    def num_simulations(self) -> int:
+        return len(next(iter(self.ranks.values())))
+
+    def pit(self) -> dict[str, np.ndarray]:
+        r"""Fractional ranks :math:`u_s = (r_s + V_s)/(M + 1)`, uniform on ``(0, 1)`` when
+        calibrated (fixed jitter seed, so repeated calls agree)."""
+        rng = np.random.default_rng(self._seed + 7)
+        return {k: (r + rng.uniform(size=r.shape)) / (self.num_draws + 1) for k, r in self.ranks.items()}
+
+    def uniformity(self, prob: float = 0.99, num_bins: int | None = None, band_simulations: int = 5000):
+        r"""Test each quantity's ranks for uniformity.
+
+        Returns a list of dicts, one per quantity: ``inside_band`` (the ECDF of the
+        fractional ranks lies inside the simultaneous band; this is the pass/fail
+        criterion), ``max_ecdf_deviation``, and, as a second opinion, the chi-square
+        statistic and p-value of a ``num_bins``-bin rank histogram (default
+        ``min(20, S // 5)`` bins) with ``chi2_flag`` set when ``p < (1 - prob)/k``. The band
+        is family-wise over the ``k`` quantities of this configuration: each quantity's band
+        has level ``1 - (1 - prob)/k`` (Bonferroni), so a calibrated sampler passes with
+        probability at least ``prob``.
+        """
+        from arviz_stats.ecdf_utils import ecdf_pit
+
+        if not 0 < prob < 1:
+            raise ValueError(f"prob must be in (0, 1), got {prob!r}")
+        k = len(self.ranks)
+        per_quantity = 1 - (1 - prob) / k
+        S = self.num_simulations
+        bins = num_bins if num_bins is not None else max(2, min(20, S // 5))
+        rows = []
+        for i, (name, u) in enumerate(self.pit().items()):
+            rng = np.random.default_rng(self._seed + 100 + i)
+            x, ecdf, lower, upper = ecdf_pit(u, per_quantity, band_simulations, rng=rng)
+            inside = bool(np.all((ecdf >= lower - 1e-12) & (ecdf <= upper + 1e-12)))
+            counts = np.histogram(u, bins=bins, range=(0, 1))[0]
+            chi2, p = stats.chisquare(counts)
+            rows.append(
+                {
+                    "quantity": name,
+                    "inside_band": inside,
+                    "max_ecdf_deviation": float(np.max(np.abs(ecdf - x))),
+                    "chi2": float(chi2),
+                    "chi2_bins": bins,
+                    "chi2_pvalue": float(p),
+                    "chi2_flag": bool(p < (1 - prob) / k),
+                    "passed": inside,
+                }
+            )
+        return rows
+
+    def passed(self, prob: float = 0.99) -> bool:
+        """True when every quantity's ECDF is inside its band (:meth:`uniformity`, family-wise level ``prob``)."""
+        return all(row["passed"] for row in self.uniformity(prob))
+
+    def to_datatree(self):
+        """The fractional ranks as an ArviZ DataTree (group ``prior_sbc``, ``draw`` = simulation)."""
+        import arviz_base
+
+        return arviz_base.from_dict({"prior_sbc": {k: v[None, :] for k, v in self.pit().items()}})
+
+    def plot(self, prob: float = 0.99, band_simulations: int = 5000):
+        r"""ECDF-difference plot: :math:`\hat F(u) - u` of each quantity's fractional ranks with
+        its simultaneous band at level :math:`1 - (1-\text{prob})/k` (the band that
+        :meth:`uniformity` tests; ``arviz_stats.ecdf_utils.ecdf_pit``). Returns a matplotlib
+        Figure. For arviz-plots' own display use
+        ``arviz_plots.plot_ecdf_pit(result.to_datatree(), group="prior_sbc")``."""
+        import matplotlib.pyplot as plt
+        from arviz_stats.ecdf_utils import ecdf_pit
+
+        k = len(self.ranks)
+        rows = {row["quantity"]: row for row in self.uniformity(prob, band_simulations=band_simulations)}
+        ncols = min(k, 4)
+        nrows = math.ceil(k / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False, sharey=True)
+        for i, (name, u) in enumerate(self.pit().items()):
+            ax = axes.flat[i]
+            rng = np.random.default_rng(self._seed + 100 + i)
+            x, ecdf, lower, upper = ecdf_pit(u, 1 - (1 - prob) / k, band_simulations, rng=rng)
+            ax.fill_between(x, lower - x, upper - x, step="post", color="0.85", label=f"{prob:.0%} family band")
+            ax.step(x, ecdf - x, where="post", color="C0" if rows[name]["inside_band"] else "C3")
+            ax.axhline(0, color="0.4", lw=0.8)
+            ax.set_title(f"{name}  (chi2 p={rows[name]['chi2_pvalue']:.2f})", fontsize=9)
+            ax.set_xlabel("fractional rank u")
+        for ax in axes.flat[k:]:
+            ax.set_visible(False)
+        axes[0, 0].set_ylabel("ECDF(u) - u")
+        axes[0, 0].legend(fontsize=7, loc="lower left")
+        fig.suptitle(f"SBC: {self.num_simulations} simulations, {self.num_draws} draws each", fontsize=10)
+        fig.tight_layout()
+        return fig
+
+    def table(self, prob: float = 0.99) -> str:
+        """Plain-text table of :meth:`uniformity`."""
+        lines = [f"{'quantity':<16} {'in band':>7} {'max|ECDF-u|':>11} {'chi2 p':>8} {'chi2 flag':>9}"]
+        for row in self.uniformity(prob):
+            lines.append(
+                f"{row['quantity']:<16} {str(row['inside_band']):>7} {row['max_ecdf_deviation']:>11.3f} "
+                f"{row['chi2_pvalue']:>8.3f} {str(row['chi2_flag']):>9}"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (
+            f"SBCResult({self.description}; simulations={self.num_simulations}, draws={self.num_draws}, "
+            f"quantities={list(self.ranks)}, divergences={int(self.divergences.sum())})"
+        )
+
+
+def _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, seed, target_accept_prob, max_tree_depth):
+    check_positive_int("num_simulations", num_simulations)
+    check_positive_int("num_warmup", num_warmup, minimum=0)
+    check_positive_int("num_samples", num_samples)
+    check_positive_int("thin", thin)
+    check_positive_int("max_tree_depth", max_tree_depth)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    if num_samples % thin:
+        raise ValueError(f"num_samples = {num_samples} must be a multiple of thin = {thin}")
+    if num_samples // thin < 2:
+        raise ValueError(f"num_samples // thin = {num_samples // thin}: need at least 2 posterior draws per simulation")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    if not (isinstance(target_accept_prob, (float, int)) and 0 < target_accept_prob < 1):
+        raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+
+
+def simulation_based_calibration(
+    data,
+    prior,
+    *,
+    lambda_star=1.0,
+    noise_variance=1.0,
+    ratio: dist.Distribution | None = None,
+    num_simulations: int = 100,
+    num_warmup: int = 500,
+    num_samples: int = 1000,
+    thin: int = 10,
+    batch_size: int | None = None,
+    seed: int = 0,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    progress_bar: bool | None = None,
+) -> SBCResult:
+    r"""Simulation-based calibration of :func:`~deeplinear.inference.fit`'s sampler for one configuration.
+
+    Uses the inputs (kernel) of ``data``; its labels are replaced by ``num_simulations``
+    data sets simulated from the prior. Each data set gets one NUTS chain (the same
+    settings as :func:`~deeplinear.inference.fit`: ``init_to_median``, diagonal mass matrix,
+    ``num_warmup`` adaptation steps) and ``num_samples / thin`` posterior draws are ranked.
+    Simulations run ``batch_size`` at a time through one jitted, ``vmap``-ed driver
+    (compiled once).
+
+    Parameters
+    ----------
+    data : RegressionData
+        Inputs (linear kernel or Gram matrix); the labels only fix ``D`` and ``P``.
+    prior, lambda_star, noise_variance, ratio
+        The configuration, as in :func:`~deeplinear.models.deep_linear_model`; at least one
+        latent quantity must be inferred (an NNGP with fixed hyperparameters has an exact,
+        point-mass posterior: nothing to calibrate).
+    num_simulations : int, default 100
+    num_warmup, num_samples, thin : int
+        NUTS settings per simulation; ``M = num_samples // thin`` draws are ranked. Thin
+        enough that the ``M`` draws are nearly independent (autocorrelated draws make the
+        rank histogram U-shaped even for a correct sampler).
+    batch_size : int, optional
+        Simulations per compiled batch (default ``min(num_simulations, 100)``).
+    seed : int
+        Same seed, same ranks (on the same device).
+
+    Returns
+    -------
+    SBCResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deeplinear import RegressionData, FiniteWidthPrior, simulation_based_calibration
+    >>> data = RegressionData.linear(np.eye(2, 4), np.zeros((1, 4)))
+    >>> res = simulation_based_calibration(data, FiniteWidthPrior.from_depth_width(2, 4, 1),
+    ...     num_simulations=8, num_warmup=50, num_samples=40, thin=4, progress_bar=False)
+    >>> res.num_simulations, res.num_draws, list(res.ranks)
+    (8, 10, ['Q[0,0]', 'log_likelihood'])
+    """
+    check_model_args(data, prior, lambda_star, noise_variance, ratio)
+    _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, seed, target_accept_prob, max_tree_depth)
+    if not has_latent_sites(prior, lambda_star, noise_variance, ratio):
+        raise ValueError(
+            "nothing to calibrate: with NNGPPrior and fixed lambda_star and noise_variance the posterior is "
+            "exact (Q = I); give lambda_star or noise_variance a prior distribution"
+        )
+    if progress_bar is None:
+        progress_bar = _interactive()
+    hyper = {"lambda_star": lambda_star, "noise_variance": noise_variance, "ratio": ratio}
+    names = _quantity_names(prior, hyper)
+    model = partial(deep_linear_model, data, prior, lambda_star=lambda_star, noise_variance=noise_variance, ratio=ratio)
+    num_draws = num_samples // thin
+    batch_size = min(num_simulations, 100) if batch_size is None else min(batch_size, num_simulations)
+
+    key = jax.random.PRNGKey(seed)
+    k_prior, k_init, k_runs, k_ties = jax.random.split(key, 4)
+    truth = Predictive(model, num_samples=num_simulations)(k_prior, observed=False)
+    labels = truth["Y"]
+    true_q = jax.jit(jax.vmap(lambda d, y: _quantities(d, y, data, prior, hyper)))(
+        {k: v for k, v in truth.items() if k != "Y"}, labels
+    )
+
+    param_info, potential_gen, postprocess_gen, _ = initialize_model(
+        k_init, model, init_strategy=init_to_median(num_samples=15), dynamic_args=True, model_kwargs={"labels": labels[0]}
+    )
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
+    z0 = param_info.z
+
+    def one_simulation(rng_key, y):
+        kw = {"labels": y}
+        state = init_kernel(
+            z0, num_warmup, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+            model_kwargs=kw, rng_key=rng_key,
+        )
+        state = jax.lax.fori_loop(0, num_warmup, lambda _, s: sample_kernel(s, model_kwargs=kw), state)
+
+        def thinned(carry, _):
+            s, div = carry
+            s, div = jax.lax.fori_loop(
+                0, thin, lambda _, c: (sample_kernel(c[0], model_kwargs=kw), c[1] + c[0].diverging), (s, div)
+            )
+            return (s, div), s.z
+
+        (state, div), zs = jax.lax.scan(thinned, (state, jnp.zeros((), jnp.int32)), None, length=num_draws)
+        constrained = jax.vmap(postprocess_gen(labels=y))(zs)
+        return _quantities(constrained, y, data, prior, hyper), div
+
+    run_batch = jax.jit(jax.vmap(one_simulation))
+    keys = jax.random.split(k_runs, num_simulations)
+    num_batches = math.ceil(num_simulations / batch_size)
+    batches = range(num_batches)
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"SBC ({num_simulations} simulations)", unit="batch")
+    draws, divergences = [], []
+    for b in batches:
+        idx = np.arange(b * batch_size, (b + 1) * batch_size) % num_simulations  # pad the last batch
+        qs, div = run_batch(keys[idx], labels[idx])
+        keep = num_simulations - b * batch_size
+        draws.append(np.asarray(qs)[:keep])
+        divergences.append(np.asarray(div)[:keep])
+    draws = np.concatenate(draws)  # (S, M, k)
+    divergences = np.concatenate(divergences)
+    true_q = np.asarray(true_q)  # (S, k)
+
+    if not np.all(np.isfinite(draws)) or not np.all(np.isfinite(true_q)):
+        raise FloatingPointError("non-finite test quantities in SBC; check the configuration's numerical range")
+    below = np.sum(draws < true_q[:, None, :], axis=1)
+    ties = np.sum(draws == true_q[:, None, :], axis=1)
+    tie_break = np.random.default_rng(int(jax.random.randint(k_ties, (), 0, 2**31 - 1)))
+    ranks = below + np.floor(tie_break.uniform(size=below.shape) * (ties + 1)).astype(int)
+    description = (
+        f"{prior!r}, lambda_star={_describe(lambda_star)}, noise_variance={_describe(noise_variance)}, "
+        f"ratio={_describe(ratio)}, "
+        f"D={data.num_outputs}, P={data.num_obs}, dtype={data.dtype}, warmup={num_warmup}, "
+        f"samples={num_samples}, thin={thin}"
+    )
+    return SBCResult({n: ranks[:, i] for i, n in enumerate(names)}, num_draws, divergences, description, seed)

@@ -1,0 +1,104 @@
+"""Extreme corners of the numerical range (docs/numerical_range.md), in both precisions.
+
+At a = 8 and D = 8 the diagonal of Vbar spans exp(-a r/2) ~ 1e-14 for r = 8; sigma^2 and the
+label scale go to 1e-6 / 1e3 and 1e-3 / 1e3. The model's log density, its gradient, the
+predictive mixture and the LOO terms must be finite in float32 and float64, and float32 must
+agree with float64 to the accuracy measured by benchmarks/numerical_range.py (worst case there
+1.3e-3 relative for the log density; the bounds below leave a margin of ~8x).
+"""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer.util import log_density
+
+import deeplinear as dl
+from deeplinear.likelihood import PrecisionWarning, warn_if_unresolvable_in_float32
+
+NUM_DRAWS = 10
+N0, P = 4, 20
+LOGP_RTOL32 = 1e-2  # measured worst 1.3e-3 (a=8, D=8, sigma^2=1e-6)
+GRAD_RTOL32 = 0.3  # measured worst 0.25 (a=2, D=8, sigma^2=1e-6): gradients of a near-singular fit
+
+
+def _latents(prior):
+    """The same prior draws for both precisions: made in float64, cast down for float32."""
+    with jax.enable_x64(True):
+        return {k: np.asarray(v) for k, v in prior.sample_latents(jax.random.key(1), (NUM_DRAWS,), jnp.float64).items()}
+
+
+def _evaluate(prior, latents, scale, noise, dtype):
+    rng = np.random.default_rng(0)
+    D = prior.num_outputs
+    X, Xt = rng.normal(size=(N0, P)), rng.normal(size=(N0, 2))
+    data = dl.RegressionData.linear(X, scale * rng.normal(size=(D, P)), dtype=dtype)
+    lat = {k: jnp.asarray(v, dtype) for k, v in latents.items()}
+
+    def logp(latent):
+        return log_density(dl.deep_linear_model, (data, prior), {"noise_variance": noise}, latent)[0]
+
+    vbar = jax.vmap(prior.vbar_from_latents)(lat)
+    q = vbar @ jnp.swapaxes(vbar, -1, -2)
+    ones, noises = jnp.ones(NUM_DRAWS, dtype), jnp.full(NUM_DRAWS, noise, dtype)
+    pm = dl.PredictiveMixture(q, ones, noises, data, data.test_kernel(Xt))
+    return {
+        "logp": np.asarray(jax.vmap(logp)(lat), float),
+        "grad": np.concatenate([np.asarray(g, float).reshape(NUM_DRAWS, -1) for g in jax.vmap(jax.grad(logp))(lat).values()], 1),
+        "mean": np.asarray(pm.mean, float),
+        "cov": np.asarray(pm.covariance(), float),
+        "loo": np.asarray(dl.loo_log_likelihood_draws(q, ones, noises, data), float),
+    }
+
+
+@pytest.mark.parametrize("noise", [1e-6, 1e3])
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_extreme_corners_finite_and_float32_close(noise, scale):
+    prior = dl.ProportionalLimitPrior(8.0, 8, num_steps=64)
+    latents = _latents(prior)
+    with jax.enable_x64(True):
+        ref = _evaluate(prior, latents, scale, noise, jnp.float64)
+    low = _evaluate(prior, latents, scale, noise, jnp.float32)
+    for name in ref:
+        assert np.all(np.isfinite(ref[name])), f"float64 {name} not finite"
+        assert np.all(np.isfinite(low[name])), f"float32 {name} not finite"
+    rel = lambda k: np.max(np.abs(low[k] - ref[k])) / np.max(np.abs(ref[k]))  # noqa: E731
+    assert rel("logp") < LOGP_RTOL32
+    assert rel("grad") < GRAD_RTOL32
+
+
+def test_float32_beyond_resolution_warns_before_fitting():
+    """Labels of scale 1e3 with sigma^2 = 1e-6: float32 cannot resolve the noise; fit says so."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(N0, P)), 1e3 * rng.normal(size=(2, P))
+    data32 = dl.RegressionData.linear(X, Y, dtype="float32")
+    with pytest.warns(PrecisionWarning, match="float64"):
+        dl.fit(data32, dl.NNGPPrior(2), noise_variance=1e-6, num_samples=5, num_chains=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        warn_if_unresolvable_in_float32(data32, 10.0)  # ratio 3.3e5: below the limit, no warning
+        warn_if_unresolvable_in_float32(data32, dist.HalfNormal(1.0))  # a prior: not checkable
+        with jax.enable_x64(True):
+            warn_if_unresolvable_in_float32(dl.RegressionData.linear(X, Y, dtype="float64"), 1e-6)
+
+
+def test_fit_at_large_ratio_and_label_scale_is_finite(dtype):
+    """NUTS at a = 8 on labels of scale 1e3 (lambda* matched to them): finite posterior and predictions."""
+    rng = np.random.default_rng(0)
+    X, Xt = rng.normal(size=(3, 8)), rng.normal(size=(3, 2))
+    Y = 1e3 * rng.normal(size=(2, 8))
+    data = dl.RegressionData.linear(X, Y, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dl.ConvergenceWarning)  # one short chain: R-hat is not the point
+        res = dl.fit(
+            data, dl.ProportionalLimitPrior(8.0, 2, num_steps=16), lambda_star=1e6, noise_variance=1e4,
+            num_warmup=150, num_samples=100, num_chains=1, progress_bar=False,
+        )
+    q = res.draws("Q")
+    assert np.all(np.isfinite(q)) and np.all(np.linalg.eigvalsh(q.astype(np.float64)) > 0)
+    pm = res.predict(Xt)
+    assert np.all(np.isfinite(np.asarray(pm.mean))) and np.all(np.isfinite(np.asarray(pm.covariance())))
+    assert np.all(np.isfinite(res.datatree["log_likelihood"]["Y"].values))
