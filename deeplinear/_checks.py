@@ -136,7 +136,10 @@ def check_real_matrix(value, name: str, layout: str):
     """A non-empty, finite, real 2-D array (lists accepted); ``layout`` describes the shape
     in messages, e.g. ``"(N0, P) with inputs as columns"``. Returns the array unconverted."""
     if isinstance(value, (list, tuple)):
-        value = np.asarray(value)
+        try:
+            value = np.asarray(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a rectangular array of shape {layout}; its rows have different lengths") from None
     if not isinstance(value, (np.ndarray, jax.Array)):
         raise TypeError(f"{name} must be an array of shape {layout}, got {_describe(value)}")
     if value.dtype == object or not (

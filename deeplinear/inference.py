@@ -37,6 +37,7 @@ __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
 
 _CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
 RHAT_THRESHOLD = 1.01
+MAX_STORED_DRAWS = 10**8  # num_chains * num_samples above this cannot be stored; refuse up front
 
 
 class ConvergenceWarning(UserWarning):
@@ -174,6 +175,11 @@ def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, seed, 
     check_positive_int("num_samples", num_samples)
     check_positive_int("num_chains", num_chains)
     check_positive_int("max_tree_depth", max_tree_depth)
+    if num_samples * num_chains > MAX_STORED_DRAWS:
+        raise ValueError(
+            f"num_chains * num_samples = {num_chains * num_samples:.3g} draws exceeds {MAX_STORED_DRAWS:.0e}; "
+            "they could not be stored -- use fewer draws (thin, or fewer chains)"
+        )
     if chain_method not in _CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}, got {chain_method!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

@@ -271,6 +271,14 @@ def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData):
     Cost :math:`O(P R D^2)` per draw. One ``Q`` ``(D, D)`` and scalar hyperparameters in,
     ``(P,)`` out; for many draws use :func:`loo_log_likelihood_draws`.
     """
+    if not isinstance(data, RegressionData):
+        raise TypeError(f"data must be a RegressionData, got {type(data).__name__}")
+    q = jnp.asarray(q, data.dtype)
+    D = data.num_outputs
+    if q.shape != (D, D):
+        raise ValueError(f"q must have shape ({D}, {D}) (one draw; for many use loo_log_likelihood_draws), got {q.shape}")
+    check_positive_scalar("lambda_star", lambda_star)
+    check_noise_for_data(noise_variance, data)
     return _loo_from_terms(q, lambda_star, noise_variance, data, _loo_data_terms(data, q.dtype))
 
 

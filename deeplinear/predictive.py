@@ -92,7 +92,17 @@ class PredictiveMixture:
         q = jnp.asarray(q, data.dtype)
         if q.ndim != 3 or q.shape[1:] != (data.num_outputs,) * 2:
             raise ValueError(f"q must have shape (S, D, D) with D = {data.num_outputs}, got {q.shape}")
+        if not isinstance(data, RegressionData):
+            raise TypeError(f"data must be a RegressionData, got {type(data).__name__}")
+        if not isinstance(test, TestKernel):
+            raise TypeError(f"test must be a TestKernel (from data.test_kernel(...)), got {type(test).__name__}")
         S = q.shape[0]
+        if S == 0:
+            raise ValueError("q must hold at least one draw, got shape (0, D, D)")
+        for name, value in (("q", q), ("lambda_star", lambda_star), ("noise_variance", noise_variance)):
+            arr = jnp.asarray(value)
+            if not isinstance(arr, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(arr))):
+                raise ValueError(f"{name} contains NaN or infinite values")
         self.q = q
         self.lambda_star = jnp.broadcast_to(jnp.asarray(lambda_star, data.dtype), (S,))
         self.noise_variance = jnp.broadcast_to(jnp.asarray(noise_variance, data.dtype), (S,))

@@ -236,6 +236,11 @@ def _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, 
         check_positive_int("batch_size", batch_size)
     if num_samples % thin:
         raise ValueError(f"num_samples = {num_samples} must be a multiple of thin = {thin}")
+    if num_simulations * (num_samples // thin) > 10**8:
+        raise ValueError(
+            f"num_simulations * num_samples // thin = {num_simulations * (num_samples // thin):.3g} ranked draws "
+            "exceeds 1e8; use fewer simulations or a larger thin"
+        )
     if num_samples // thin < 2:
         raise ValueError(f"num_samples // thin = {num_samples // thin}: need at least 2 posterior draws per simulation")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

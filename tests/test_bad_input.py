@@ -10,11 +10,17 @@ from deeplinear import (
     FiniteWidthPrior,
     KroneckerNormal,
     NNGPPrior,
+    PredictiveMixture,
     ProportionalLimitPrior,
     RegressionData,
+    compare_models,
+    deep_linear_model,
     exact_posterior_d1,
     fit,
+    loo_log_likelihood,
     sample_network_outputs,
+    save_fit,
+    simulation_based_calibration,
 )
 from deeplinear import moments as mom
 
@@ -28,6 +34,18 @@ NAN_Y = YI.copy()
 NAN_Y[0, 1] = np.nan
 NOT_PSD = np.diag([1.0, -1.0, 2.0, 1.0, 1.0])
 NOT_SYM = np.eye(5) + np.triu(np.ones((5, 5)), 1)
+DATA1 = RegressionData.linear(XI, YI[:1])  # D = 1
+FIN1 = FiniteWidthPrior((4,), 1)
+TEST = DATA.test_kernel(np.ones((3, 2)))
+Q3 = np.broadcast_to(np.eye(2), (3, 2, 2))
+NAN_Q = Q3.copy()
+NAN_Q[1, 0, 0] = np.nan
+
+
+def sbc(**kw):
+    args = dict(data=DATA1, prior=FIN1, num_simulations=4, num_warmup=10, num_samples=10, thin=2, progress_bar=False)
+    args.update(kw)
+    return simulation_based_calibration(args.pop("data"), args.pop("prior"), **args)
 
 CASES = [
     # (callable, exception, fragment of the message)
@@ -104,6 +122,53 @@ CASES = [
     (lambda: KroneckerNormal(np.eye(3), 1.0, 0.5, DATA), ValueError, "q must have shape"),
     (lambda: KroneckerNormal(np.eye(2), 1.0, 0.5, (XI, YI)), TypeError, "RegressionData"),
     (lambda: exact_posterior_d1(DATA, NNGPPrior(2)), ValueError, "D = 1"),
+    # --- issue 4: the rest of the public API ---
+    (lambda: exact_posterior_d1(DATA1, NNGPPrior(2)), ValueError, "num_outputs = 1"),
+    (lambda: exact_posterior_d1(DATA1, FIN1, noise_variance=float("nan")), ValueError, "noise_variance"),
+    (lambda: exact_posterior_d1(DATA1, FIN1, lambda_star=-2.0), ValueError, "lambda_star"),
+    (lambda: exact_posterior_d1(DATA1, FIN1, X_test=np.ones((2, 2))), ValueError, "N0 = 3"),
+    (lambda: exact_posterior_d1((XI, YI[:1]), FIN1), TypeError, "RegressionData"),
+    (lambda: fit(DATA, LIM2, num_samples=10**9, num_chains=4), ValueError, "exceeds"),
+    (lambda: fit(DATA, LIM2, num_warmup=-5), ValueError, "num_warmup"),
+    (lambda: fit(DATA, LIM2, max_tree_depth=0), ValueError, "max_tree_depth"),
+    (lambda: fit(DATA, LIM2, noise_variance=np.inf), ValueError, "noise_variance"),
+    (lambda: fit(DATA, LIM2, noise_variance=[0.1, 0.2]), (TypeError, ValueError), "noise_variance"),
+    (lambda: RegressionData.linear(XI.astype(int) * 0, YI), ValueError, "X is zero"),
+    (lambda: RegressionData.linear(XI, YI, dtype="int32"), TypeError, "dtype"),
+    (lambda: RegressionData.linear(XI, np.array(YI, dtype=object)), TypeError, "Y"),
+    (lambda: RegressionData.linear(XI.tolist(), YI.tolist()[:1] + [[1, 2]]), (TypeError, ValueError), "Y"),
+    (lambda: RegressionData.from_gram(np.zeros((5, 5)), YI), ValueError, "no positive eigenvalue"),
+    (lambda: RegressionData.from_gram(np.full((5, 5), np.nan), YI), ValueError, "NaN"),
+    (lambda: KroneckerNormal(np.eye(2), 1.0, 0.5, DATA, root=np.eye(3)), ValueError, "root must have shape"),
+    (lambda: KroneckerNormal(np.eye(2), -1.0, 0.5, DATA), ValueError, "lambda_star"),
+    (lambda: KroneckerNormal(np.eye(2), 1.0, 0.0, DATA), ValueError, "rank 3 < P = 5"),
+    (lambda: deep_linear_model(DATA, LIM2, labels=np.ones((2, 4))), ValueError, "labels must have the shape"),
+    (lambda: deep_linear_model(DATA, NNGPPrior(3)), ValueError, "num_outputs = 3"),
+    (lambda: loo_log_likelihood(np.eye(2), 1.0, -1.0, DATA), ValueError, "noise_variance"),
+    (lambda: PredictiveMixture(np.eye(2), 1.0, 0.5, DATA, TEST), ValueError, "q must have shape (S, D, D)"),
+    (lambda: PredictiveMixture(NAN_Q, 1.0, 0.5, DATA, TEST), ValueError, "q contains NaN"),
+    (lambda: PredictiveMixture(Q3, 1.0, np.nan, DATA, TEST), ValueError, "noise_variance contains NaN"),
+    (lambda: PredictiveMixture(Q3[:0], 1.0, 0.5, DATA, TEST), ValueError, "at least one draw"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, np.ones((3, 2))), TypeError, "TestKernel"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST, batch_size=0), ValueError, "batch_size"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).sample(KEY, 0), ValueError, "num_samples"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).log_predictive_density(np.ones((3, 2))), ValueError, "D = 2"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).log_predictive_density(np.ones((2, 5))), ValueError, "Y_test"),
+    (lambda: compare_models({}), TypeError, "non-empty dict"),
+    (lambda: compare_models({"a": "fit"}), TypeError, "fits['a']"),
+    (lambda: save_fit("fit", "x.nc"), TypeError, "PosteriorFit"),
+    (lambda: sbc(num_simulations=0), ValueError, "num_simulations"),
+    (lambda: sbc(num_simulations=2.5), TypeError, "num_simulations"),
+    (lambda: sbc(num_samples=10, thin=3), ValueError, "multiple of thin"),
+    (lambda: sbc(num_samples=10, thin=10), ValueError, "at least 2 posterior draws"),
+    (lambda: sbc(num_simulations=10**7, num_samples=10**3, thin=1), ValueError, "exceeds 1e8"),
+    (lambda: sbc(batch_size=0), ValueError, "batch_size"),
+    (lambda: sbc(seed=1.0), TypeError, "seed"),
+    (lambda: sbc(target_accept_prob=0), ValueError, "target_accept_prob"),
+    (lambda: sbc(prior=NNGPPrior(1)), ValueError, "nothing to calibrate"),
+    (lambda: sbc(prior=NNGPPrior(2)), ValueError, "num_outputs = 2"),
+    (lambda: sbc(data=(XI, YI)), TypeError, "RegressionData"),
+    (lambda: sbc(noise_variance=-1.0), ValueError, "noise_variance"),
 ]
 
 
@@ -111,7 +176,7 @@ CASES = [
 def test_bad_input_raises_clear_error(call, exc, fragment):
     with pytest.raises(exc) as info:
         call()
-    assert fragment in str(info.value)
+    assert fragment in str(info.value), str(info.value)
 
 
 def test_bad_input_is_caught_before_compilation(monkeypatch):
@@ -133,6 +198,18 @@ def test_import_changes_no_global_state():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_sbc_bad_input_is_caught_before_compilation(monkeypatch):
+    import deeplinear.sbc
+
+    calls = []
+    monkeypatch.setattr(deeplinear.sbc, "Predictive", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: calls.append(1))
+    for bad in (dict(thin=3), dict(prior=NNGPPrior(1)), dict(num_simulations=0)):
+        with pytest.raises((ValueError, TypeError)):
+            sbc(**bad)
+    assert not calls
 
 
 def test_fit_bad_input_is_caught_before_sampling(monkeypatch):
