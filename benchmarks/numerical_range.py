@@ -58,7 +58,7 @@ def evaluate(prior, scale, noise, lam):
         data = dl.RegressionData.linear(X, Y, dtype=dtype)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            warn_if_unresolvable_in_float32(data, noise)
+            warn_if_unresolvable_in_float32(data, noise, lam)
         warned |= any(issubclass(w.category, PrecisionWarning) for w in caught)
         lat = {k: v.astype(dtype) for k, v in latents64.items()}
 

@@ -218,6 +218,7 @@ class RegressionData:
 
     @property
     def dtype(self):
+        """Floating dtype of the stored arrays; the precision of every computation on this data."""
         return self.labels.dtype
 
     @property

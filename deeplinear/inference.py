@@ -158,6 +158,7 @@ class PosteriorFit:
 
     @property
     def num_divergences(self) -> int:
+        """Number of divergent transitions over all chains (0 for the exact NNGP)."""
         if "sample_stats" not in self.datatree.children:
             return 0
         return int(self.datatree["sample_stats"]["diverging"].sum())
@@ -250,7 +251,7 @@ def fit(
     _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, seed, target_accept_prob, max_tree_depth)
     if output_names is not None and len(output_names) != data.num_outputs:
         raise ValueError(f"output_names must have D = {data.num_outputs} entries, got {len(output_names)}")
-    warn_if_unresolvable_in_float32(data, noise_variance, stacklevel=3)
+    warn_if_unresolvable_in_float32(data, noise_variance, lambda_star, stacklevel=3)
     hyper = {"lambda_star": lambda_star, "noise_variance": noise_variance, "ratio": ratio}
     dims, coords = _dims_and_coords(prior, data, output_names)
     model_kwargs = dict(lambda_star=lambda_star, noise_variance=noise_variance, ratio=ratio)

@@ -104,13 +104,17 @@ class PrecisionWarning(UserWarning):
 FLOAT32_SIGNAL_TO_NOISE_LIMIT = 1e6
 
 
-def warn_if_unresolvable_in_float32(data: RegressionData, noise_variance, stacklevel: int = 3) -> float:
+def warn_if_unresolvable_in_float32(
+    data: RegressionData, noise_variance, lambda_star=None, stacklevel: int = 3
+) -> float:
     r"""Warn when float32 cannot resolve ``noise_variance`` against the labels.
 
     The block covariances :math:`C_p = \lambda_*\kappa_p Q + \sigma^2 I` must fit the labels,
     so in the posterior their largest eigenvalue is about the largest per-output label
     energy along one kernel eigendirection, :math:`s = \max_p \|\tilde y_p\|^2 / D`, and the
-    smallest is at least :math:`\sigma^2`. When :math:`s/\sigma^2` exceeds
+    smallest is at least :math:`\sigma^2`; a fixed prior scale adds
+    :math:`\lambda_* \max_p \kappa_p` as a second estimate of the largest. When the larger of
+    the two over :math:`\sigma^2` exceeds
     ``FLOAT32_SIGNAL_TO_NOISE_LIMIT`` (``1e6``; float32 keeps about 7 significant digits),
     float32 cannot represent the posterior's spread of scales: the model's log density and
     its gradient stay accurate (square-root form, :func:`block_cholesky_from_root`), but
@@ -124,9 +128,14 @@ def warn_if_unresolvable_in_float32(data: RegressionData, noise_variance, stackl
         return math.nan
     energy = np.asarray(data.rotated_labels, np.float64) ** 2  # (D, R)
     ratio = float(energy.sum(axis=0).max() / data.num_outputs / float(noise_variance))
+    source = "the labels' largest variance component"
+    if isinstance(lambda_star, (int, float, np.floating, np.integer)):
+        prior_ratio = float(lambda_star) * float(np.max(np.asarray(data.basis.eigenvalues, np.float64))) / float(noise_variance)
+        if prior_ratio > ratio:
+            ratio, source = prior_ratio, "the prior scale lambda_star * max(kappa)"
     if ratio > FLOAT32_SIGNAL_TO_NOISE_LIMIT:
         warnings.warn(
-            f"float32 cannot resolve this configuration: the labels' largest variance component is "
+            f"float32 cannot resolve this configuration: {source} is "
             f"{ratio:.1e} x noise_variance (float32 keeps ~7 digits; limit {FLOAT32_SIGNAL_TO_NOISE_LIMIT:.0e}), "
             "so predictive means and covariances computed from Q lose their digits (the log density stays "
             "accurate). Use float64 (jax.config.update('jax_enable_x64', True) and dtype='float64') "
@@ -225,6 +234,7 @@ class KroneckerNormal(dist.Distribution):
         return jnp.linalg.cholesky(c)
 
     def log_prob(self, value):
+        r""":math:`\log N(\operatorname{vec} Y; 0, \lambda_* Q\otimes K + \sigma^2 I)` from the block factors."""
         if value is self.data.labels:
             rotated, null = self.data.rotated_labels, self.data.null_energy
         else:
@@ -250,6 +260,7 @@ class KroneckerNormal(dist.Distribution):
 
     @property
     def mean(self):
+        """Zero: the prior over a deep linear network's outputs is centred."""
         return jnp.zeros(self.batch_shape + self.event_shape, self.q.dtype)
 
 

@@ -114,10 +114,12 @@ class PredictiveMixture:
 
     @property
     def num_draws(self) -> int:
+        """``S``, the number of posterior draws in the mixture."""
         return self.q.shape[0]
 
     @property
     def num_test(self) -> int:
+        """``P*``, the number of test inputs."""
         return self.test.test_gram.shape[0]
 
     def _compute(self):

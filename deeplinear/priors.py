@@ -241,6 +241,7 @@ class FiniteWidthPrior(_Frozen, VbarPrior):
         return len(self.widths)
 
     def replace(self, **kwargs) -> FiniteWidthPrior:
+        """A copy with some fields replaced (``widths``, ``num_outputs``)."""
         args = {"widths": self.widths, "num_outputs": self.num_outputs, **kwargs}
         return FiniteWidthPrior(**args)
 
@@ -341,6 +342,7 @@ class ProportionalLimitPrior(_Frozen, VbarPrior):
         )
 
     def replace(self, **kwargs) -> ProportionalLimitPrior:
+        """A copy with some fields replaced (``ratio`` may be a traced value, e.g. a NumPyro sample)."""
         args = {"ratio": self.ratio, "num_outputs": self.num_outputs, "num_steps": self.num_steps}
         args.update(kwargs)
         return ProportionalLimitPrior(**args)

@@ -119,6 +119,7 @@ class SBCResult:
 
     @property
     def num_simulations(self) -> int:
+        """``S``, the number of simulated data sets."""
         return len(next(iter(self.ranks.values())))
 
     def pit(self) -> dict[str, np.ndarray]:
