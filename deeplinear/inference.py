@@ -171,6 +171,14 @@ class PosteriorFit:
         )
 
 
+def check_sampler_settings(seed, target_accept_prob):
+    """Seed and NUTS acceptance target, shared by :func:`fit` and SBC."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    if not (isinstance(target_accept_prob, (float, int)) and 0 < target_accept_prob < 1):
+        raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+
+
 def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, seed, target_accept_prob, max_tree_depth):
     check_positive_int("num_warmup", num_warmup, minimum=0)
     check_positive_int("num_samples", num_samples)
@@ -183,10 +191,7 @@ def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, seed, 
         )
     if chain_method not in _CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}, got {chain_method!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    if not (isinstance(target_accept_prob, (float, int)) and 0 < target_accept_prob < 1):
-        raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+    check_sampler_settings(seed, target_accept_prob)
 
 
 def fit(

@@ -25,7 +25,6 @@ simulated data sets (labels enter the model as an argument; see ``labels`` in
 from __future__ import annotations
 
 import math
-import sys
 from functools import partial
 
 import jax
@@ -38,6 +37,7 @@ from numpyro.infer.util import initialize_model
 from scipy import stats
 
 from deeplinear._checks import check_positive_int
+from deeplinear.inference import _interactive, check_sampler_settings
 from deeplinear.likelihood import KroneckerNormal
 from deeplinear.models import check_model_args, deep_linear_model, has_latent_sites
 from deeplinear.priors import NNGPPrior
@@ -45,10 +45,6 @@ from deeplinear.priors import NNGPPrior
 __all__ = ["simulation_based_calibration", "SBCResult"]
 
 _HYPERPARAMETERS = ("lambda_star", "noise_variance", "ratio")
-
-
-def _interactive() -> bool:
-    return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
 
 def _describe(value) -> str:
@@ -244,10 +240,7 @@ def _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, 
         )
     if num_samples // thin < 2:
         raise ValueError(f"num_samples // thin = {num_samples // thin}: need at least 2 posterior draws per simulation")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    if not (isinstance(target_accept_prob, (float, int)) and 0 < target_accept_prob < 1):
-        raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
+    check_sampler_settings(seed, target_accept_prob)
 
 
 def simulation_based_calibration(
