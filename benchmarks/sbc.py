@@ -96,6 +96,8 @@ def main():
     ]
     details = []
     all_passed = True
+    suffix = ("_quick" if args.quick else "") + ("_x64" if args.x64 else "")
+    path = out_dir / f"sbc_{platform}{suffix}.md"
     for name, prior, kw in configurations():
         if args.only and args.only not in name:
             continue
@@ -125,10 +127,9 @@ def main():
             print(lines[-1], flush=True)
             if passed and not flagged:
                 break
+        if not args.only:  # rewrite after every configuration so an interrupted run keeps its rows
+            path.write_text("\n".join([*lines, "", "Run in progress.", *details, ""]))
     lines += ["", f"All configurations passed: {'yes' if all_passed else '**NO**'}", *details, ""]
-    suffix = "_quick" if args.quick else ""
-    suffix += "_x64" if args.x64 else ""
-    path = out_dir / f"sbc_{platform}{suffix}.md"
     if not args.only:
         path.write_text("\n".join(lines))
         print(f"wrote {path}")

@@ -3,9 +3,9 @@
 ``deeplinear fit`` / ``deeplinear compare`` work on users' CSV/NPY files
 (:mod:`deeplinear.cli_fit`). ``deeplinear`` with no sub-command runs the whole
 demonstration on built-in data:
-``infer`` (posteriors of the proportional limit and of the NNGP on data with correlated
-outputs, compared by LOO, held-out log density and predictive correlations; summary
-tables and figures), then ``simulate`` (prior laws against theory). Errors on bad
+``infer`` (posteriors of the proportional limit and of the NNGP on the Linnerud data,
+3 correlated outputs: output correlations learned by ``Q`` against the labels', LOO,
+held-out log density and predictive correlations; summary tables and figures), then ``simulate`` (prior laws against theory). Errors on bad
 arguments are one line on stderr and exit code 2.
 """
 
@@ -44,10 +44,11 @@ def _build_parser():
     )
     inf = sub.add_parser(
         "infer",
-        help="posterior inference on built-in data, compared with the NNGP",
-        description="Built-in data with two correlated outputs: NUTS posteriors of the proportional "
-        "limit (a = 0.5, 2, and a inferred) and of the NNGP; LOO, held-out log predictive density, "
-        "predictive cross-output correlations; figures.",
+        help="posterior inference on the built-in Linnerud data, compared with the NNGP",
+        description="Linnerud data (3 exercise inputs, 3 correlated physiological outputs; 15 train, "
+        "5 held out): NUTS posteriors of the proportional limit (a = 0.5, 2, and a inferred) and of "
+        "the NNGP; posterior corr(Q) against the labels' correlations, LOO, held-out log predictive "
+        "density, predictive cross-output correlations; figures.",
     )
     from deeplinear.cli_fit import add_parsers
 
@@ -140,24 +141,34 @@ _SIM_FIGURES = ["lognormal_convergence.png", "offdiagonal_variance.png"]
 def _infer(args):
     import pandas as pd
 
-    from deeplinear.demo import inference_demo, plot_demo
+    from deeplinear.demo import INFERRED, correlation_table, inference_demo, plot_demo
 
     out = None if args.no_plots else _output_dir(args, _INFER_FIGURES)
-    print("Posterior inference on built-in data (theory.md §4)")
+    print("Posterior inference on the Linnerud data (theory.md §4)")
     demo = inference_demo(num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed)
-    print(f"data: {demo.dataset.description}")
-    print(f"labels' output correlation (train): {demo.label_correlation:+.3f}\n")
+    print(f"data: {demo.dataset.description}; inputs and labels standardized with the training rows")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
-        print("Model comparison (elpd_loo: PSIS-LOO over training inputs; heldout_lpd: test labels;")
-        print("pred_corr: predictive corr(f_1, f_2) at the test inputs; Q corr: posterior mean of corr(Q))")
+        print("\nOutput correlations: the training labels' against the posterior mean of corr(Q)")
+        print(correlation_table(demo).to_string(float_format=lambda v: f"{v:+.2f}"))
+        print()
+        print("Model comparison (elpd_loo: PSIS-LOO over training inputs; heldout_lpd: log density of the")
+        print("held-out labels in the data's units; pred_corr: predictive cross-output correlation at the")
+        print("test inputs; Q corr: posterior mean of corr(Q), averaged over output pairs)")
         print(demo.comparison.table.to_string(float_format=lambda v: f"{v:.3f}"))
+        print()
+        lpd = demo.comparison.table["heldout_lpd"]
+        diff = lpd[INFERRED] - lpd["NNGP"]
+        verdict = "beats" if diff > 0 else "does not beat"
+        print(f"Held-out log density: the limit with a inferred {verdict} the NNGP "
+              f"({lpd[INFERRED]:.2f} vs {lpd['NNGP']:.2f}, difference {diff:+.2f} nats over "
+              f"{demo.dataset.Y_test.shape[1]} held-out men).")
         print()
         print("arviz.compare (PSIS-LOO):")
         cols = [c for c in ("rank", "elpd", "elpd_diff", "dse", "weight") if c in demo.comparison.loo.columns]
-        print(demo.comparison.loo[cols].to_string())
+        print(demo.comparison.loo[cols].to_string(float_format=lambda v: f"{v:.2f}"))
         print()
         print("Posterior summary, limit with a inferred:")
-        print(demo.fits["limit a~LogNormal"].summary().to_string())
+        print(demo.fits[INFERRED].summary().to_string())
     for name, f in demo.fits.items():
         if f.num_divergences:
             print(f"warning: {name}: {f.num_divergences} divergent transitions")

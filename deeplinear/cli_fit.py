@@ -179,7 +179,7 @@ def run_compare(args) -> int:
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(comp.table.to_string(float_format=lambda v: f"{v:.3f}"))
         print()
-        print(comp.loo.to_string())
+        print(comp.loo.to_string(float_format=lambda v: f"{v:.3f}"))
     for name, f in fits.items():
         print(f"{name}: {_diagnostics(f)}")
     comp.table.to_csv(table_path)

@@ -120,7 +120,7 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
                 row["heldout_lpd"] = float(pm.log_predictive_density(Y_test))
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
-    ranked = arviz_stats.compare(loos) if len(loos) > 1 else None
+    ranked = arviz_stats.compare(loos, round_to="none") if len(loos) > 1 else None
     return ModelComparison(table, ranked, predictive)
 
 

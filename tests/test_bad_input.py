@@ -23,6 +23,8 @@ from deeplinear import (
     simulation_based_calibration,
 )
 from deeplinear import moments as mom
+from deeplinear.datasets import correlated_outputs
+from deeplinear.demo import inference_demo
 
 KEY = jax.random.key(0)
 X = np.ones((3, 2))
@@ -169,6 +171,8 @@ CASES = [
     (lambda: sbc(prior=NNGPPrior(2)), ValueError, "num_outputs = 2"),
     (lambda: sbc(data=(XI, YI)), TypeError, "RegressionData"),
     (lambda: sbc(noise_variance=-1.0), ValueError, "noise_variance"),
+    (lambda: inference_demo(dataset=(XI, YI)), TypeError, "dataset"),
+    (lambda: inference_demo(dataset=correlated_outputs(), output_names=["a"]), ValueError, "output_names"),
 ]
 
 

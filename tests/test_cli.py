@@ -16,6 +16,9 @@ def test_default_run_infers_compares_and_simulates(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "Model comparison" in out.stdout and "NNGP" in out.stdout and "heldout_lpd" in out.stdout
     assert "ratio" in out.stdout  # posterior summary of the inferred depth-to-width ratio
+    # Linnerud: corr(Q) per output pair against the labels', and the held-out verdict.
+    assert "Weight-Waist" in out.stdout and "Waist-Pulse" in out.stdout
+    assert "Held-out log density: the limit with a inferred" in out.stdout
     assert (tmp_path / "figs" / "predictive_correlations.png").stat().st_size > 0
     assert (tmp_path / "figs" / "posterior_correlation_and_ratio.png").stat().st_size > 0
     assert "N(-a/2, a/2)" in out.stdout and "E[Q_12^2]" in out.stdout
