@@ -148,7 +148,8 @@ def _infer(args):
     demo = inference_demo(num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed)
     print(f"data: {demo.dataset.description}; inputs and labels standardized with the training rows")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
-        print("\nOutput correlations: the training labels' against the posterior mean of corr(Q)")
+        print("\nOutput correlations: the training labels', the least-squares estimate of Q (Bhat Bhat^T,")
+        print("Bhat = Y X^+: what Q models, without the residuals' correlation) and the posterior mean of corr(Q)")
         print(correlation_table(demo).to_string(float_format=lambda v: f"{v:+.2f}"))
         print()
         print("Model comparison (elpd_loo: PSIS-LOO over training inputs; heldout_lpd: log density of the")

@@ -9,9 +9,13 @@ then :func:`~deeplinear.comparison.compare_models` on the held-out men: LOO, hel
 predictive density and predictive cross-output correlations, which the NNGP cannot
 express (theory.md §4). The two questions the demo answers:
 
-* does :math:`E[\operatorname{corr}(Q) \mid Y]` of the limit follow the labels' output
+* does :math:`E[\operatorname{corr}(Q) \mid Y]` of the limit follow the data's output
   correlations? (:attr:`InferenceDemo.q_correlations` against
-  :attr:`InferenceDemo.label_correlation`);
+  :attr:`InferenceDemo.label_correlation`, and against the least-squares estimate of ``Q``:
+  the model is :math:`Y = BX/\sqrt{N_0} + \text{noise}` with the rows of :math:`B`
+  covarying as :math:`\lambda_* Q` and noise iid across outputs, so the labels' correlation
+  mixes the signal's correlation with the residuals'; :math:`\hat B = Y X^+` gives
+  :math:`\hat Q \propto \hat B \hat B^\top`, the correlation ``Q`` actually models);
 * does the limit beat the NNGP on the held-out log density
   (``comparison.table["heldout_lpd"]``, reported in the data's units)?
 """
@@ -39,12 +43,15 @@ INFERRED = "limit a~LogNormal"
 
 
 class InferenceDemo(NamedTuple):
-    """What :func:`inference_demo` returns.
+    r"""What :func:`inference_demo` returns.
 
     ``label_correlation`` is the training labels' ``D x D`` correlation matrix;
-    ``q_correlations[name]`` the posterior mean of :math:`\\operatorname{corr}(Q)_{de} =
-    Q_{de}/\\sqrt{Q_{dd} Q_{ee}}` per fit; ``comparison.table["heldout_lpd"]`` is
-    :math:`\\log p(Y_* \\mid Y)` of the held-out labels in the data's original units.
+    ``least_squares_correlation`` the correlation of :math:`\hat B \hat B^\top`,
+    :math:`\hat B = \tilde Y \tilde X^+` (standardized data; uncentered, as ``B`` has
+    prior mean 0);
+    ``q_correlations[name]`` the posterior mean of :math:`\operatorname{corr}(Q)_{de} =
+    Q_{de}/\sqrt{Q_{dd} Q_{ee}}` per fit; ``comparison.table["heldout_lpd"]`` is
+    :math:`\log p(Y_* \mid Y)` of the held-out labels in the data's original units.
     """
 
     dataset: Dataset
@@ -52,6 +59,7 @@ class InferenceDemo(NamedTuple):
     fits: dict
     comparison: ModelComparison
     label_correlation: np.ndarray
+    least_squares_correlation: np.ndarray
     q_correlations: dict
 
 
@@ -94,7 +102,8 @@ def inference_demo(
     if len(names) != D:
         raise ValueError(f"output_names must name the {D} outputs, got {len(names)} names")
     sx, sy = Standardizer.fit(ds.X_train), Standardizer.fit(ds.Y_train)
-    data = RegressionData.linear(sx.transform(ds.X_train), sy.transform(ds.Y_train))
+    data_x, data_y = sx.transform(ds.X_train), sy.transform(ds.Y_train)
+    data = RegressionData.linear(data_x, data_y)
     kw = dict(noise_variance=dist.HalfNormal(1.0), num_warmup=num_warmup, num_samples=num_samples,
               num_chains=num_chains, seed=seed, progress_bar=progress_bar, output_names=list(names))
     fits = {}
@@ -110,18 +119,23 @@ def inference_demo(
     comparison = compare_models(fits, sx.transform(ds.X_test), sy.transform(ds.Y_test))
     comparison.table["heldout_lpd"] -= ds.Y_test.shape[1] * np.sum(np.log(sy.scale))
     q_corr = {name: _correlation(f.draws("Q")).mean(0) for name, f in fits.items()}
-    return InferenceDemo(ds, names, fits, comparison, np.corrcoef(ds.Y_train), q_corr)
+    b_hat = data_y @ np.linalg.pinv(data_x)
+    return InferenceDemo(ds, names, fits, comparison, np.corrcoef(ds.Y_train), _correlation(b_hat @ b_hat.T), q_corr)
 
 
 def correlation_table(demo: InferenceDemo):
-    """``pandas.DataFrame``: per output pair, the labels' correlation and each fit's
-    posterior mean of :math:`\\operatorname{corr}(Q)`."""
+    r"""``pandas.DataFrame``: per output pair, the labels' correlation, the least-squares
+    :math:`\operatorname{corr}(\hat Q)` and each fit's posterior mean of
+    :math:`\operatorname{corr}(Q)`."""
     import pandas as pd
 
     D = demo.label_correlation.shape[0]
     pairs = [(d, e) for d in range(D) for e in range(d)]
     index = [f"{demo.output_names[e]}-{demo.output_names[d]}" for d, e in pairs]
-    cols = {"labels (train)": [demo.label_correlation[d, e] for d, e in pairs]}
+    cols = {
+        "labels (train)": [demo.label_correlation[d, e] for d, e in pairs],
+        "least squares": [demo.least_squares_correlation[d, e] for d, e in pairs],
+    }
     for name, c in demo.q_correlations.items():
         cols[name] = [c[d, e] for d, e in pairs]
     return pd.DataFrame(cols, index=index)

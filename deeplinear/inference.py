@@ -31,7 +31,7 @@ from deeplinear.data import RegressionData
 from deeplinear.likelihood import loo_log_likelihood_draws, warn_if_unresolvable_in_float32
 from deeplinear.models import check_model_args, deep_linear_model, has_latent_sites
 from deeplinear.predictive import PredictiveMixture
-from deeplinear.priors import FiniteWidthPrior, ProportionalLimitPrior
+from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
 
 __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
 
@@ -256,7 +256,8 @@ def fit(
     _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, seed, target_accept_prob, max_tree_depth)
     if output_names is not None and len(output_names) != data.num_outputs:
         raise ValueError(f"output_names must have D = {data.num_outputs} entries, got {len(output_names)}")
-    warn_if_unresolvable_in_float32(data, noise_variance, lambda_star, stacklevel=3)
+    warn_if_unresolvable_in_float32(data, noise_variance, lambda_star, stacklevel=3,
+                                    q_varies=not isinstance(prior, NNGPPrior))
     hyper = {"lambda_star": lambda_star, "noise_variance": noise_variance, "ratio": ratio}
     dims, coords = _dims_and_coords(prior, data, output_names)
     model_kwargs = dict(lambda_star=lambda_star, noise_variance=noise_variance, ratio=ratio)

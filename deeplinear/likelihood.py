@@ -105,9 +105,9 @@ FLOAT32_SIGNAL_TO_NOISE_LIMIT = 1e6
 
 
 def warn_if_unresolvable_in_float32(
-    data: RegressionData, noise_variance, lambda_star=None, stacklevel: int = 3
+    data: RegressionData, noise_variance, lambda_star=None, stacklevel: int = 3, q_varies: bool = True
 ) -> float:
-    r"""Warn when float32 cannot resolve ``noise_variance`` against the labels.
+    r"""Warn when float32 cannot resolve ``noise_variance`` against the labels and ``Q``'s spread.
 
     The block covariances :math:`C_p = \lambda_*\kappa_p Q + \sigma^2 I` must fit the labels,
     so in the posterior their largest eigenvalue is about the largest per-output label
@@ -118,11 +118,17 @@ def warn_if_unresolvable_in_float32(
     ``FLOAT32_SIGNAL_TO_NOISE_LIMIT`` (``1e6``; float32 keeps about 7 significant digits),
     float32 cannot represent the posterior's spread of scales: the model's log density and
     its gradient stay accurate (square-root form, :func:`block_cholesky_from_root`), but
-    predictive means and covariances, computed from the stored ``Q`` draws, lose their
-    digits. Emits a :class:`PrecisionWarning` (float32 data and a fixed ``noise_variance``
-    only) and returns the ratio (``nan`` when not applicable).
+    predictive means and covariances and the LOO terms, computed from the stored ``Q``
+    draws, lose digits wherever an eigenvalue of ``Q`` is below float32's resolution of its
+    largest (:math:`\lambda_*\kappa w \lesssim \sigma^2`). With ``D = 1`` or a fixed
+    ``Q = I`` (the NNGP, ``q_varies=False``) there is no such spread and the predictions
+    stay accurate (cancellation-free form, :mod:`deeplinear.predictive`): no warning.
+    Emits a :class:`PrecisionWarning` (float32 data and a fixed ``noise_variance`` only) and
+    returns the ratio (``nan`` when not applicable).
     """
     if data.dtype != jnp.float32 or not isinstance(noise_variance, (int, float, np.floating, np.integer)):
+        return math.nan
+    if data.num_outputs == 1 or not q_varies:
         return math.nan
     if float(noise_variance) <= 0:
         return math.nan
@@ -137,8 +143,8 @@ def warn_if_unresolvable_in_float32(
         warnings.warn(
             f"float32 cannot resolve this configuration: {source} is "
             f"{ratio:.1e} x noise_variance (float32 keeps ~7 digits; limit {FLOAT32_SIGNAL_TO_NOISE_LIMIT:.0e}), "
-            "so predictive means and covariances computed from Q lose their digits (the log density stays "
-            "accurate). Use float64 (jax.config.update('jax_enable_x64', True) and dtype='float64') "
+            "so predictive means, covariances and LOO terms computed from Q's small eigenvalues lose digits "
+            "(the log density stays accurate). Use float64 (jax.config.update('jax_enable_x64', True) and dtype='float64') "
             "or a larger noise_variance.",
             PrecisionWarning,
             stacklevel=stacklevel,

@@ -10,6 +10,22 @@ input :math:`x_*` are Gaussian with, in the eigenbasis of ``K``
     \Sigma_*(Q)(x_*, x_*') = \lambda_* Q\, k(x_*, x_*') - \lambda_*^2 \sum_p \tilde k_p \tilde k'_p\,
         Q C_p^{-1} Q .
 
+The covariance is evaluated in a form without cancellation: with
+:math:`k(x_*, x_*') = \sum_p \tilde k_p \tilde k'_p/\kappa_p + k_\perp(x_*, x_*')` and
+:math:`\lambda_* Q/\kappa_p - \lambda_*^2 Q C_p^{-1} Q = \sigma^2 \lambda_* Q C_p^{-1}/\kappa_p`,
+
+.. math::
+
+    \Sigma_*(Q)(x_*, x_*') = \lambda_* Q\, k_\perp(x_*, x_*')
+        + \sigma^2 \sum_p \frac{\tilde k_p \tilde k'_p}{\kappa_p}\, \lambda_* Q C_p^{-1},
+
+a sum of positive semi-definite terms. With :math:`Q = W \operatorname{diag}(w) W^\top`,
+:math:`\lambda_* Q C_p^{-1} = W \operatorname{diag}\big(\lambda_* w / (\lambda_*\kappa_p w + \sigma^2)\big) W^\top`,
+so one ``eigh`` of ``Q`` per draw serves every ``p``; :math:`k_\perp` comes in float64 from
+:meth:`~deeplinear.RegressionData.test_kernel`. (The direct form subtracts two terms of size
+:math:`\lambda_* \|Q\| k_{**}` to leave one of size :math:`\sigma^2/\kappa`: in float32 it lost
+everything at :math:`\sigma^2 = 10^{-6}`; see ``docs/numerical_range.md``.)
+
 The posterior predictive is the mixture :math:`\int N(m_*(Q), \Sigma_*(Q))\,\pi(dQ \mid Y)`,
 estimated over posterior draws: mean :math:`E[m_*]`, covariance
 :math:`E[\Sigma_*] + \operatorname{Cov}(m_*)`. Everything is vectorized over draws.
@@ -22,11 +38,9 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve
 
 from deeplinear._checks import check_key, check_positive_int
 from deeplinear.data import RegressionData, TestKernel, check_labels
-from deeplinear.likelihood import block_cholesky_from_root, psd_root
 
 __all__ = ["PredictiveMixture", "conditional_predictive"]
 
@@ -38,21 +52,30 @@ def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData,
 
     Returns ``(mean, cov)``: ``mean`` ``(D, P*)`` is :math:`m_*(Q)`; ``cov`` is
     :math:`\Sigma_*(Q)` per test input ``(P*, D, D)`` or, with ``joint=True``, the joint
-    ``(P*, D, P*, D)``. Cost :math:`O(R D^3 + R P_* D^2)` (per input) after set-up.
+    ``(P*, D, P*, D)``, both in the cancellation-free form of the module docstring. Cost
+    :math:`O(D^3 + R D^2 + R P_* D + P_* D^2)` per input set (``joint``: :math:`P_*^2` in
+    place of :math:`P_*`).
     """
     dtype = q.dtype
     lam = jnp.asarray(lambda_star, dtype)
-    chol = block_cholesky_from_root(psd_root(q), lam, noise_variance, data.basis.eigenvalues)
+    noise = jnp.asarray(noise_variance, dtype)
+    kappa = data.basis.eigenvalues.astype(dtype)  # (R,)
+    w, vecs = jnp.linalg.eigh((q + q.T) / 2)
+    w = jnp.clip(w, 0)  # rounding can make tiny eigenvalues negative
+    denom = lam * kappa[:, None] * w + noise  # (R, D): eigenvalues of C_p
+    positive = denom > 0
+    gain = jnp.where(positive, lam * w / jnp.where(positive, denom, 1), 0)  # eigenvalues of lambda Q C_p^-1
     kt = test.rotated_cross.astype(dtype)  # (R, P*)
-    cinv_y = jax.vmap(lambda c, y: cho_solve((c, True), y))(chol, data.rotated_labels.T.astype(dtype))
-    mean = lam * q @ (cinv_y.T @ kt)
-    cinv_q = jax.vmap(lambda c: cho_solve((c, True), q))(chol)  # C_p^{-1} Q
-    qcq = q @ cinv_q  # (R, D, D)
-    kss = test.test_gram.astype(dtype)
+    labels = data.rotated_labels.T.astype(dtype) @ vecs  # (R, D): W^T y_p
+    mean = vecs @ ((gain * labels).T @ kt)
+    shrink = noise * gain  # (R, D): eigenvalues of sigma^2 lambda Q C_p^-1
+    resid = test.residual_gram.astype(dtype)
     if joint:
-        cov = lam * jnp.einsum("jk,de->jdke", kss, q) - lam**2 * jnp.einsum("pj,pk,pde->jdke", kt, kt, qcq)
+        weights = jnp.einsum("pj,pk,pe->jke", kt, kt / kappa[:, None], shrink)
+        cov = lam * jnp.einsum("jk,de->jdke", resid, q) + jnp.einsum("de,jke,fe->jdkf", vecs, weights, vecs)
     else:
-        cov = lam * jnp.diagonal(kss)[:, None, None] * q - lam**2 * jnp.einsum("pj,pde->jde", kt**2, qcq)
+        weights = (kt**2 / kappa[:, None]).T @ shrink  # (P*, D)
+        cov = lam * jnp.diagonal(resid)[:, None, None] * q + jnp.einsum("de,je,fe->jdf", vecs, weights, vecs)
     return mean, cov
 
 

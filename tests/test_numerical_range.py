@@ -71,14 +71,21 @@ def test_extreme_corners_finite_and_float32_close(noise, scale):
 
 
 def test_float32_beyond_resolution_warns_before_fitting():
-    """Labels of scale 1e3 with sigma^2 = 1e-6: float32 cannot resolve the noise; fit says so."""
+    """Labels of scale 1e3 with sigma^2 = 1e-6: float32 cannot resolve the noise against the
+    spread of Q's eigenvalues; fit says so (not for D = 1 or the NNGP, where Q has no spread)."""
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(N0, P)), 1e3 * rng.normal(size=(2, P))
     data32 = dl.RegressionData.linear(X, Y, dtype="float32")
-    with pytest.warns(PrecisionWarning, match="float64"):
-        dl.fit(data32, dl.NNGPPrior(2), noise_variance=1e-6, num_samples=5, num_chains=1)
+    with pytest.warns(PrecisionWarning, match="float64"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", dl.ConvergenceWarning)  # five steps: not the point
+        dl.fit(data32, dl.ProportionalLimitPrior(1.0, 2, num_steps=4), noise_variance=1e-6, num_samples=5,
+               num_warmup=5, num_chains=1, progress_bar=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrecisionWarning)
+        warnings.simplefilter("ignore", dl.ConvergenceWarning)
+        dl.fit(data32, dl.NNGPPrior(2), noise_variance=1e-6, num_samples=5, num_warmup=5, num_chains=1,
+               progress_bar=False)
+        warn_if_unresolvable_in_float32(dl.RegressionData.linear(X, Y[:1], dtype="float32"), 1e-6)  # D = 1
         warn_if_unresolvable_in_float32(data32, 10.0)  # ratio 3.3e5: below the limit, no warning
         warn_if_unresolvable_in_float32(data32, dist.HalfNormal(1.0))  # a prior: not checkable
         with jax.enable_x64(True):
@@ -102,3 +109,36 @@ def test_fit_at_large_ratio_and_label_scale_is_finite(dtype):
     pm = res.predict(Xt)
     assert np.all(np.isfinite(np.asarray(pm.mean))) and np.all(np.isfinite(np.asarray(pm.covariance())))
     assert np.all(np.isfinite(res.datatree["log_likelihood"]["Y"].values))
+
+
+PRED_RTOL32 = 1e-4  # float32 predictions where Q has no spread; measured <= 2e-7 (the direct form: 0.34)
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [dl.ProportionalLimitPrior(0.5, 1, num_steps=64), dl.FiniteWidthPrior.from_depth_width(16, 8, 1), dl.NNGPPrior(2)],
+    ids=["limit D=1", "finite D=1", "NNGP D=2"],
+)
+def test_float32_predictions_without_cancellation(prior):
+    """sigma^2 = 1e-6 with test inputs inside the training span (N0 < P): the predictive
+    covariance is of size sigma^2/kappa, 1e-6 of the prior's. Computed as a difference of
+    two O(1) terms it was off by 34% in float32; the cancellation-free form agrees with
+    float64 to float32 rounding."""
+    rng = np.random.default_rng(0)
+    D = prior.num_outputs
+    X, Xt, Y = rng.normal(size=(N0, P)), rng.normal(size=(N0, 2)), rng.normal(size=(D, P))
+    if isinstance(prior, dl.NNGPPrior):
+        q64 = np.broadcast_to(np.eye(D), (NUM_DRAWS, D, D))
+    else:
+        with jax.enable_x64(True):
+            q64 = np.asarray(prior.sample_q(jax.random.key(1), NUM_DRAWS, dtype=jnp.float64))
+    out = {}
+    for dtype in (jnp.float64, jnp.float32):
+        with jax.enable_x64(dtype == jnp.float64):
+            data = dl.RegressionData.linear(X, Y, dtype=dtype)
+            ones, noise = jnp.ones(NUM_DRAWS, dtype), jnp.full(NUM_DRAWS, 1e-6, dtype)
+            pm = dl.PredictiveMixture(jnp.asarray(q64, dtype), ones, noise, data, data.test_kernel(Xt))
+            out[dtype] = [np.asarray(pm.mean, float), np.asarray(pm.covariance(), float),
+                          np.asarray(dl.loo_log_likelihood_draws(jnp.asarray(q64, dtype), ones, noise, data), float)]
+    for name, ref, low in zip(("mean", "cov", "loo"), out[jnp.float64], out[jnp.float32]):
+        assert np.max(np.abs(low - ref)) / np.max(np.abs(ref)) < PRED_RTOL32, name
