@@ -38,6 +38,7 @@ OUTPUTS = (1, 3, 8)
 NOISES = (1e-6, 1.0, 1e3)
 SCALES = (1e-3, 1.0, 1e3)
 QUANTITIES = ("logp", "grad", "mean", "cov", "loo")
+INACCURATE = 1e-3  # relative float32 error of mean/cov/loo that a PrecisionWarning must announce
 
 
 def priors():
@@ -104,13 +105,18 @@ def main():
     all64 = all(r[f"{q}_finite64"] for r in rows for q in QUANTITIES)
     nan32 = [r for r in rows if not all(r[f"{q}_finite32"] for q in QUANTITIES)]
     unwarned_nan32 = [r for r in nan32 if not r["warned"]]
+    inaccurate = [r for r in rows if not all(r[q] <= INACCURATE for q in ("mean", "cov", "loo"))]  # NaN counts
+    unwarned_inaccurate = [r for r in inaccurate if not r["warned"]]
     head = [
         f"Machine: {describe()}",
         "",
         f"{len(rows)} configurations; S = {S} prior draws each; N0 = {N0}, P = {P}, {P_TEST} test inputs.",
         f"Every float64 quantity finite: {'yes' if all64 else '**NO**'}. "
         f"Configurations with a non-finite float32 quantity: {len(nan32)}, of which without a "
-        f"PrecisionWarning: {len(unwarned_nan32)}.",
+        f"PrecisionWarning: {len(unwarned_nan32)}. "
+        f"Configurations with a float32 prediction or LOO error above {INACCURATE:g}: {len(inaccurate)}, "
+        f"of which without a PrecisionWarning: {len(unwarned_inaccurate)}"
+        + (f" ({', '.join(sorted({r['prior'] + ' D=' + str(r['D']) for r in unwarned_inaccurate}))})." if unwarned_inaccurate else "."),
         "",
     ]
     detail = head + [
