@@ -102,6 +102,7 @@ class PrecisionWarning(UserWarning):
 
 
 FLOAT32_SIGNAL_TO_NOISE_LIMIT = 1e6
+FLOAT32_SIGNAL_TO_NOISE_LIMIT_FIXED_Q = 1e10  # D = 1 or Q = I: only the mean's rounding limits
 
 
 def warn_if_unresolvable_in_float32(
@@ -121,14 +122,16 @@ def warn_if_unresolvable_in_float32(
     predictive means and covariances and the LOO terms, computed from the stored ``Q``
     draws, lose digits wherever an eigenvalue of ``Q`` is below float32's resolution of its
     largest (:math:`\lambda_*\kappa w \lesssim \sigma^2`). With ``D = 1`` or a fixed
-    ``Q = I`` (the NNGP, ``q_varies=False``) there is no such spread and the predictions
-    stay accurate (cancellation-free form, :mod:`deeplinear.predictive`): no warning.
+    ``Q = I`` (the NNGP, ``q_varies=False``) ``Q`` has no such spread and the predictions are
+    computed without cancellation (:mod:`deeplinear.predictive`); what remains is that the
+    predictive standard deviation, about :math:`\sigma/\sqrt{\kappa}`, falls below float32's
+    resolution of the predictive mean (about ``1e-7`` of the labels) -- the mixture covariance
+    then picks up the mean's rounding -- so the limit there is
+    ``FLOAT32_SIGNAL_TO_NOISE_LIMIT_FIXED_Q`` (``1e10``).
     Emits a :class:`PrecisionWarning` (float32 data and a fixed ``noise_variance`` only) and
     returns the ratio (``nan`` when not applicable).
     """
     if data.dtype != jnp.float32 or not isinstance(noise_variance, (int, float, np.floating, np.integer)):
-        return math.nan
-    if data.num_outputs == 1 or not q_varies:
         return math.nan
     if float(noise_variance) <= 0:
         return math.nan
@@ -139,12 +142,19 @@ def warn_if_unresolvable_in_float32(
         prior_ratio = float(lambda_star) * float(np.max(np.asarray(data.basis.eigenvalues, np.float64))) / float(noise_variance)
         if prior_ratio > ratio:
             ratio, source = prior_ratio, "the prior scale lambda_star * max(kappa)"
-    if ratio > FLOAT32_SIGNAL_TO_NOISE_LIMIT:
+    spread = data.num_outputs > 1 and q_varies
+    limit = FLOAT32_SIGNAL_TO_NOISE_LIMIT if spread else FLOAT32_SIGNAL_TO_NOISE_LIMIT_FIXED_Q
+    if ratio > limit:
+        consequence = (
+            "so predictive means, covariances and LOO terms computed from Q's small eigenvalues lose digits"
+            if spread
+            else "so the predictive standard deviation is below float32's resolution of the predictive mean "
+            "and predictive covariances lose digits"
+        )
         warnings.warn(
             f"float32 cannot resolve this configuration: {source} is "
-            f"{ratio:.1e} x noise_variance (float32 keeps ~7 digits; limit {FLOAT32_SIGNAL_TO_NOISE_LIMIT:.0e}), "
-            "so predictive means, covariances and LOO terms computed from Q's small eigenvalues lose digits "
-            "(the log density stays accurate). Use float64 (jax.config.update('jax_enable_x64', True) and dtype='float64') "
+            f"{ratio:.1e} x noise_variance (float32 keeps ~7 digits; limit {limit:.0e}), "
+            f"{consequence} (the log density stays accurate). Use float64 (jax.config.update('jax_enable_x64', True) and dtype='float64') "
             "or a larger noise_variance.",
             PrecisionWarning,
             stacklevel=stacklevel,
