@@ -167,6 +167,7 @@ def plot_demo(demo: InferenceDemo):
             if np.ptp(c) > 0:  # the NNGP's Q = I has no spread
                 ax.hist(c, bins=40, range=(-1, 1), histtype="step", density=True, label=name)
         ax.axvline(demo.label_correlation[i, j], color="k", ls="--", lw=1, label="labels")
+        ax.axvline(demo.least_squares_correlation[i, j], color="gray", ls=":", lw=1.5, label="least squares")
         ax.set_xlabel(f"corr(Q) {demo.output_names[i]}-{demo.output_names[j]}")
         ax.legend(fontsize=6)
     ax = axes2[0, -1]
