@@ -31,7 +31,7 @@ from deeplinear.likelihood import KroneckerNormal, PrecisionWarning, loo_log_lik
 from deeplinear.models import deep_linear_model, sample_q
 from deeplinear.network import network_forward, sample_network_outputs
 from deeplinear.persistence import load_fit, save_fit
-from deeplinear.predictive import PredictiveMixture, conditional_predictive
+from deeplinear.predictive import PredictiveMixture, conditional_predictive, correlation_matrix
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
 from deeplinear.sbc import SBCResult, simulation_based_calibration
 
@@ -51,6 +51,7 @@ __all__ = [
     "SBCResult",
     "compare_models",
     "conditional_predictive",
+    "correlation_matrix",
     "deep_linear_model",
     "exact_posterior_d1",
     "fit",

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from deeplinear.inference import PosteriorFit
+from deeplinear.predictive import correlation_matrix
 
 __all__ = ["loo", "compare_models", "ModelComparison", "plot_predictive_correlations"]
 
@@ -47,7 +48,7 @@ def loo(result: PosteriorFit):
 
 
 class ModelComparison(NamedTuple):
-    """Result of :func:`compare_models`.
+    r"""Result of :func:`compare_models`.
 
     Attributes
     ----------
@@ -59,11 +60,14 @@ class ModelComparison(NamedTuple):
     loo : pandas.DataFrame
         ``arviz.compare`` on the LOO estimates (ranked, with weights).
     predictive : dict[str, deeplinear.predictive.PredictiveMixture]
+    q_correlation : dict[str, numpy.ndarray]
+        Posterior mean of :math:`\operatorname{corr}(Q)` (``D x D``) per model.
     """
 
     table: object
     loo: object
     predictive: dict
+    q_correlation: dict
 
 
 def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, test_gram=None) -> ModelComparison:
@@ -95,11 +99,9 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
     with warnings.catch_warnings():  # high Pareto k is reported in the table instead
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
         loos = {name: loo(f) for name, f in fits.items()}
-    rows, predictive = [], {}
+    rows, predictive, q_correlation = [], {}, {}
     for name, f in fits.items():
-        q = f.draws("Q")
-        sd = np.sqrt(np.einsum("sdd->sd", q))
-        qcorr = (q / (sd[:, :, None] * sd[:, None, :])).mean(0)
+        qcorr = q_correlation[name] = correlation_matrix(f.draws("Q")).mean(0)
         row = {
             "model": name,
             "elpd_loo": loos[name].elpd,
@@ -121,7 +123,7 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
     ranked = arviz_stats.compare(loos, round_to="none") if len(loos) > 1 else None
-    return ModelComparison(table, ranked, predictive)
+    return ModelComparison(table, ranked, predictive, q_correlation)
 
 
 def _offdiag(mats):

@@ -32,6 +32,7 @@ from deeplinear.comparison import ModelComparison, compare_models
 from deeplinear.data import RegressionData
 from deeplinear.datasets import LINNERUD_OUTPUTS, Dataset, linnerud
 from deeplinear.inference import ConvergenceWarning, fit
+from deeplinear.predictive import correlation_matrix
 from deeplinear.priors import NNGPPrior, ProportionalLimitPrior
 from deeplinear.tabular import Standardizer
 
@@ -61,11 +62,6 @@ class InferenceDemo(NamedTuple):
     label_correlation: np.ndarray
     least_squares_correlation: np.ndarray
     q_correlations: dict
-
-
-def _correlation(m):
-    sd = np.sqrt(np.einsum("...dd->...d", m))
-    return m / (sd[..., :, None] * sd[..., None, :])
 
 
 def inference_demo(
@@ -118,9 +114,9 @@ def inference_demo(
             warnings.warn(w.message, stacklevel=2)
     comparison = compare_models(fits, sx.transform(ds.X_test), sy.transform(ds.Y_test))
     comparison.table["heldout_lpd"] -= ds.Y_test.shape[1] * np.sum(np.log(sy.scale))
-    q_corr = {name: _correlation(f.draws("Q")).mean(0) for name, f in fits.items()}
     b_hat = data_y @ np.linalg.pinv(data_x)
-    return InferenceDemo(ds, names, fits, comparison, np.corrcoef(ds.Y_train), _correlation(b_hat @ b_hat.T), q_corr)
+    least_squares = correlation_matrix(b_hat @ b_hat.T)
+    return InferenceDemo(ds, names, fits, comparison, np.corrcoef(ds.Y_train), least_squares, comparison.q_correlation)
 
 
 def correlation_table(demo: InferenceDemo):
@@ -163,7 +159,7 @@ def plot_demo(demo: InferenceDemo):
     fig2, axes2 = plt.subplots(1, n + 1, figsize=(4 * (n + 1), 3.5), squeeze=False)
     for ax, (i, j) in zip(axes2[0], pairs):
         for name, f in demo.fits.items():
-            c = _correlation(f.draws("Q"))[:, i, j]
+            c = correlation_matrix(f.draws("Q"))[:, i, j]
             if np.ptp(c) > 0:  # the NNGP's Q = I has no spread
                 ax.hist(c, bins=40, range=(-1, 1), histtype="step", density=True, label=name)
         ax.axvline(demo.label_correlation[i, j], color="k", ls="--", lw=1, label="labels")

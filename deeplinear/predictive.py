@@ -41,8 +41,9 @@ import jax.numpy as jnp
 
 from deeplinear._checks import check_key, check_positive_int
 from deeplinear.data import RegressionData, TestKernel, check_labels
+from deeplinear.likelihood import psd_root
 
-__all__ = ["PredictiveMixture", "conditional_predictive"]
+__all__ = ["PredictiveMixture", "conditional_predictive", "correlation_matrix"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -87,10 +88,12 @@ def _all_draws(q, lam, noise, data, test, batch_size):
     return jax.lax.map(lambda a: fn(*a), (q, lam, noise), batch_size=batch_size)
 
 
-def _psd_root(cov):
-    """Symmetric square root factor of a PSD matrix (robust when it is singular)."""
-    w, v = jnp.linalg.eigh((cov + cov.T) / 2)
-    return v * jnp.sqrt(jnp.clip(w, 0))
+def correlation_matrix(cov):
+    r"""Correlations :math:`\Sigma_{de} / \sqrt{\Sigma_{dd}\Sigma_{ee}}` of covariance
+    matrices ``(..., D, D)`` (e.g. draws of ``Q``); a NumPy array in, a NumPy array out (its
+    dtype kept), a JAX array in, a JAX array out."""
+    sd = cov.diagonal(axis1=-2, axis2=-1) ** 0.5
+    return cov / (sd[..., :, None] * sd[..., None, :])
 
 
 class PredictiveMixture:
@@ -179,9 +182,7 @@ class PredictiveMixture:
 
     def correlation(self):
         """Per-input predictive correlation between outputs, ``(P*, D, D)``."""
-        cov = self.covariance()
-        sd = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
-        return cov / (sd[..., :, None] * sd[..., None, :])
+        return correlation_matrix(self.covariance())
 
     def joint_covariance(self, include_noise: bool = False):
         r"""Joint predictive covariance over all test inputs and outputs, ``(P*, D, P*, D)``."""
@@ -213,7 +214,7 @@ class PredictiveMixture:
             mean, cov = conditional_predictive(
                 self.q[s], self.lambda_star[s], self.noise_variance[s], self.data, self.test, joint=True
             )
-            root = _psd_root(jnp.transpose(cov, (1, 0, 3, 2)).reshape(D * P, D * P))  # output-major
+            root = psd_root(jnp.transpose(cov, (1, 0, 3, 2)).reshape(D * P, D * P))  # output-major
             f = mean.reshape(-1) + root @ jax.random.normal(k2, (D * P,), self.q.dtype)
             f = f.reshape(D, P)
             if include_noise:
