@@ -23,7 +23,7 @@ import xarray as xr
 from deeplinear.inference import PosteriorFit
 from deeplinear.predictive import correlation_matrix
 
-__all__ = ["loo", "compare_models", "ModelComparison", "plot_predictive_correlations"]
+__all__ = ["loo", "compare_models", "ModelComparison"]
 
 
 def loo(result: PosteriorFit):
@@ -76,9 +76,9 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
     Parameters
     ----------
     fits : dict[str, PosteriorFit]
-    X_test : array ``(N0, P*)``, optional
-        Test inputs (linear kernel); or ``cross_gram``/``test_gram`` for a user kernel.
-    Y_test : array ``(D, P*)``, optional
+    X_test : array ``(P*, N0)``, optional
+        Test inputs, one per row (linear kernel); or ``cross_gram``/``test_gram`` for a user kernel.
+    Y_test : array ``(P*, D)``, optional
         Held-out labels for the log predictive density.
     """
     import arviz_stats
@@ -89,9 +89,9 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
     for name, f in fits.items():
         if not isinstance(f, PosteriorFit):
             raise TypeError(f"fits[{name!r}] must be a PosteriorFit, got {type(f).__name__}")
-    shapes = {(f.data.num_outputs, f.data.num_obs) for f in fits.values()}
+    shapes = {(f.data.num_obs, f.data.num_outputs) for f in fits.values()}
     if len(shapes) > 1:
-        raise ValueError(f"all fits must be on the same data; got (D, P) = {sorted(shapes)}")
+        raise ValueError(f"all fits must be on the same data; got (P, D) = {sorted(shapes)}")
     has_test = X_test is not None or cross_gram is not None
     if Y_test is not None and not has_test:
         raise ValueError("Y_test needs test inputs (X_test, or cross_gram and test_gram)")
@@ -135,30 +135,3 @@ def _offdiag(mats):
 def _mean_offdiag(mats):
     off = _offdiag(mats)
     return off.mean(-1) if off.shape[-1] else np.zeros(mats.shape[:-2])
-
-
-def plot_predictive_correlations(comparison: ModelComparison, pair=(0, 1), ax=None, label_corr=None):
-    """Bar chart of the predictive cross-output correlation (outputs ``pair``) per test
-    input, one bar group per model; a dashed line at the labels' correlation if given."""
-    import matplotlib.pyplot as plt
-
-    if not comparison.predictive:
-        raise ValueError("the comparison has no test inputs; pass X_test to compare_models")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
-    i, j = pair
-    names = list(comparison.predictive)
-    width = 0.8 / len(names)
-    for k, name in enumerate(names):
-        corr = np.asarray(comparison.predictive[name].correlation())[:, i, j]
-        ax.bar(np.arange(corr.size) + k * width, corr, width, label=name)
-    if label_corr is not None:
-        ax.axhline(label_corr, color="k", ls="--", lw=1, label="labels' correlation")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xlabel("test input")
-    ax.set_ylabel(f"predictive corr(f_{i}, f_{j})")
-    lo, hi = ax.get_ylim()
-    ax.set_ylim(min(lo, -0.05), max(hi, 0.05) + 0.35 * (max(hi, 0.05) - min(lo, -0.05)))
-    ax.legend(fontsize=7, ncol=3, loc="upper left")
-    return ax
-

@@ -3,7 +3,8 @@ r"""Built-in data for demonstrations and tests.
 :func:`correlated_outputs` draws a linear teacher with ``D`` correlated outputs: the
 rows of the teacher matrix :math:`B` (``D x N0``) have correlation ``correlation``, so
 that :math:`f(x) = B x / \sqrt{N_0}` has output covariance :math:`\propto C`, and labels
-are :math:`Y = f(X) + \sqrt{\sigma^2}\,E`. With ``num_features > num_train`` the test
+are :math:`Y = f(X) + \sqrt{\sigma^2}\,E`; rows are observations (``X`` is ``(P, N0)``, ``Y``
+is ``(P, D)``). With ``num_features > num_train`` the test
 inputs leave the span of the training inputs, where the predictive covariance is
 proportional to :math:`E[Q \mid Y]` and label-dependent correlations are visible.
 """
@@ -14,13 +15,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from deeplinear._checks import check_positive_int
+from deeplinear._validation import check_positive_int
 
 __all__ = ["Dataset", "correlated_outputs", "linnerud"]
 
 
 class Dataset(NamedTuple):
-    """Train/test split; inputs are columns (``N0 x P``), labels ``D x P``."""
+    """Train/test split; one observation per row: inputs ``(P, N0)``, labels ``(P, D)``."""
 
     X_train: np.ndarray
     Y_train: np.ndarray
@@ -54,13 +55,13 @@ def correlated_outputs(
     rng = np.random.default_rng(seed)
     C = np.full((D, D), correlation) + (1 - correlation) * np.eye(D)
     B = np.linalg.cholesky(C) @ rng.normal(size=(D, num_features))
-    X = rng.normal(size=(num_features, num_train + num_test))
-    Y = B @ X / np.sqrt(num_features) + np.sqrt(noise_variance) * rng.normal(size=(D, X.shape[1]))
+    X = rng.normal(size=(num_features, num_train + num_test)).T
+    Y = X @ B.T / np.sqrt(num_features) + np.sqrt(noise_variance) * rng.normal(size=(D, X.shape[0])).T
     desc = (
         f"linear teacher, N0={num_features}, D={D} outputs with correlation {correlation}, "
         f"noise variance {noise_variance}, {num_train} train / {num_test} test inputs, seed {seed}"
     )
-    return Dataset(X[:, :num_train], Y[:, :num_train], X[:, num_train:], Y[:, num_train:], desc)
+    return Dataset(X[:num_train], Y[:num_train], X[num_train:], Y[num_train:], desc)
 
 
 LINNERUD_INPUTS = ("Chins", "Situps", "Jumps")
@@ -80,15 +81,15 @@ def linnerud(num_test: int = 5, seed: int = 0) -> Dataset:
     Raw units; a random split of ``num_test`` test rows (fixed by ``seed``). Source and
     licence: ``deeplinear/data_files/README.md`` (Tenenhaus 1998, via scikit-learn, BSD-3).
     """
-    from deeplinear.tabular import read_table, select_columns
-
     num_test = check_positive_int("num_test", num_test)
     if num_test >= 20:
         raise ValueError(f"num_test must be < 20 (there are 20 rows), got {num_test}")
-    table = read_table(linnerud_path())
-    X = select_columns(table, ",".join(LINNERUD_INPUTS), "inputs")
-    Y = select_columns(table, ",".join(LINNERUD_OUTPUTS), "outputs")
+    with linnerud_path().open() as fh:
+        header = [c.strip() for c in fh.readline().split(",")]
+        table = np.loadtxt(fh, delimiter=",", ndmin=2)
+    X = table[:, [header.index(c) for c in LINNERUD_INPUTS]]
+    Y = table[:, [header.index(c) for c in LINNERUD_OUTPUTS]]
     perm = np.random.default_rng(seed).permutation(20)
     test, train = perm[:num_test], perm[num_test:]
     desc = f"Linnerud (Tenenhaus 1998): 3 exercise inputs, 3 physiological outputs, {20 - num_test} train / {num_test} test"
-    return Dataset(X[:, train], Y[:, train], X[:, test], Y[:, test], desc)
+    return Dataset(X[train], Y[train], X[test], Y[test], desc)

@@ -30,9 +30,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import integrate, signal, special
 
-from deeplinear._checks import check_positive_scalar
+from deeplinear._validation import check_noise_for_data, check_positive_scalar, check_regression_data
 from deeplinear.data import RegressionData
-from deeplinear.likelihood import check_noise_for_data
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
 
 __all__ = ["ExactPosteriorD1", "exact_posterior_d1", "log_product_density"]
@@ -114,20 +113,19 @@ def exact_posterior_d1(
     lambda_star, noise_variance : float
         Fixed hyperparameters :math:`\lambda_*`, :math:`\sigma^2`.
     X_test, cross_gram, test_gram : optional
-        Test inputs as in :meth:`RegressionData.test_kernel`.
+        Test inputs as in :meth:`RegressionData.prediction_kernel` (``X_test`` is ``(P*, N0)``).
 
     Examples
     --------
     >>> import numpy as np
     >>> from deeplinear import RegressionData, ProportionalLimitPrior, exact_posterior_d1
     >>> rng = np.random.default_rng(0)
-    >>> data = RegressionData.linear(rng.normal(size=(2, 8)), rng.normal(size=(1, 8)))
+    >>> data = RegressionData.linear(rng.normal(size=(8, 2)), rng.normal(size=(8, 1)))
     >>> r = exact_posterior_d1(data, ProportionalLimitPrior(1.0, 1), noise_variance=0.5)
     >>> bool(r.q_mean > 0 and r.q_var > 0)
     True
     """
-    if not isinstance(data, RegressionData):
-        raise TypeError(f"data must be a RegressionData, got {type(data).__name__}")
+    check_regression_data(data)
     if data.num_outputs != 1:
         raise ValueError(f"exact references need D = 1 output, got D = {data.num_outputs}")
     if not isinstance(prior, (ProportionalLimitPrior, FiniteWidthPrior, NNGPPrior)) or prior.num_outputs != 1:
@@ -135,12 +133,12 @@ def exact_posterior_d1(
     lam = float(check_positive_scalar("lambda_star", lambda_star))
     noise = float(check_noise_for_data(noise_variance, data))
     kappa = np.asarray(data.basis.eigenvalues, np.float64)
-    ytil = np.asarray(data.rotated_labels, np.float64)[0]
+    ytil = np.asarray(data.rotated_labels, np.float64)[:, 0]
     null, num_null = float(data.null_energy), data.basis.num_null
     test = None
     if X_test is not None or cross_gram is not None:
-        tk = data.test_kernel(X_test, cross_gram=cross_gram, test_gram=test_gram)
-        test = (np.asarray(tk.rotated_cross, np.float64), np.diag(np.asarray(tk.test_gram, np.float64)))
+        tk = data.prediction_kernel(X_test, cross_gram=cross_gram, test_gram=test_gram)
+        test = (np.asarray(tk.rotated_cross, np.float64).T, np.diag(np.asarray(tk.test_gram, np.float64)))
 
     def loglik(s):
         return _loglik(np.atleast_1d(s), lam, noise, kappa, ytil, null, num_null)

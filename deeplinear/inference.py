@@ -3,9 +3,10 @@ r"""Fitting: NUTS on the prior's latents, results as an ArviZ ``xarray.DataTree`
 :func:`fit` validates everything, runs NumPyro's NUTS on :func:`~deeplinear.models.deep_linear_model`
 (several chains, a progress bar in interactive use, a seed), and returns a
 :class:`PosteriorFit` holding the DataTree made by ``arviz_base.from_numpyro``: named
-dims (``output``, ``output_bis``, ``obs``, ``layer``/``step``, ``offdiag``), ``Q`` as a
-deterministic, sample stats with divergences, and a ``log_likelihood`` group with the
-exact pointwise leave-one-input-out terms :math:`\log p(y_{\cdot i}\mid Y_{\cdot,-i}, \theta)`
+dims (``obs``, ``output``, ``output_bis``, ``layer``/``step``, ``offdiag``; observed ``Y`` is
+``(obs, output)``), ``Q`` as a deterministic, sample stats with divergences, and a
+``log_likelihood`` group with the exact pointwise leave-one-input-out terms
+:math:`\log p(y_i\mid Y_{-i}, \theta)` (``y_i`` the labels of input ``i``)
 (:func:`~deeplinear.likelihood.loo_log_likelihood`), so ``az.loo``/``az.compare`` rank
 models correctly for this non-factorized Gaussian model.
 
@@ -26,10 +27,11 @@ import numpyro.distributions as dist
 import xarray as xr
 from numpyro.infer import MCMC, NUTS, init_to_median
 
-from deeplinear._checks import check_positive_int
+from deeplinear._precision import warn_if_unresolvable_in_float32
+from deeplinear._validation import check_bool, check_positive_int, check_probability, raw_key
 from deeplinear.data import RegressionData
-from deeplinear.likelihood import loo_log_likelihood_draws, warn_if_unresolvable_in_float32
-from deeplinear.models import check_model_args, deep_linear_model, has_latent_sites
+from deeplinear.likelihood import loo_log_likelihood_draws
+from deeplinear.models import ModelSpec
 from deeplinear.predictive import PredictiveMixture
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
 
@@ -51,8 +53,8 @@ def _interactive() -> bool:
 def _dims_and_coords(prior, data, output_names=None):
     D = data.num_outputs
     outputs = list(output_names) if output_names is not None else list(range(D))
-    coords = {"output": outputs, "output_bis": outputs, "obs": np.arange(data.num_obs)}
-    dims = {"Q": ["output", "output_bis"], "Y": ["output", "obs"]}
+    coords = {"obs": np.arange(data.num_obs), "output": outputs, "output_bis": outputs}
+    dims = {"Q": ["output", "output_bis"], "Y": ["obs", "output"]}
     if D > 1:
         rows, cols = np.tril_indices(D, k=-1)
         coords["offdiag"] = [f"{outputs[r]},{outputs[c]}" for r, c in zip(rows, cols)]
@@ -68,7 +70,8 @@ def _dims_and_coords(prior, data, output_names=None):
 
 
 class Diagnostics(NamedTuple):
-    """Convergence summary of a fit (see :meth:`PosteriorFit.diagnostics`)."""
+    """Convergence summary of a fit (see :meth:`PosteriorFit.diagnostics`); ``num_draws`` is the
+    number of posterior draws over all chains."""
 
     divergences: int
     num_draws: int
@@ -85,19 +88,27 @@ class PosteriorFit:
     datatree : xarray.DataTree
         ArviZ posterior (``posterior``, ``sample_stats``, ``observed_data``,
         ``log_likelihood``); pass it to ``az.summary``, ``az.loo``, ``az.compare``, plots.
-    prior, data : the prior and :class:`~deeplinear.data.RegressionData` that were fitted.
-    hyperparameters : dict
-        The ``lambda_star``, ``noise_variance``, ``ratio`` arguments (numbers or priors).
+    spec : ModelSpec
+        The model that was fitted (prior and hyperparameters).
+    data : RegressionData
+        The training data.
     mcmc : numpyro.infer.MCMC or None
-        The sampler (``None`` for the exact NNGP with fixed hyperparameters).
+        The sampler (``None`` for the exact NNGP with fixed hyperparameters, and for loaded fits).
     """
 
-    def __init__(self, datatree, prior, data, hyperparameters, mcmc=None):
+    def __init__(self, datatree, spec: ModelSpec, data: RegressionData, mcmc=None):
+        if not isinstance(spec, ModelSpec):
+            raise TypeError(f"spec must be a deeplinear.ModelSpec, got {type(spec).__name__}")
+        spec.check_data(data)
         self.datatree = datatree
-        self.prior = prior
+        self.spec = spec
         self.data = data
-        self.hyperparameters = hyperparameters
         self.mcmc = mcmc
+
+    @property
+    def prior(self):
+        """The prior over :math:`\bar V` (``spec.prior``)."""
+        return self.spec.prior
 
     def draws(self, name: str) -> np.ndarray:
         """Posterior draws of a variable, chains flattened: shape ``(S, ...)``.
@@ -107,7 +118,7 @@ class PosteriorFit:
         if name in post.data_vars:
             arr = post[name].values
             return arr.reshape((-1,) + arr.shape[2:])
-        fixed = self.hyperparameters.get(name)
+        fixed = getattr(self.spec, name, None) if name in ("lambda_star", "noise_variance") else None
         if fixed is None or isinstance(fixed, dist.Distribution):
             raise KeyError(f"no posterior variable {name!r}; have {sorted(post.data_vars)}")
         n = post.sizes["chain"] * post.sizes["draw"]
@@ -116,10 +127,10 @@ class PosteriorFit:
     def predict(self, X_test=None, *, cross_gram=None, test_gram=None, batch_size: int = 256) -> PredictiveMixture:
         r"""Posterior predictive mixture of the outputs at test inputs.
 
-        ``X_test`` is ``(N0, P*)`` for the linear kernel; for a user Gram matrix pass
-        ``cross_gram`` :math:`K(X, X_*)` ``(P, P*)`` and ``test_gram`` ``(P*, P*)``.
+        ``X_test`` is ``(P*, N0)`` (one test input per row) for the linear kernel; for a user
+        Gram matrix pass ``cross_gram`` :math:`K(X, X_*)` ``(P, P*)`` and ``test_gram`` ``(P*, P*)``.
         """
-        test = self.data.test_kernel(X_test, cross_gram=cross_gram, test_gram=test_gram)
+        test = self.data.prediction_kernel(X_test, cross_gram=cross_gram, test_gram=test_gram)
         return PredictiveMixture(
             self.draws("Q"), self.draws("lambda_star"), self.draws("noise_variance"), self.data, test, batch_size
         )
@@ -171,19 +182,21 @@ class PosteriorFit:
         )
 
 
-def check_sampler_settings(seed, target_accept_prob):
-    """Seed and NUTS acceptance target, shared by :func:`fit` and SBC."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    if not (isinstance(target_accept_prob, (float, int)) and 0 < target_accept_prob < 1):
-        raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob!r}")
-
-
-def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, seed, target_accept_prob, max_tree_depth):
+def check_sampler_settings(num_warmup, num_samples, target_accept_prob, max_tree_depth, progress_bar):
+    """NUTS settings shared by :func:`fit` and SBC."""
     check_positive_int("num_warmup", num_warmup, minimum=0)
     check_positive_int("num_samples", num_samples)
-    check_positive_int("num_chains", num_chains)
     check_positive_int("max_tree_depth", max_tree_depth)
+    check_probability("target_accept_prob", target_accept_prob)
+    if progress_bar is not None:
+        check_bool("progress_bar", progress_bar)
+
+
+def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target_accept_prob, max_tree_depth,
+                       progress_bar, log_likelihood):
+    check_sampler_settings(num_warmup, num_samples, target_accept_prob, max_tree_depth, progress_bar)
+    check_positive_int("num_chains", num_chains)
+    check_bool("log_likelihood", log_likelihood)
     if num_samples * num_chains > MAX_STORED_DRAWS:
         raise ValueError(
             f"num_chains * num_samples = {num_chains * num_samples:.3g} draws exceeds {MAX_STORED_DRAWS:.0e}; "
@@ -191,7 +204,15 @@ def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, seed, 
         )
     if chain_method not in _CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}, got {chain_method!r}")
-    check_sampler_settings(seed, target_accept_prob)
+
+
+def model_spec(prior, lambda_star, noise_variance, ratio) -> ModelSpec:
+    """A :class:`ModelSpec` from ``prior`` (a prior or already a spec) and hyperparameter keywords."""
+    if isinstance(prior, ModelSpec):
+        if (lambda_star, noise_variance, ratio) != (1.0, 1.0, None):
+            raise ValueError("pass the hyperparameters inside the ModelSpec, not as well as keywords")
+        return prior
+    return ModelSpec(prior, lambda_star, noise_variance, ratio)
 
 
 def fit(
@@ -205,7 +226,7 @@ def fit(
     num_samples: int = 1000,
     num_chains: int = 4,
     chain_method: str = "auto",
-    seed: int = 0,
+    key=0,
     progress_bar: bool | None = None,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
@@ -220,19 +241,22 @@ def fit(
     Parameters
     ----------
     data : RegressionData
-        ``RegressionData.linear(X, Y)`` or ``RegressionData.from_gram(K, Y)``; its
-        precision (float32/float64) is the precision of the run.
-    prior : FiniteWidthPrior | ProportionalLimitPrior | NNGPPrior
+        ``RegressionData.linear(X, Y)`` or ``RegressionData.from_gram(K, Y)`` (rows are
+        observations); its precision (float32/float64) is the precision of the run.
+    prior : FiniteWidthPrior | ProportionalLimitPrior | NNGPPrior | ModelSpec
+        The prior, or a whole :class:`~deeplinear.models.ModelSpec` (then leave the
+        hyperparameter keywords out).
     lambda_star, noise_variance : float or numpyro Distribution
-        Fixed values or priors (see :func:`~deeplinear.models.deep_linear_model`).
+        Fixed values or priors (see :class:`~deeplinear.models.ModelSpec`).
     ratio : numpyro Distribution, optional
         Prior over ``a`` (proportional limit only).
     num_warmup, num_samples, num_chains : int
+        NumPyro's words: warmup steps and posterior draws per chain, and chains.
     chain_method : {"auto", "sequential", "parallel", "vectorized"}
         ``"auto"``: ``"parallel"`` when there are at least ``num_chains`` JAX devices,
         else ``"sequential"``.
-    seed : int
-        Same seed, same draws (on the same device).
+    key : PRNG key or int, default 0
+        A JAX PRNG key or an integer seed in ``[0, 2**32)``; same key, same draws (on the same device).
     progress_bar : bool, optional
         Default: on in Jupyter or a terminal, off otherwise.
     log_likelihood : bool, default True
@@ -250,19 +274,24 @@ def fit(
         On divergent transitions or R-hat of ``Q`` above 1.01.
     PrecisionWarning
         Before sampling, when float32 cannot resolve ``noise_variance`` against the labels
-        (:func:`~deeplinear.likelihood.warn_if_unresolvable_in_float32`).
+        (:func:`deeplinear._precision.warn_if_unresolvable_in_float32`).
     """
-    check_model_args(data, prior, lambda_star, noise_variance, ratio)
-    _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, seed, target_accept_prob, max_tree_depth)
-    if output_names is not None and len(output_names) != data.num_outputs:
-        raise ValueError(f"output_names must have D = {data.num_outputs} entries, got {len(output_names)}")
-    warn_if_unresolvable_in_float32(data, noise_variance, lambda_star, stacklevel=3,
+    spec = model_spec(prior, lambda_star, noise_variance, ratio)
+    spec.check_data(data)
+    _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target_accept_prob, max_tree_depth,
+                       progress_bar, log_likelihood)
+    rng_key = raw_key(key)
+    if output_names is not None:
+        if isinstance(output_names, str) or not hasattr(output_names, "__len__"):
+            raise TypeError(f"output_names must be a sequence of D = {data.num_outputs} names, got {output_names!r}")
+        if len(output_names) != data.num_outputs:
+            raise ValueError(f"output_names must have D = {data.num_outputs} entries, got {len(output_names)}")
+    prior = spec.prior
+    warn_if_unresolvable_in_float32(data, spec.noise_variance, spec.lambda_star, stacklevel=3,
                                     q_varies=not isinstance(prior, NNGPPrior))
-    hyper = {"lambda_star": lambda_star, "noise_variance": noise_variance, "ratio": ratio}
     dims, coords = _dims_and_coords(prior, data, output_names)
-    model_kwargs = dict(lambda_star=lambda_star, noise_variance=noise_variance, ratio=ratio)
 
-    if not has_latent_sites(prior, lambda_star, noise_variance, ratio):
+    if not spec.has_latent_sites:
         dt = _exact_nngp_tree(data, num_chains, num_samples, dims, coords)
         mcmc = None
     else:
@@ -271,7 +300,7 @@ def fit(
         if progress_bar is None:
             progress_bar = _interactive()
         kernel = NUTS(
-            deep_linear_model,
+            _spec_model,
             target_accept_prob=target_accept_prob,
             max_tree_depth=max_tree_depth,
             init_strategy=init_to_median(num_samples=15),
@@ -284,17 +313,21 @@ def fit(
             chain_method=chain_method,
             progress_bar=progress_bar,
         )
-        mcmc.run(jax.random.PRNGKey(seed), data, prior, extra_fields=("diverging",), **model_kwargs)
+        mcmc.run(rng_key, data, spec, extra_fields=("diverging",))
         import arviz_base
 
         dt = arviz_base.from_numpyro(mcmc, dims=dims, coords=coords, log_likelihood=False)
 
-    result = PosteriorFit(dt, prior, data, hyper, mcmc)
+    result = PosteriorFit(dt, spec, data, mcmc)
     if log_likelihood:
         _add_loo_group(result)
     if mcmc is not None:
         _warn_on_convergence(result)
     return result
+
+
+def _spec_model(data, spec, labels=None, observed=True):
+    spec.model(data, labels=labels, observed=observed)
 
 
 def _exact_nngp_tree(data, num_chains, num_samples, dims, coords):

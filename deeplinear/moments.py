@@ -32,7 +32,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special as sp
 
-from deeplinear._checks import check_positive_int, check_positive_scalar, check_ratio, check_widths
+from deeplinear._validation import check_inputs, check_positive_int, check_positive_scalar, check_ratio, check_widths
 
 __all__ = [
     "QSecondMoments",
@@ -139,26 +139,26 @@ def limit_q_second_moments(ratio: float, num_outputs: int) -> QSecondMoments:
 
 
 def linear_kernel(X) -> np.ndarray:
-    r"""The linear kernel :math:`K = X^\top X / N_0` for inputs ``X`` of shape ``(N0, P)``."""
-    X = np.asarray(X, float)
-    if X.ndim != 2:
-        raise ValueError(f"X must have shape (N0, P), got shape {X.shape}")
-    return X.T @ X / X.shape[0]
+    r"""The linear kernel :math:`K = X X^\top / N_0` (theory.md's :math:`X^\top X/N_0`) for inputs
+    ``X`` of shape ``(P, N0)``, one per row."""
+    X = check_inputs(X)
+    return X @ X.T / X.shape[1]
 
 
 def output_covariance(q, kernel, lambda_star: float = 1.0) -> np.ndarray:
     r"""Covariance of :math:`f(X) \mid Q`: :math:`\mathrm{Cov}(f_i(x_p), f_j(x_q)) = \lambda_* Q_{ij} K_{pq}`.
 
-    Returned as the ``(D, P, D, P)`` tensor (reshape to ``(DP, DP)`` for
-    :math:`\lambda_* Q \otimes K` in row-major ``vec``). With ``q = I`` it is the prior
-    covariance :math:`\mathbb E[f f^\top]`, since :math:`\mathbb E Q = I`.
+    Returned as the ``(P, D, P, D)`` tensor, matching outputs ``f`` of shape ``(P, D)`` (reshape
+    to ``(PD, PD)`` for :math:`\lambda_* K \otimes Q`, the covariance of ``f.reshape(-1)``). With
+    ``q = I`` it is the prior covariance, since :math:`\mathbb E Q = I`.
     """
     check_positive_scalar("lambda_star", lambda_star)
-    return lambda_star * np.einsum("ij,pq->ipjq", np.asarray(q, float), np.asarray(kernel, float))
+    return lambda_star * np.einsum("ij,pq->piqj", np.asarray(q, float), np.asarray(kernel, float))
 
 
 def output_fourth_moments(q_moments: QSecondMoments, kernel, lambda_star: float = 1.0) -> np.ndarray:
-    r"""Prior fourth moments :math:`\mathbb E[f_i(x_p) f_j(x_q) f_k(x_r) f_l(x_s)]`, shape ``(D,P)*4``.
+    r"""Prior fourth moments :math:`\mathbb E[f_i(x_p) f_j(x_q) f_k(x_r) f_l(x_s)]`, shape ``(P, D)*4``
+    (axes ``p, i, q, j, r, k, s, l``, matching outputs ``f`` of shape ``(P, D)``).
 
     Isserlis' theorem given ``Q``, then the expectation over ``Q``:
 
@@ -171,8 +171,8 @@ def output_fourth_moments(q_moments: QSecondMoments, kernel, lambda_star: float 
     t = q_moments.tensor()
     k = np.asarray(kernel, float)
     m = (
-        np.einsum("ijkl,pq,rs->ipjqkrls", t, k, k)
-        + np.einsum("ikjl,pr,qs->ipjqkrls", t, k, k)
-        + np.einsum("iljk,ps,qr->ipjqkrls", t, k, k)
+        np.einsum("ijkl,pq,rs->piqjrksl", t, k, k)
+        + np.einsum("ikjl,pr,qs->piqjrksl", t, k, k)
+        + np.einsum("iljk,ps,qr->piqjrksl", t, k, k)
     )
     return lambda_star**2 * m

@@ -4,8 +4,10 @@ Draw every weight matrix and push the inputs through (theory.md §1):
 
 .. math::
 
-    h^1 = W^1 X,\quad h^l = W^l h^{l-1},\quad f(X) = W^{L+1} h^L,\qquad
-    W^l_{ij} \sim N(0, \lambda_{l-1}/N_{l-1}).
+    h^1 = X W^{1\top},\quad h^l = h^{l-1} W^{l\top},\quad f(X) = h^L W^{L+1\top},\qquad
+    W^l_{ij} \sim N(0, \lambda_{l-1}/N_{l-1}),
+
+with inputs as rows (``X`` is ``(P, N0)``; theory.md writes the transpose).
 
 This costs :math:`O(\sum_l N_l N_{l-1} P)` per network and is what the Bartlett route
 of :mod:`deeplinear.priors` replaces; the test suite and the prior benchmark compare
@@ -14,6 +16,7 @@ against it.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -22,24 +25,27 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from deeplinear._checks import (
+from deeplinear._validation import (
     check_dtype,
     check_inputs,
     check_key,
     check_positive_int,
     check_positive_scalar,
+    check_sample_shape,
+    check_widths,
 )
 
-__all__ = ["sample_network_outputs", "network_forward", "weight_space_model"]
+__all__ = ["sample_network_outputs", "weight_space_model"]
 
 
-def network_forward(key, X, widths: tuple[int, ...], num_outputs: int, layer_scales=None):
-    r"""One random network's outputs :math:`f(X)` (shape ``(D, P)``); jit-able core.
+def _network_forward(key, X, widths: tuple[int, ...], num_outputs: int, layer_scales=None):
+    r"""One random network's outputs :math:`f(X)` (shape ``(P, D)``); the jit-able core of
+    :func:`sample_network_outputs` (arguments validated there).
 
     ``layer_scales`` are :math:`\lambda_0, \ldots, \lambda_L` (default all ones).
     Equal hidden widths are scanned (one compiled layer); unequal ones are unrolled.
     """
-    N0 = X.shape[0]
+    N0 = X.shape[1]
     dims = (N0, *widths, num_outputs)
     L = len(widths)
     scales = jnp.ones(L + 1, X.dtype) if layer_scales is None else jnp.asarray(layer_scales, X.dtype)
@@ -47,7 +53,7 @@ def network_forward(key, X, widths: tuple[int, ...], num_outputs: int, layer_sca
 
     def layer(h, k, n_out, n_in, lam):
         w = jax.random.normal(k, (n_out, n_in), X.dtype) * jnp.sqrt(lam / n_in)
-        return w @ h
+        return h @ w.T
 
     h = layer(X, keys[0], dims[1], dims[0], scales[0])
     if L > 1 and len(set(widths)) == 1:
@@ -67,7 +73,7 @@ def network_forward(key, X, widths: tuple[int, ...], num_outputs: int, layer_sca
 @partial(jax.jit, static_argnames=("widths", "num_outputs", "num_samples", "batch_size"))
 def _sample(key, X, layer_scales, widths, num_outputs, num_samples, batch_size):
     keys = jax.random.split(key, num_samples)
-    fwd = partial(network_forward, X=X, widths=widths, num_outputs=num_outputs, layer_scales=layer_scales)
+    fwd = partial(_network_forward, X=X, widths=widths, num_outputs=num_outputs, layer_scales=layer_scales)
     return jax.lax.map(lambda k: fwd(k), keys, batch_size=batch_size)
 
 
@@ -76,24 +82,24 @@ def sample_network_outputs(
     X,
     widths,
     num_outputs: int,
-    num_samples: int,
+    sample_shape=(),
     layer_scales=None,
     dtype=None,
     batch_size: int | None = None,
 ) -> jax.Array:
-    r"""Outputs of ``num_samples`` independently drawn deep linear networks.
+    r"""Outputs of independently drawn deep linear networks, one per entry of ``sample_shape``.
 
     Parameters
     ----------
-    key : PRNG key
-    X : array, shape ``(N0, P)``
-        Inputs as columns.
+    key : PRNG key or int
+    X : array, shape ``(P, N0)``
+        Inputs, one per row.
     widths : sequence of int
         Hidden widths ``N_1..N_L`` (any positive integers; no ``N_l >= D`` needed here).
     num_outputs : int
         ``D``.
-    num_samples : int
-        Number of networks.
+    sample_shape : int or tuple of int
+        Number (shape) of networks.
     layer_scales : sequence of float, optional
         :math:`\lambda_0..\lambda_L` (length ``L + 1``); weights of layer ``l`` have
         variance :math:`\lambda_{l-1}/N_{l-1}`. Default: all ones (:math:`\lambda_* = 1`).
@@ -104,16 +110,15 @@ def sample_network_outputs(
 
     Returns
     -------
-    array, shape ``(num_samples, D, P)``
+    array, shape ``sample_shape + (P, D)``
     """
     key = check_key(key)
     dtype = check_dtype(dtype)
-    X = check_inputs(X, dtype=dtype)
+    X = jnp.asarray(check_inputs(X), dtype)
     num_outputs = check_positive_int("num_outputs", num_outputs)
-    num_samples = check_positive_int("num_samples", num_samples)
-    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__") or len(tuple(widths)) == 0:
-        raise TypeError(f"widths must be a non-empty sequence of integers, got {widths!r}")
-    widths = tuple(check_positive_int(f"widths[{i}]", w) for i, w in enumerate(widths))
+    sample_shape = check_sample_shape(sample_shape)
+    num_samples = math.prod(sample_shape)
+    widths = check_widths(widths)
     if layer_scales is not None:
         layer_scales = np.asarray(layer_scales, dtype=float)
         if layer_scales.shape != (len(widths) + 1,):
@@ -124,10 +129,13 @@ def sample_network_outputs(
         for i, lam in enumerate(layer_scales):
             check_positive_scalar(f"layer_scales[{i}]", float(lam))
     if batch_size is None:
-        per_net = max(w * v for w, v in zip((X.shape[0], *widths), (*widths, num_outputs)))
+        per_net = max(w * v for w, v in zip((X.shape[1], *widths), (*widths, num_outputs)))
         batch_size = max(1, min(num_samples, 2**24 // per_net))
     batch_size = check_positive_int("batch_size", batch_size)
-    return _sample(key, X, layer_scales, widths, num_outputs, num_samples, min(batch_size, num_samples))
+    if num_samples == 0:
+        return jnp.zeros(sample_shape + (X.shape[0], num_outputs), dtype)
+    out = _sample(key, X, layer_scales, widths, num_outputs, num_samples, min(batch_size, num_samples))
+    return out.reshape(sample_shape + out.shape[1:])
 
 
 def weight_space_model(X, Y=None, *, widths, num_outputs, lambda_star=1.0, noise_variance=1.0, X_test=None):
@@ -136,22 +144,22 @@ def weight_space_model(X, Y=None, *, widths, num_outputs, lambda_star=1.0, noise
     .. math::
 
         W^l = \sqrt{\lambda_{l-1}/N_{l-1}}\, Z^l,\quad Z^l_{ij} \sim N(0, 1),\qquad
-        Y \sim N(W^{L+1} \cdots W^1 X,\ \sigma^2 I),
+        Y \sim N(X W^{1\top} \cdots W^{L+1\top},\ \sigma^2 I),
 
         with :math:`\lambda_0 = \lambda_*` and the other :math:`\lambda_l = 1`. Sites ``"Z1"``..
-    ``"Z{L+1}"`` (non-centered weights), deterministic ``"f_test"`` (``D x P*``, the outputs at
-    ``X_test``) and observed ``"Y"``. NUTS on it is what deeplinear's ``Q``-space
+    ``"Z{L+1}"`` (non-centered weights), deterministic ``"f_test"`` (``(P*, D)``, the outputs at
+    ``X_test``) and observed ``"Y"`` (``(P, D)``); ``X`` is ``(P, N0)``. NUTS on it is what deeplinear's ``Q``-space
     posterior replaces; the tests and ``benchmarks/posterior_vs_weights.py`` compare the two.
     """
-    dims = (X.shape[0], *widths, num_outputs)
+    dims = (X.shape[1], *widths, num_outputs)
     h, ht = X, X_test
     for l in range(len(dims) - 1):
         n_in, n_out = dims[l], dims[l + 1]
         z = numpyro.sample(f"Z{l + 1}", dist.Normal(jnp.zeros((n_out, n_in), X.dtype), 1.0).to_event(2))
         scale = jnp.sqrt((lambda_star if l == 0 else 1.0) / n_in)
-        h = scale * (z @ h)
+        h = scale * (h @ z.T)
         if ht is not None:
-            ht = scale * (z @ ht)
+            ht = scale * (ht @ z.T)
     if ht is not None:
         numpyro.deterministic("f_test", ht)
     numpyro.sample("Y", dist.Normal(h, jnp.sqrt(noise_variance)).to_event(2), obs=Y)

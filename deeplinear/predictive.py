@@ -28,7 +28,9 @@ everything at :math:`\sigma^2 = 10^{-6}`; see ``docs/numerical_range.md``.)
 
 The posterior predictive is the mixture :math:`\int N(m_*(Q), \Sigma_*(Q))\,\pi(dQ \mid Y)`,
 estimated over posterior draws: mean :math:`E[m_*]`, covariance
-:math:`E[\Sigma_*] + \operatorname{Cov}(m_*)`. Everything is vectorized over draws.
+:math:`E[\Sigma_*] + \operatorname{Cov}(m_*)`. Everything is vectorized over draws. Rows are
+test inputs: means are ``(P*, D)``, per-input covariances ``(P*, D, D)``, joint covariances
+``(P*, D, P*, D)`` and samples ``(..., P*, D)``.
 """
 
 from __future__ import annotations
@@ -38,25 +40,63 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from deeplinear._checks import check_key, check_positive_int
-from deeplinear.data import RegressionData, TestKernel, check_labels
-from deeplinear.likelihood import psd_root
+from deeplinear._linalg import gaussian_logpdf, psd_root
+from deeplinear._validation import (
+    check_bool,
+    check_key,
+    check_labels,
+    check_noise_for_data,
+    check_positive_int,
+    check_positive_scalar,
+    check_regression_data,
+    check_sample_shape,
+    is_concrete,
+)
+from deeplinear.data import PredictionKernel, RegressionData
 
 __all__ = ["PredictiveMixture", "conditional_predictive", "correlation_matrix"]
 
-_LOG_2PI = math.log(2 * math.pi)
+
+def _check_prediction_kernel(test, data):
+    if not isinstance(test, PredictionKernel):
+        raise TypeError(
+            f"test must be a PredictionKernel (from data.prediction_kernel(...)), got {type(test).__name__}"
+        )
+    if test.rotated_cross.shape[-1] != data.basis.rank:
+        raise ValueError(
+            f"test has rank {test.rotated_cross.shape[-1]} but data's kernel has rank {data.basis.rank}; "
+            "build it with this data's prediction_kernel(...)"
+        )
+    return test
 
 
-def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData, test: TestKernel, joint=False):
+def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, joint=False):
     r"""Gaussian predictive of the outputs ``f`` at test inputs given one ``Q``.
 
-    Returns ``(mean, cov)``: ``mean`` ``(D, P*)`` is :math:`m_*(Q)`; ``cov`` is
+    Returns ``(mean, cov)``: ``mean`` ``(P*, D)`` is :math:`m_*(Q)`; ``cov`` is
     :math:`\Sigma_*(Q)` per test input ``(P*, D, D)`` or, with ``joint=True``, the joint
     ``(P*, D, P*, D)``, both in the cancellation-free form of the module docstring. Cost
     :math:`O(D^3 + R D^2 + R P_* D + P_* D^2)` per input set (``joint``: :math:`P_*^2` in
-    place of :math:`P_*`).
+    place of :math:`P_*`). Arguments are validated when concrete (not under ``jit``).
     """
+    check_regression_data(data)
+    _check_prediction_kernel(test, data)
+    q = jnp.asarray(q, data.dtype)
+    D = data.num_outputs
+    if q.shape != (D, D):
+        raise ValueError(f"q must have shape ({D}, {D}), got {q.shape}")
+    if is_concrete(q) and not bool(jnp.all(jnp.isfinite(q))):
+        raise ValueError("q contains NaN or infinite values")
+    check_positive_scalar("lambda_star", lambda_star)
+    check_noise_for_data(noise_variance, data)
+    check_bool("joint", joint)
+    return _conditional(q, lambda_star, noise_variance, data, test, joint)
+
+
+def _conditional(q, lambda_star, noise_variance, data, test, joint=False):
+    """:func:`conditional_predictive` without validation (for use under ``jit``/``map``)."""
     dtype = q.dtype
     lam = jnp.asarray(lambda_star, dtype)
     noise = jnp.asarray(noise_variance, dtype)
@@ -66,25 +106,25 @@ def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData,
     denom = lam * kappa[:, None] * w + noise  # (R, D): eigenvalues of C_p
     positive = denom > 0
     gain = jnp.where(positive, lam * w / jnp.where(positive, denom, 1), 0)  # eigenvalues of lambda Q C_p^-1
-    kt = test.rotated_cross.astype(dtype)  # (R, P*)
-    labels = data.rotated_labels.T.astype(dtype) @ vecs  # (R, D): W^T y_p
-    mean = vecs @ ((gain * labels).T @ kt)
+    kt = test.rotated_cross.astype(dtype)  # (P*, R)
+    labels = data.rotated_labels.astype(dtype) @ vecs  # (R, D): W^T y_p per row
+    mean = (kt @ (gain * labels)) @ vecs.T  # (P*, D)
     shrink = noise * gain  # (R, D): eigenvalues of sigma^2 lambda Q C_p^-1
     resid = test.residual_gram.astype(dtype)
     if joint:
-        weights = jnp.einsum("pj,pk,pe->jke", kt, kt / kappa[:, None], shrink)
+        weights = jnp.einsum("jp,kp,pe->jke", kt, kt / kappa, shrink)
         cov = lam * jnp.einsum("jk,de->jdke", resid, q) + jnp.einsum("de,jke,fe->jdkf", vecs, weights, vecs)
     else:
-        weights = (kt**2 / kappa[:, None]).T @ shrink  # (P*, D)
+        weights = (kt**2 / kappa) @ shrink  # (P*, D)
         cov = lam * jnp.diagonal(resid)[:, None, None] * q + jnp.einsum("de,je,fe->jdf", vecs, weights, vecs)
     return mean, cov
 
 
 @partial(jax.jit, static_argnames="batch_size")
 def _all_draws(q, lam, noise, data, test, batch_size):
-    """Per-draw predictive mean and per-input covariance, ``(S, D, P*)`` and ``(S, P*, D, D)``;
+    """Per-draw predictive mean and per-input covariance, ``(S, P*, D)`` and ``(S, P*, D, D)``;
     module-level so that repeated calls with the same shapes reuse the compiled code."""
-    fn = partial(conditional_predictive, data=data, test=test)
+    fn = partial(_conditional, data=data, test=test)
     return jax.lax.map(lambda a: fn(*a), (q, lam, noise), batch_size=batch_size)
 
 
@@ -108,30 +148,37 @@ class PredictiveMixture:
     lambda_star, noise_variance : arrays ``(S,)`` or scalars
     data : RegressionData
         Training data (kernel eigenbasis and rotated labels).
-    test : TestKernel
-        Kernel quantities at the test inputs (:meth:`RegressionData.test_kernel`).
+    test : PredictionKernel
+        Kernel quantities at the test inputs (:meth:`RegressionData.prediction_kernel`).
     batch_size : int, default 256
         Draws processed at once (memory bound).
     """
 
-    def __init__(self, q, lambda_star, noise_variance, data: RegressionData, test: TestKernel, batch_size=256):
+    def __init__(self, q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, batch_size=256):
+        check_regression_data(data)
+        _check_prediction_kernel(test, data)
         q = jnp.asarray(q, data.dtype)
         if q.ndim != 3 or q.shape[1:] != (data.num_outputs,) * 2:
             raise ValueError(f"q must have shape (S, D, D) with D = {data.num_outputs}, got {q.shape}")
-        if not isinstance(data, RegressionData):
-            raise TypeError(f"data must be a RegressionData, got {type(data).__name__}")
-        if not isinstance(test, TestKernel):
-            raise TypeError(f"test must be a TestKernel (from data.test_kernel(...)), got {type(test).__name__}")
         S = q.shape[0]
         if S == 0:
             raise ValueError("q must hold at least one draw, got shape (0, D, D)")
-        for name, value in (("q", q), ("lambda_star", lambda_star), ("noise_variance", noise_variance)):
-            arr = jnp.asarray(value)
-            if not isinstance(arr, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(arr))):
-                raise ValueError(f"{name} contains NaN or infinite values")
+        hypers = {}
+        for name, value in (("lambda_star", lambda_star), ("noise_variance", noise_variance)):
+            arr = np.asarray(value, np.float64)
+            if arr.shape not in ((), (S,)):
+                raise ValueError(f"{name} must be a scalar or have shape ({S},), got {arr.shape}")
+            if not np.all(np.isfinite(arr)) or np.any(arr < 0) or (name == "lambda_star" and np.any(arr == 0)):
+                bound = "> 0" if name == "lambda_star" else ">= 0"
+                raise ValueError(f"{name} must be finite and {bound} in every draw")
+            if name == "noise_variance" and np.any(arr == 0):
+                check_noise_for_data(0.0, data)
+            hypers[name] = jnp.broadcast_to(jnp.asarray(arr, data.dtype), (S,))
+        if not bool(jnp.all(jnp.isfinite(q))):
+            raise ValueError("q contains NaN or infinite values")
         self.q = q
-        self.lambda_star = jnp.broadcast_to(jnp.asarray(lambda_star, data.dtype), (S,))
-        self.noise_variance = jnp.broadcast_to(jnp.asarray(noise_variance, data.dtype), (S,))
+        self.lambda_star = hypers["lambda_star"]
+        self.noise_variance = hypers["noise_variance"]
         self.data = data
         self.test = test
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -146,7 +193,7 @@ class PredictiveMixture:
     @property
     def num_test(self) -> int:
         """``P*``, the number of test inputs."""
-        return self.test.test_gram.shape[0]
+        return self.test.num_test
 
     def _compute(self):
         if self._draw_means is None:
@@ -157,7 +204,7 @@ class PredictiveMixture:
 
     @property
     def draw_means(self):
-        r""":math:`m_*(Q_s)` for every draw, ``(S, D, P*)``."""
+        r""":math:`m_*(Q_s)` for every draw, ``(S, P*, D)``."""
         return self._compute()[0]
 
     @property
@@ -167,17 +214,18 @@ class PredictiveMixture:
 
     @property
     def mean(self):
-        r"""Predictive mean :math:`E[m_*(Q) \mid Y]`, ``(D, P*)``."""
+        r"""Predictive mean :math:`E[m_*(Q) \mid Y]`, ``(P*, D)``."""
         return jnp.mean(self.draw_means, axis=0)
 
     def covariance(self, include_noise: bool = False):
         r"""Per-input ``D x D`` predictive covariance :math:`E[\Sigma_*] + \operatorname{Cov}(m_*)`,
         ``(P*, D, D)``; ``include_noise`` adds :math:`E[\sigma^2] I` (new labels, not ``f``)."""
+        include_noise = check_bool("include_noise", include_noise)
         m = self.draw_means
         dev = m - m.mean(axis=0)
-        cov = self.draw_covariances.mean(axis=0) + jnp.einsum("sdj,sej->jde", dev, dev) / m.shape[0]
+        cov = self.draw_covariances.mean(axis=0) + jnp.einsum("sjd,sje->jde", dev, dev) / m.shape[0]
         if include_noise:
-            cov = cov + jnp.mean(self.noise_variance) * jnp.eye(m.shape[1], dtype=m.dtype)
+            cov = cov + jnp.mean(self.noise_variance) * jnp.eye(m.shape[2], dtype=m.dtype)
         return cov
 
     def correlation(self):
@@ -187,63 +235,66 @@ class PredictiveMixture:
     def joint_covariance(self, include_noise: bool = False):
         r"""Joint predictive covariance over all test inputs and outputs, ``(P*, D, P*, D)``."""
 
+        include_noise = check_bool("include_noise", include_noise)
+
         def step(acc, a):
-            mean, cov = conditional_predictive(*a, data=self.data, test=self.test, joint=True)
-            return (acc[0] + cov, acc[1] + jnp.einsum("dj,ek->jdke", mean, mean)), None
+            mean, cov = _conditional(*a, data=self.data, test=self.test, joint=True)
+            return (acc[0] + cov, acc[1] + jnp.einsum("jd,ke->jdke", mean, mean)), None
 
         P, D = self.num_test, self.data.num_outputs
         zero = jnp.zeros((P, D, P, D), self.q.dtype)
         (sum_cov, sum_mm), _ = jax.lax.scan(step, (zero, zero), (self.q, self.lambda_star, self.noise_variance))
         S = self.num_draws
         m = self.mean
-        cov = sum_cov / S + sum_mm / S - jnp.einsum("dj,ek->jdke", m, m)
+        cov = sum_cov / S + sum_mm / S - jnp.einsum("jd,ke->jdke", m, m)
         if include_noise:
             cov = cov + jnp.mean(self.noise_variance) * jnp.eye(P * D, dtype=cov.dtype).reshape(P, D, P, D)
         return cov
 
-    def sample(self, key, num_samples: int, include_noise: bool = False):
-        r"""Joint draws from the mixture, ``(num_samples, D, P*)``: pick a posterior draw
-        uniformly, then :math:`f_* \sim N(m_*(Q), \Sigma_*(Q))` (plus noise if asked)."""
+    def sample(self, key, sample_shape=(), include_noise: bool = False):
+        r"""Joint draws from the mixture, ``sample_shape + (P*, D)``: pick a posterior draw
+        uniformly, then :math:`f_* \sim N(m_*(Q), \Sigma_*(Q))` jointly over the test inputs
+        (plus :math:`\sigma^2 I` noise with ``include_noise``: new labels instead of ``f``)."""
         key = check_key(key)
-        num_samples = check_positive_int("num_samples", num_samples)
+        sample_shape = check_sample_shape(sample_shape)
+        include_noise = check_bool("include_noise", include_noise)
         P, D = self.num_test, self.data.num_outputs
+        n = math.prod(sample_shape)
+        if n == 0:
+            return jnp.zeros(sample_shape + (P, D), self.q.dtype)
 
         def one(k):
             k1, k2, k3 = jax.random.split(k, 3)
             s = jax.random.randint(k1, (), 0, self.num_draws)
-            mean, cov = conditional_predictive(
-                self.q[s], self.lambda_star[s], self.noise_variance[s], self.data, self.test, joint=True
-            )
-            root = psd_root(jnp.transpose(cov, (1, 0, 3, 2)).reshape(D * P, D * P))  # output-major
-            f = mean.reshape(-1) + root @ jax.random.normal(k2, (D * P,), self.q.dtype)
-            f = f.reshape(D, P)
+            mean, cov = _conditional(self.q[s], self.lambda_star[s], self.noise_variance[s], self.data, self.test, joint=True)
+            root = psd_root(cov.reshape(P * D, P * D))  # row-major over (test input, output)
+            f = (mean.reshape(-1) + root @ jax.random.normal(k2, (P * D,), self.q.dtype)).reshape(P, D)
             if include_noise:
-                f = f + jnp.sqrt(self.noise_variance[s]) * jax.random.normal(k3, (D, P), self.q.dtype)
+                f = f + jnp.sqrt(self.noise_variance[s]) * jax.random.normal(k3, (P, D), self.q.dtype)
             return f
 
-        return jax.lax.map(one, jax.random.split(key, num_samples), batch_size=self.batch_size)
+        out = jax.lax.map(one, jax.random.split(key, n), batch_size=self.batch_size)
+        return out.reshape(sample_shape + (P, D))
 
     def log_predictive_density(self, Y_test, joint: bool = False):
-        r"""Held-out log predictive density of labels ``Y_test`` (``D x P*``).
+        r"""Held-out log predictive density of labels ``Y_test`` (``(P*, D)``, one row per test input).
 
         ``joint=False`` (default): :math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s),
         \Sigma_{*jj}(Q_s) + \sigma_s^2 I)`, the usual pointwise sum. ``joint=True``:
         :math:`\log \frac1S \sum_s N(\operatorname{vec} Y_*; m_*(Q_s), \Sigma_*(Q_s) + \sigma_s^2 I)`.
         """
         P, D = self.num_test, self.data.num_outputs
-        Y_test = jnp.asarray(check_labels(Y_test, P, "Y_test"), self.q.dtype)
-        if Y_test.shape[0] != D:
-            raise ValueError(f"Y_test has {Y_test.shape[0]} rows but the model has D = {D} outputs")
+        Y_test = jnp.asarray(check_labels(Y_test, num_obs=P, num_outputs=D, name="Y_test"), self.q.dtype)
+        joint = check_bool("joint", joint)
         eye = jnp.eye(D, dtype=self.q.dtype)
 
         def per_draw(a):
             q, lam, noise = a
-            mean, cov = conditional_predictive(q, lam, noise, self.data, self.test, joint=joint)
+            mean, cov = _conditional(q, lam, noise, self.data, self.test, joint=joint)
             if joint:
-                c = jnp.transpose(cov, (1, 0, 3, 2)).reshape(D * P, D * P) + noise * jnp.eye(D * P, dtype=q.dtype)
-                return _mvn_logpdf((Y_test - mean).reshape(-1), c)
-            c = cov + noise * eye
-            return jax.vmap(_mvn_logpdf)((Y_test - mean).T, c)
+                c = cov.reshape(P * D, P * D) + noise * jnp.eye(P * D, dtype=q.dtype)
+                return gaussian_logpdf((Y_test - mean).reshape(-1), jnp.linalg.cholesky(c))
+            return gaussian_logpdf(Y_test - mean, jnp.linalg.cholesky(cov + noise * eye))
 
         lp = jax.lax.map(per_draw, (self.q, self.lambda_star, self.noise_variance), batch_size=self.batch_size)
         lpd = jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(self.num_draws)
@@ -254,10 +305,3 @@ class PredictiveMixture:
             f"PredictiveMixture(num_draws={self.num_draws}, num_outputs={self.data.num_outputs}, "
             f"num_test={self.num_test})"
         )
-
-
-def _mvn_logpdf(x, cov):
-    chol = jnp.linalg.cholesky(cov)
-    z = jax.scipy.linalg.solve_triangular(chol, x, lower=True)
-    return -0.5 * jnp.sum(z**2) - jnp.sum(jnp.log(jnp.diagonal(chol))) - 0.5 * x.shape[0] * _LOG_2PI
-

@@ -15,7 +15,7 @@ three such laws with one interface:
 * :class:`ProportionalLimitPrior` -- the ``L/N -> a`` limit, Brownian integrals;
 * :class:`NNGPPrior` -- the infinite-width limit, :math:`\bar V = I`.
 
-Each prior is an immutable JAX pytree and is defined by *named latent variables*
+Each prior is an immutable JAX pytree (a frozen dataclass: ``==``, ``replace``, ``repr``) and is defined by *named latent variables*
 (:meth:`VbarPrior.latent_distributions`) and *one deterministic map* from latents to
 :math:`\bar V` (:meth:`VbarPrior.vbar_from_latents`). Direct sampling
 (:meth:`VbarPrior.sample_vbar`) and NumPyro models (:meth:`VbarPrior.numpyro_vbar`)
@@ -25,14 +25,17 @@ both go through that map, so what NUTS explores is exactly what the sampler draw
 from __future__ import annotations
 
 import abc
+import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._random import standard_gamma
-from deeplinear._checks import (
+from deeplinear._validation import (
     check_dtype,
     check_inputs,
     check_key,
@@ -41,9 +44,12 @@ from deeplinear._checks import (
     check_ratio,
     check_sample_shape,
     check_widths,
+    is_concrete,
 )
 
-__all__ = ["VbarPrior", "FiniteWidthPrior", "ProportionalLimitPrior", "NNGPPrior"]
+__all__ = ["VbarPrior", "FiniteWidthPrior", "ProportionalLimitPrior", "NNGPPrior", "bartlett_diag_gamma"]
+
+DEFAULT_LIMIT_STEPS = 64  # time steps of the limit simulator for D > 1 (D = 1 is exact with one)
 
 
 def _lower_triangular(diag, offdiag, num_outputs: int):
@@ -115,34 +121,35 @@ class VbarPrior(abc.ABC):
     def sample_outputs(self, key, X, sample_shape=(), lambda_star=1.0, dtype=None) -> jax.Array:
         r"""Draws of the network outputs :math:`f(X)` from the mixture representation.
 
-        .. math:: f(X) = \sqrt{\lambda_*/N_0}\; \bar V\, G\, X, \qquad G_{ij} \sim N(0, 1),
+        .. math:: f(X) = \sqrt{\lambda_*/N_0}\; X G^\top \bar V^\top, \qquad G_{ij} \sim N(0, 1),
 
-        so that :math:`f(X) \mid Q \sim \mathcal{MN}_{D\times P}(0, \lambda_* Q, K)` with
-        :math:`K = X^\top X / N_0` (theory.md §2).
+        (``G`` is ``D x N0``; theory.md §2 writes the transpose :math:`\bar V G X^\top`), so that
+        :math:`f(X) \mid Q \sim \mathcal{MN}_{P\times D}(0, K, \lambda_* Q)` with
+        :math:`K = X X^\top / N_0`.
 
         Parameters
         ----------
-        key : PRNG key
-        X : array, shape ``(N0, P)``
-            Inputs as columns.
+        key : PRNG key or int
+        X : array, shape ``(P, N0)``
+            Inputs, one per row.
         sample_shape : int or tuple of int
         lambda_star : float
             Overall prior scale :math:`\lambda_* = \lambda_0 \cdots \lambda_L`.
 
         Returns
         -------
-        array, shape ``sample_shape + (D, P)``
+        array, shape ``sample_shape + (P, D)``
         """
         key = check_key(key)
         dtype = check_dtype(dtype)
-        X = check_inputs(X, dtype=dtype)
+        X = jnp.asarray(check_inputs(X), dtype)
         sample_shape = check_sample_shape(sample_shape)
         check_positive_scalar("lambda_star", lambda_star)
         k_vbar, k_g = jax.random.split(key)
         vbar = self.sample_vbar(k_vbar, sample_shape, dtype)
-        g = jax.random.normal(k_g, sample_shape + (self.num_outputs, X.shape[0]), dtype)
-        scale = jnp.sqrt(jnp.asarray(lambda_star, dtype) / X.shape[0])
-        return scale * (vbar @ (g @ X))
+        g = jax.random.normal(k_g, sample_shape + (self.num_outputs, X.shape[1]), dtype)
+        scale = jnp.sqrt(jnp.asarray(lambda_star, dtype) / X.shape[1])
+        return scale * ((X @ jnp.swapaxes(g, -1, -2)) @ jnp.swapaxes(vbar, -1, -2))
 
     # -- NumPyro ----------------------------------------------------------------
     def numpyro_vbar(self, prefix: str = "") -> jax.Array:
@@ -159,36 +166,19 @@ class VbarPrior(abc.ABC):
         return self.vbar_from_latents(latents)
 
 
-def _pytree(cls, data_fields=()):
-    """Register ``cls`` as a pytree whose unflatten bypasses ``__init__`` validation."""
-    names = tuple(cls.__init__.__code__.co_varnames[1 : cls.__init__.__code__.co_argcount])
-    meta = tuple(n for n in names if n not in data_fields)
+def bartlett_diag_gamma(widths, num_outputs: int, dtype):
+    r"""Shape and rate of the squared Bartlett diagonals, ``(L, D)`` each:
+    :math:`(V^l_{rr})^2 \sim \mathrm{Gamma}((N_l - r + 1)/2,\ \mathrm{rate}=N_l/2)`.
 
-    def flatten(obj):
-        return tuple(getattr(obj, n) for n in data_fields), tuple(getattr(obj, n) for n in meta)
-
-    def unflatten(aux, children):
-        obj = object.__new__(cls)
-        for n, v in zip(meta, aux):
-            object.__setattr__(obj, n, v)
-        for n, v in zip(data_fields, children):
-            object.__setattr__(obj, n, v)
-        return obj
-
-    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
-    return cls
+    The one definition of this law: the NumPyro site (:meth:`FiniteWidthPrior.latent_distributions`)
+    and the fast sampler (:meth:`FiniteWidthPrior.sample_latents`) both read it from here."""
+    n = jnp.asarray(widths, dtype)[:, None]  # (L, 1)
+    r = jnp.arange(1, num_outputs + 1, dtype=dtype)[None, :]  # (1, D)
+    return (n - r + 1) / 2, jnp.broadcast_to(n / 2, (len(widths), num_outputs))
 
 
-class _Frozen:
-    def __setattr__(self, name, value):
-        raise AttributeError(f"{type(self).__name__} is immutable; use .replace(...) instead")
-
-    def _set(self, **kwargs):
-        for k, v in kwargs.items():
-            object.__setattr__(self, k, v)
-
-
-class FiniteWidthPrior(_Frozen, VbarPrior):
+@pytree_dataclass
+class FiniteWidthPrior(VbarPrior):
     r"""Exact prior of a deep linear network with hidden widths ``N_1..N_L`` (theory.md §2).
 
     .. math::
@@ -221,12 +211,13 @@ class FiniteWidthPrior(_Frozen, VbarPrior):
     (3, 2, 2)
     """
 
-    widths: tuple[int, ...]
-    num_outputs: int
+    widths: tuple[int, ...] = static_field()
+    num_outputs: int = static_field()
 
-    def __init__(self, widths, num_outputs: int):
-        num_outputs = check_positive_int("num_outputs", num_outputs)
-        self._set(widths=check_widths(widths, num_outputs), num_outputs=num_outputs)
+    def __post_init__(self):
+        num_outputs = check_positive_int("num_outputs", self.num_outputs)
+        object.__setattr__(self, "num_outputs", num_outputs)
+        object.__setattr__(self, "widths", check_widths(self.widths, num_outputs))
 
     @classmethod
     def from_depth_width(cls, depth: int, width: int, num_outputs: int) -> FiniteWidthPrior:
@@ -240,17 +231,10 @@ class FiniteWidthPrior(_Frozen, VbarPrior):
         """Number of hidden layers ``L``."""
         return len(self.widths)
 
-    def replace(self, **kwargs) -> FiniteWidthPrior:
-        """A copy with some fields replaced (``widths``, ``num_outputs``)."""
-        args = {"widths": self.widths, "num_outputs": self.num_outputs, **kwargs}
-        return FiniteWidthPrior(**args)
-
     def latent_distributions(self, dtype=None):
         dtype = check_dtype(dtype)
         D = self.num_outputs
-        n = jnp.asarray(self.widths, dtype)[:, None]  # (L, 1)
-        r = jnp.arange(1, D + 1, dtype=dtype)[None, :]  # (1, D)
-        out = {"bartlett_diag": dist.Gamma((n - r + 1) / 2, n / 2).to_event(2)}
+        out = {"bartlett_diag": dist.Gamma(*bartlett_diag_gamma(self.widths, D, dtype)).to_event(2)}
         if D > 1:
             shape = (self.depth, D * (D - 1) // 2)
             out["bartlett_offdiag"] = dist.Normal(jnp.zeros(shape, dtype), 1.0).to_event(2)
@@ -262,11 +246,10 @@ class FiniteWidthPrior(_Frozen, VbarPrior):
         sample_shape = check_sample_shape(sample_shape)
         dtype = check_dtype(dtype)
         D = self.num_outputs
-        n = jnp.asarray(self.widths, dtype)[:, None]
-        r = jnp.arange(1, D + 1, dtype=dtype)[None, :]
+        concentration, rate = bartlett_diag_gamma(self.widths, D, dtype)
         k_diag, k_off = jax.random.split(key)
         shape = sample_shape + (self.depth, D)
-        out = {"bartlett_diag": standard_gamma(k_diag, (n - r + 1) / 2, shape, dtype) * (2 / n)}
+        out = {"bartlett_diag": standard_gamma(k_diag, concentration, shape, dtype) / rate}
         if D > 1:
             off_shape = sample_shape + (self.depth, D * (D - 1) // 2)
             out["bartlett_offdiag"] = jax.random.normal(k_off, off_shape, dtype)
@@ -287,17 +270,9 @@ class FiniteWidthPrior(_Frozen, VbarPrior):
         ws = f"({w[0]},)*{len(w)}" if len(set(w)) == 1 and len(w) > 3 else repr(w)
         return f"FiniteWidthPrior(widths={ws}, num_outputs={self.num_outputs})"
 
-    def __eq__(self, other):
-        return isinstance(other, FiniteWidthPrior) and (self.widths, self.num_outputs) == (
-            other.widths,
-            other.num_outputs,
-        )
 
-    def __hash__(self):
-        return hash((FiniteWidthPrior, self.widths, self.num_outputs))
-
-
-class ProportionalLimitPrior(_Frozen, VbarPrior):
+@pytree_dataclass(eq=False)
+class ProportionalLimitPrior(VbarPrior):
     r"""The proportional limit ``L, N -> inf`` with ``L/N -> a`` (theory.md §3).
 
     :math:`\bar V_\infty = Y(a)`, a lower-triangular matrix of Brownian stochastic
@@ -325,27 +300,38 @@ class ProportionalLimitPrior(_Frozen, VbarPrior):
         in which case it is not validated.
     num_outputs : int
         Number of outputs ``D``.
-    num_steps : int, default 64
-        Time steps ``K`` of the simulation (ignored in effect for ``D = 1``, where the
-        result is exact for any ``K``).
+    num_steps : int, optional
+        Time steps ``K`` of the simulation. Default: 1 for ``D = 1`` (the diagonal, and so
+        :math:`\bar V`, is exact for any ``K``), 64 otherwise.
+
+    ``ratio`` is a pytree leaf (it may be traced: ``prior.replace(ratio=numpyro.sample(...))``);
+    ``num_outputs`` and ``num_steps`` are static. Two priors are equal when their static fields
+    and concrete ratios are.
     """
 
     ratio: jax.Array | float
-    num_outputs: int
-    num_steps: int
+    num_outputs: int = static_field()
+    num_steps: int | None = static_field(default=None)
 
-    def __init__(self, ratio, num_outputs: int, num_steps: int = 64):
-        self._set(
-            ratio=check_ratio(ratio),
-            num_outputs=check_positive_int("num_outputs", num_outputs),
-            num_steps=check_positive_int("num_steps", num_steps),
-        )
+    def __post_init__(self):
+        check_ratio(self.ratio)
+        num_outputs = check_positive_int("num_outputs", self.num_outputs)
+        steps = (1 if num_outputs == 1 else DEFAULT_LIMIT_STEPS) if self.num_steps is None else self.num_steps
+        object.__setattr__(self, "num_outputs", num_outputs)
+        object.__setattr__(self, "num_steps", check_positive_int("num_steps", steps))
 
-    def replace(self, **kwargs) -> ProportionalLimitPrior:
-        """A copy with some fields replaced (``ratio`` may be a traced value, e.g. a NumPyro sample)."""
-        args = {"ratio": self.ratio, "num_outputs": self.num_outputs, "num_steps": self.num_steps}
-        args.update(kwargs)
-        return ProportionalLimitPrior(**args)
+    def __eq__(self, other):
+        if not isinstance(other, ProportionalLimitPrior):
+            return NotImplemented
+        if (self.num_outputs, self.num_steps) != (other.num_outputs, other.num_steps):
+            return False
+        if is_concrete(self.ratio) and is_concrete(other.ratio):
+            return bool(np.asarray(self.ratio) == np.asarray(other.ratio))
+        return self.ratio is other.ratio
+
+    def __hash__(self):
+        ratio = float(np.asarray(self.ratio)) if is_concrete(self.ratio) else id(self.ratio)
+        return hash((ProportionalLimitPrior, ratio, self.num_outputs, self.num_steps))
 
     def latent_distributions(self, dtype=None):
         dtype = check_dtype(dtype)
@@ -374,17 +360,18 @@ class ProportionalLimitPrior(_Frozen, VbarPrior):
         )
 
 
-class NNGPPrior(_Frozen, VbarPrior):
+@pytree_dataclass
+class NNGPPrior(VbarPrior):
     r"""The infinite-width (NNGP) limit at fixed depth: :math:`\bar V = Q = I_D` (theory.md §6).
 
     Outputs are independent Gaussian processes with kernel :math:`\lambda_* K`. There are
     no latents; :meth:`numpyro_vbar` samples nothing.
     """
 
-    num_outputs: int
+    num_outputs: int = static_field()
 
-    def __init__(self, num_outputs: int):
-        self._set(num_outputs=check_positive_int("num_outputs", num_outputs))
+    def __post_init__(self):
+        object.__setattr__(self, "num_outputs", check_positive_int("num_outputs", self.num_outputs))
 
     def latent_distributions(self, dtype=None):
         return {}
@@ -394,15 +381,3 @@ class NNGPPrior(_Frozen, VbarPrior):
 
     def __repr__(self):
         return f"NNGPPrior(num_outputs={self.num_outputs})"
-
-    def __eq__(self, other):
-        return isinstance(other, NNGPPrior) and other.num_outputs == self.num_outputs
-
-    def __hash__(self):
-        return hash((NNGPPrior, self.num_outputs))
-
-
-_pytree(FiniteWidthPrior)
-_pytree(ProportionalLimitPrior, data_fields=("ratio",))
-_pytree(NNGPPrior)
-

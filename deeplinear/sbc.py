@@ -36,53 +36,37 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import initialize_model
 from scipy import stats
 
-from deeplinear._checks import check_positive_int
-from deeplinear.inference import _interactive, check_sampler_settings
+from deeplinear._validation import check_positive_int, check_probability, raw_key
+from deeplinear.inference import _interactive, check_sampler_settings, model_spec
 from deeplinear.likelihood import KroneckerNormal
-from deeplinear.models import check_model_args, deep_linear_model, has_latent_sites
+from deeplinear.models import ModelSpec
 from deeplinear.priors import NNGPPrior
 
 __all__ = ["simulation_based_calibration", "SBCResult"]
 
-_HYPERPARAMETERS = ("lambda_star", "noise_variance", "ratio")
 
-
-def _describe(value) -> str:
-    """Readable form of a fixed value or a NumPyro distribution (for result descriptions)."""
-    if not isinstance(value, dist.Distribution):
-        return repr(value)
-    params = ", ".join(
-        f"{k}={float(np.asarray(getattr(value, k))):.3g}"
-        for k in value.arg_constraints
-        if hasattr(value, k) and np.ndim(getattr(value, k)) == 0
-    )
-    return f"{type(value).__name__}({params})"
-
-
-def _quantity_names(prior, hyper):
-    D = prior.num_outputs
+def _quantity_names(spec: ModelSpec):
+    D = spec.num_outputs
     names = []
-    if not isinstance(prior, NNGPPrior):
+    if not isinstance(spec.prior, NNGPPrior):
         names += [f"Q[{r},{s}]" for r in range(D) for s in range(r + 1)]
-    names += [h for h in _HYPERPARAMETERS if isinstance(hyper[h], dist.Distribution)]
-    return names + ["log_likelihood"]
+    return names + list(spec.inferred) + ["log_likelihood"]
 
 
-def _quantities(draws, labels, data, prior, hyper):
+def _quantities(draws, labels, data, spec: ModelSpec):
     """Test quantities ``(..., k)`` from (constrained) draws with leading batch dims."""
     q = draws["Q"]
     batch = q.shape[:-2]
     dtype = q.dtype
     cols = []
-    if not isinstance(prior, NNGPPrior):
-        rows, cols_ = np.tril_indices(prior.num_outputs)
+    if not isinstance(spec.prior, NNGPPrior):
+        rows, cols_ = np.tril_indices(spec.num_outputs)
         order = np.lexsort((cols_, rows))  # row-major over the lower triangle
         cols.append(q[..., rows[order], cols_[order]])
-    for h in _HYPERPARAMETERS:
-        if isinstance(hyper[h], dist.Distribution):
-            cols.append(draws[h].reshape(batch + (1,)))
-    lam = draws["lambda_star"] if "lambda_star" in draws else jnp.full(batch, hyper["lambda_star"], dtype)
-    noise = draws["noise_variance"] if "noise_variance" in draws else jnp.full(batch, hyper["noise_variance"], dtype)
+    for h in spec.inferred:
+        cols.append(draws[h].reshape(batch + (1,)))
+    lam = draws["lambda_star"] if "lambda_star" in draws else jnp.full(batch, spec.lambda_star, dtype)
+    noise = draws["noise_variance"] if "noise_variance" in draws else jnp.full(batch, spec.noise_variance, dtype)
     flat = lambda x: x.reshape((-1,) + x.shape[len(batch):])  # noqa: E731
     loglik = jax.vmap(lambda qq, ll, nn: KroneckerNormal(qq, ll, nn, data).log_prob(labels))(
         flat(q), flat(lam), flat(noise)
@@ -99,19 +83,19 @@ class SBCResult:
     ranks : dict[str, numpy.ndarray]
         For each test quantity, the ``(S,)`` integer ranks in ``0..M``.
     num_draws : int
-        ``M``, the number of thinned posterior draws per simulation.
+        ``M``, the number of (thinned) posterior draws per simulation.
     divergences : numpy.ndarray
         ``(S,)`` divergent transitions per simulation (sampling phase, all iterations).
     description : str
         The configuration (prior, hyperparameters, data shape, sampler settings).
     """
 
-    def __init__(self, ranks, num_draws, divergences, description, seed=0):
+    def __init__(self, ranks, num_draws, divergences, description, seed: int = 0):
         self.ranks = ranks
         self.num_draws = int(num_draws)
         self.divergences = np.asarray(divergences)
         self.description = description
-        self._seed = seed
+        self._seed = int(seed)
 
     @property
     def num_simulations(self) -> int:
@@ -138,8 +122,7 @@ class SBCResult:
         """
         from arviz_stats.ecdf_utils import ecdf_pit
 
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must be in (0, 1), got {prob!r}")
+        prob = check_probability("prob", prob)
         k = len(self.ranks)
         per_quantity = 1 - (1 - prob) / k
         S = self.num_simulations
@@ -166,7 +149,8 @@ class SBCResult:
         return rows
 
     def passed(self, prob: float = 0.99) -> bool:
-        """True when every quantity's ECDF is inside its band (:meth:`uniformity`, family-wise level ``prob``)."""
+        """True when every quantity's ECDF is inside its band (:meth:`uniformity`, family-wise level
+        ``prob``). The chi-square flag is a second opinion, reported but not part of the verdict."""
         return all(row["passed"] for row in self.uniformity(prob))
 
     def to_datatree(self):
@@ -176,35 +160,11 @@ class SBCResult:
         return arviz_base.from_dict({"prior_sbc": {k: v[None, :] for k, v in self.pit().items()}})
 
     def plot(self, prob: float = 0.99, band_simulations: int = 5000):
-        r"""ECDF-difference plot: :math:`\hat F(u) - u` of each quantity's fractional ranks with
-        its simultaneous band at level :math:`1 - (1-\text{prob})/k` (the band that
-        :meth:`uniformity` tests; ``arviz_stats.ecdf_utils.ecdf_pit``). Returns a matplotlib
-        Figure. For arviz-plots' own display use
-        ``arviz_plots.plot_ecdf_pit(result.to_datatree(), group="prior_sbc")``."""
-        import matplotlib.pyplot as plt
-        from arviz_stats.ecdf_utils import ecdf_pit
+        r"""ECDF-difference plot of each quantity's fractional ranks with its simultaneous band
+        (:func:`deeplinear.plotting.plot_sbc`). Returns a matplotlib Figure."""
+        from deeplinear.plotting import plot_sbc
 
-        k = len(self.ranks)
-        rows = {row["quantity"]: row for row in self.uniformity(prob, band_simulations=band_simulations)}
-        ncols = min(k, 4)
-        nrows = math.ceil(k / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False, sharey=True)
-        for i, (name, u) in enumerate(self.pit().items()):
-            ax = axes.flat[i]
-            rng = np.random.default_rng(self._seed + 100 + i)
-            x, ecdf, lower, upper = ecdf_pit(u, 1 - (1 - prob) / k, band_simulations, rng=rng)
-            ax.fill_between(x, lower - x, upper - x, step="post", color="0.85", label=f"{prob:.0%} family band")
-            ax.step(x, ecdf - x, where="post", color="C0" if rows[name]["inside_band"] else "C3")
-            ax.axhline(0, color="0.4", lw=0.8)
-            ax.set_title(f"{name}  (chi2 p={rows[name]['chi2_pvalue']:.2f})", fontsize=9)
-            ax.set_xlabel("fractional rank u")
-        for ax in axes.flat[k:]:
-            ax.set_visible(False)
-        axes[0, 0].set_ylabel("ECDF(u) - u")
-        axes[0, 0].legend(fontsize=7, loc="lower left")
-        fig.suptitle(f"SBC: {self.num_simulations} simulations, {self.num_draws} draws each", fontsize=10)
-        fig.tight_layout()
-        return fig
+        return plot_sbc(self, prob, band_simulations)
 
     def table(self, prob: float = 0.99) -> str:
         """Plain-text table of :meth:`uniformity`."""
@@ -223,12 +183,11 @@ class SBCResult:
         )
 
 
-def _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, seed, target_accept_prob, max_tree_depth):
+def _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, target_accept_prob, max_tree_depth,
+                    progress_bar):
+    check_sampler_settings(num_warmup, num_samples, target_accept_prob, max_tree_depth, progress_bar)
     check_positive_int("num_simulations", num_simulations)
-    check_positive_int("num_warmup", num_warmup, minimum=0)
-    check_positive_int("num_samples", num_samples)
     check_positive_int("thin", thin)
-    check_positive_int("max_tree_depth", max_tree_depth)
     if batch_size is not None:
         check_positive_int("batch_size", batch_size)
     if num_samples % thin:
@@ -240,7 +199,6 @@ def _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, 
         )
     if num_samples // thin < 2:
         raise ValueError(f"num_samples // thin = {num_samples // thin}: need at least 2 posterior draws per simulation")
-    check_sampler_settings(seed, target_accept_prob)
 
 
 def simulation_based_calibration(
@@ -255,7 +213,7 @@ def simulation_based_calibration(
     num_samples: int = 1000,
     thin: int = 10,
     batch_size: int | None = None,
-    seed: int = 0,
+    key=0,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     progress_bar: bool | None = None,
@@ -272,9 +230,10 @@ def simulation_based_calibration(
     Parameters
     ----------
     data : RegressionData
-        Inputs (linear kernel or Gram matrix); the labels only fix ``D`` and ``P``.
+        Inputs (linear kernel or Gram matrix); the labels only fix ``P`` and ``D``.
     prior, lambda_star, noise_variance, ratio
-        The configuration, as in :func:`~deeplinear.models.deep_linear_model`; at least one
+        The configuration, as in :func:`~deeplinear.fit` (``prior`` may be a
+        :class:`~deeplinear.models.ModelSpec`); at least one
         latent quantity must be inferred (an NNGP with fixed hyperparameters has an exact,
         point-mass posterior: nothing to calibrate).
     num_simulations : int, default 100
@@ -284,8 +243,8 @@ def simulation_based_calibration(
         rank histogram U-shaped even for a correct sampler).
     batch_size : int, optional
         Simulations per compiled batch (default ``min(num_simulations, 100)``).
-    seed : int
-        Same seed, same ranks (on the same device).
+    key : PRNG key or int, default 0
+        Same key, same ranks (on the same device).
 
     Returns
     -------
@@ -295,32 +254,33 @@ def simulation_based_calibration(
     --------
     >>> import numpy as np
     >>> from deeplinear import RegressionData, FiniteWidthPrior, simulation_based_calibration
-    >>> data = RegressionData.linear(np.eye(2, 4), np.zeros((1, 4)))
+    >>> data = RegressionData.linear(np.eye(4, 2), np.zeros((4, 1)))
     >>> res = simulation_based_calibration(data, FiniteWidthPrior.from_depth_width(2, 4, 1),
     ...     num_simulations=8, num_warmup=50, num_samples=40, thin=4, progress_bar=False)
     >>> res.num_simulations, res.num_draws, list(res.ranks)
     (8, 10, ['Q[0,0]', 'log_likelihood'])
     """
-    check_model_args(data, prior, lambda_star, noise_variance, ratio)
-    _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, seed, target_accept_prob, max_tree_depth)
-    if not has_latent_sites(prior, lambda_star, noise_variance, ratio):
+    spec = model_spec(prior, lambda_star, noise_variance, ratio)
+    spec.check_data(data)
+    _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, target_accept_prob, max_tree_depth,
+                    progress_bar)
+    rng_key = raw_key(key)
+    if not spec.has_latent_sites:
         raise ValueError(
             "nothing to calibrate: with NNGPPrior and fixed lambda_star and noise_variance the posterior is "
             "exact (Q = I); give lambda_star or noise_variance a prior distribution"
         )
     if progress_bar is None:
         progress_bar = _interactive()
-    hyper = {"lambda_star": lambda_star, "noise_variance": noise_variance, "ratio": ratio}
-    names = _quantity_names(prior, hyper)
-    model = partial(deep_linear_model, data, prior, lambda_star=lambda_star, noise_variance=noise_variance, ratio=ratio)
+    names = _quantity_names(spec)
+    model = partial(spec.model, data)
     num_draws = num_samples // thin
     batch_size = min(num_simulations, 100) if batch_size is None else min(batch_size, num_simulations)
 
-    key = jax.random.PRNGKey(seed)
-    k_prior, k_init, k_runs, k_ties = jax.random.split(key, 4)
+    k_prior, k_init, k_runs, k_ties = jax.random.split(rng_key, 4)
     truth = Predictive(model, num_samples=num_simulations)(k_prior, observed=False)
     labels = truth["Y"]
-    true_q = jax.jit(jax.vmap(lambda d, y: _quantities(d, y, data, prior, hyper)))(
+    true_q = jax.jit(jax.vmap(lambda d, y: _quantities(d, y, data, spec)))(
         {k: v for k, v in truth.items() if k != "Y"}, labels
     )
 
@@ -347,7 +307,7 @@ def simulation_based_calibration(
 
         (state, div), zs = jax.lax.scan(thinned, (state, jnp.zeros((), jnp.int32)), None, length=num_draws)
         constrained = jax.vmap(postprocess_gen(labels=y))(zs)
-        return _quantities(constrained, y, data, prior, hyper), div
+        return _quantities(constrained, y, data, spec), div
 
     run_batch = jax.jit(jax.vmap(one_simulation))
     keys = jax.random.split(k_runs, num_simulations)
@@ -375,9 +335,8 @@ def simulation_based_calibration(
     tie_break = np.random.default_rng(int(jax.random.randint(k_ties, (), 0, 2**31 - 1)))
     ranks = below + np.floor(tie_break.uniform(size=below.shape) * (ties + 1)).astype(int)
     description = (
-        f"{prior!r}, lambda_star={_describe(lambda_star)}, noise_variance={_describe(noise_variance)}, "
-        f"ratio={_describe(ratio)}, "
-        f"D={data.num_outputs}, P={data.num_obs}, dtype={data.dtype}, warmup={num_warmup}, "
+        f"{spec.describe()}, P={data.num_obs}, D={data.num_outputs}, dtype={data.dtype}, warmup={num_warmup}, "
         f"samples={num_samples}, thin={thin}"
     )
+    seed = int(rng_key[-1])  # the tie-break and band jitter of SBCResult follow the key
     return SBCResult({n: ranks[:, i] for i, n in enumerate(names)}, num_draws, divergences, description, seed)

@@ -1,9 +1,9 @@
 r"""Tables in, arrays out: reading users' CSV/NPY files for the command line.
 
-Files hold one row per observation. Columns are chosen by name (CSV with a header) or by
-index (NPY, or CSV when given integers). Inputs become ``X`` (``N0 x P``, columns are
-inputs) and labels ``Y`` (``D x P``). :class:`Standardizer` z-scores them with training
-statistics (the linear kernel is not scale invariant) and maps predictions back:
+Files hold one row per observation, and so do the arrays: columns are chosen by name (CSV with
+a header) or by index (NPY, or CSV when given integers); inputs become ``X`` (``(P, N0)``) and
+labels ``Y`` (``(P, D)``). :class:`Standardizer` z-scores the columns with training statistics
+(the linear kernel is not scale invariant) and maps predictions back:
 :math:`f = \mu + s \odot f_{\text{std}}`, :math:`\Sigma = \operatorname{diag}(s)\,\Sigma_{\text{std}}\,\operatorname{diag}(s)`.
 """
 
@@ -52,7 +52,7 @@ def read_table(path) -> Table:
 
 
 def select_columns(table: Table, spec: str, what: str, path="") -> np.ndarray:
-    """Columns named (or indexed) in the comma-separated ``spec``, as ``(len(spec), rows)`` float64."""
+    """Columns named (or indexed) in the comma-separated ``spec``, as ``(rows, len(spec))`` float64."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise ValueError(f"--{what} needs at least one column name")
@@ -73,31 +73,34 @@ def select_columns(table: Table, spec: str, what: str, path="") -> np.ndarray:
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise ValueError(f"--{what}: {path} has a missing or non-finite value in column {names[c]!r}, row {r + 2}")
-    return block.T
+    return block
 
 
 class Standardizer(NamedTuple):
-    """Per-row mean and scale of a ``(features, observations)`` array."""
+    """Per-column mean and scale of a ``(observations, columns)`` array."""
 
     mean: np.ndarray
     scale: np.ndarray
 
     @classmethod
     def fit(cls, A: np.ndarray) -> Standardizer:
-        scale = A.std(axis=1)
+        """Column means and standard deviations (a constant column keeps scale 1)."""
+        scale = A.std(axis=0)
         scale = np.where(scale > 0, scale, 1.0)
-        return cls(A.mean(axis=1), scale)
+        return cls(A.mean(axis=0), scale)
 
     @classmethod
     def identity(cls, A: np.ndarray) -> Standardizer:
-        """No scaling (mean 0, scale 1) for the rows of ``A``."""
-        return cls(np.zeros(A.shape[0]), np.ones(A.shape[0]))
+        """No scaling (mean 0, scale 1) for the columns of ``A``."""
+        return cls(np.zeros(A.shape[1]), np.ones(A.shape[1]))
 
     def transform(self, A):
-        return (A - self.mean[:, None]) / self.scale[:, None]
+        """:math:`(A - \mu)/s`, column by column."""
+        return (A - self.mean) / self.scale
 
     def inverse_mean(self, M):
-        return M * self.scale[:, None] + self.mean[:, None]
+        """Means ``(..., D)`` back to original units."""
+        return M * self.scale + self.mean
 
     def inverse_cov(self, C):
         """``(..., D, D)`` covariances back to original units."""

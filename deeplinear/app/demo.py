@@ -14,7 +14,7 @@ express (theory.md §4). The two questions the demo answers:
   :attr:`InferenceDemo.label_correlation`, and against the least-squares estimate of ``Q``:
   the model is :math:`Y = BX/\sqrt{N_0} + \text{noise}` with the rows of :math:`B`
   covarying as :math:`\lambda_* Q` and noise iid across outputs, so the labels' correlation
-  mixes the signal's correlation with the residuals'; :math:`\hat B = Y X^+` gives
+  mixes the signal's correlation with the residuals'; :math:`\hat B^\top = X^+ Y` gives
   :math:`\hat Q \propto \hat B \hat B^\top`, the correlation ``Q`` actually models);
 * does the limit beat the NNGP on the held-out log density
   (``comparison.table["heldout_lpd"]``, reported in the data's units)?
@@ -34,9 +34,9 @@ from deeplinear.datasets import LINNERUD_OUTPUTS, Dataset, linnerud
 from deeplinear.inference import ConvergenceWarning, fit
 from deeplinear.predictive import correlation_matrix
 from deeplinear.priors import NNGPPrior, ProportionalLimitPrior
-from deeplinear.tabular import Standardizer
+from deeplinear.app.tables import Standardizer
 
-__all__ = ["InferenceDemo", "correlation_table", "inference_demo", "plot_demo"]
+__all__ = ["InferenceDemo", "correlation_table", "inference_demo"]
 
 DEMO_RATIOS = (0.5, 2.0)
 DEMO_STEPS = 32
@@ -48,11 +48,12 @@ class InferenceDemo(NamedTuple):
 
     ``label_correlation`` is the training labels' ``D x D`` correlation matrix;
     ``least_squares_correlation`` the correlation of :math:`\hat B \hat B^\top`,
-    :math:`\hat B = \tilde Y \tilde X^+` (standardized data; uncentered, as ``B`` has
+    :math:`\hat B^\top = \tilde X^+ \tilde Y` (standardized data; uncentered, as ``B`` has
     prior mean 0);
     ``q_correlations[name]`` the posterior mean of :math:`\operatorname{corr}(Q)_{de} =
     Q_{de}/\sqrt{Q_{dd} Q_{ee}}` per fit; ``comparison.table["heldout_lpd"]`` is
-    :math:`\log p(Y_* \mid Y)` of the held-out labels in the data's original units.
+    :math:`\log p(Y_* \mid Y)` of the held-out labels in the data's original units; ``inferred``
+    is the name of the fit with the ratio ``a`` inferred.
     """
 
     dataset: Dataset
@@ -62,13 +63,14 @@ class InferenceDemo(NamedTuple):
     label_correlation: np.ndarray
     least_squares_correlation: np.ndarray
     q_correlations: dict
+    inferred: str = INFERRED
 
 
 def inference_demo(
     num_warmup: int = 500,
     num_samples: int = 500,
     num_chains: int = 2,
-    seed: int = 0,
+    key=0,
     progress_bar: bool | None = None,
     dataset: Dataset | None = None,
     output_names=None,
@@ -77,8 +79,8 @@ def inference_demo(
 
     Parameters
     ----------
-    num_warmup, num_samples, num_chains, seed, progress_bar
-        Passed to :func:`deeplinear.fit` (``seed`` drives MCMC only; the Linnerud
+    num_warmup, num_samples, num_chains, key, progress_bar
+        Passed to :func:`deeplinear.fit` (``key`` drives MCMC only; the Linnerud
         train/test split is fixed).
     dataset : Dataset, optional
         Default: :func:`deeplinear.datasets.linnerud` (``num_test=5``, split seed 0).
@@ -91,17 +93,17 @@ def inference_demo(
     if dataset is None:
         ds, names = linnerud(num_test=5, seed=0), LINNERUD_OUTPUTS
     elif isinstance(dataset, Dataset):
-        ds, names = dataset, tuple(output_names or (f"y{d}" for d in range(dataset.Y_train.shape[0])))
+        ds, names = dataset, tuple(output_names or (f"y{d}" for d in range(dataset.Y_train.shape[1])))
     else:
         raise TypeError(f"dataset must be a deeplinear.datasets.Dataset or None, got {type(dataset).__name__}")
-    D = ds.Y_train.shape[0]
+    D = ds.Y_train.shape[1]
     if len(names) != D:
         raise ValueError(f"output_names must name the {D} outputs, got {len(names)} names")
     sx, sy = Standardizer.fit(ds.X_train), Standardizer.fit(ds.Y_train)
     data_x, data_y = sx.transform(ds.X_train), sy.transform(ds.Y_train)
     data = RegressionData.linear(data_x, data_y)
     kw = dict(noise_variance=dist.HalfNormal(1.0), num_warmup=num_warmup, num_samples=num_samples,
-              num_chains=num_chains, seed=seed, progress_bar=progress_bar, output_names=list(names))
+              num_chains=num_chains, key=key, progress_bar=progress_bar, output_names=list(names))
     fits = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -113,10 +115,11 @@ def inference_demo(
         if isinstance(w.message, ConvergenceWarning):
             warnings.warn(w.message, stacklevel=2)
     comparison = compare_models(fits, sx.transform(ds.X_test), sy.transform(ds.Y_test))
-    comparison.table["heldout_lpd"] -= ds.Y_test.shape[1] * np.sum(np.log(sy.scale))
-    b_hat = data_y @ np.linalg.pinv(data_x)
+    comparison.table["heldout_lpd"] -= ds.Y_test.shape[0] * np.sum(np.log(sy.scale))
+    b_hat = (np.linalg.pinv(data_x) @ data_y).T  # (D, N0): Y = X B^T / sqrt(N0) + noise
     least_squares = correlation_matrix(b_hat @ b_hat.T)
-    return InferenceDemo(ds, names, fits, comparison, np.corrcoef(ds.Y_train), least_squares, comparison.q_correlation)
+    label_corr = np.corrcoef(ds.Y_train, rowvar=False)
+    return InferenceDemo(ds, names, fits, comparison, label_corr, least_squares, comparison.q_correlation)
 
 
 def correlation_table(demo: InferenceDemo):
@@ -135,45 +138,3 @@ def correlation_table(demo: InferenceDemo):
     for name, c in demo.q_correlations.items():
         cols[name] = [c[d, e] for d, e in pairs]
     return pd.DataFrame(cols, index=index)
-
-
-def plot_demo(demo: InferenceDemo):
-    """Two figures: predictive correlations per test input for each output pair; posterior
-    of corr(Q) for each pair and of the inferred ratio ``a``."""
-    import matplotlib.pyplot as plt
-
-    from deeplinear.comparison import plot_predictive_correlations
-
-    D = demo.label_correlation.shape[0]
-    pairs = [(e, d) for d in range(D) for e in range(d)]
-    n = max(len(pairs), 1)
-    fig1, axes1 = plt.subplots(1, n, figsize=(4.5 * n, 3.5), squeeze=False)
-    for ax, (i, j) in zip(axes1[0], pairs):
-        plot_predictive_correlations(demo.comparison, pair=(i, j), ax=ax, label_corr=demo.label_correlation[i, j])
-        ax.set_title(f"{demo.output_names[i]}-{demo.output_names[j]}")
-        ax.set_ylabel("predictive correlation")
-        ax.legend(fontsize=6)
-    fig1.suptitle("Predictive cross-output correlation at held-out inputs")
-    fig1.tight_layout()
-
-    fig2, axes2 = plt.subplots(1, n + 1, figsize=(4 * (n + 1), 3.5), squeeze=False)
-    for ax, (i, j) in zip(axes2[0], pairs):
-        for name, f in demo.fits.items():
-            c = correlation_matrix(f.draws("Q"))[:, i, j]
-            if np.ptp(c) > 0:  # the NNGP's Q = I has no spread
-                ax.hist(c, bins=40, range=(-1, 1), histtype="step", density=True, label=name)
-        ax.axvline(demo.label_correlation[i, j], color="k", ls="--", lw=1, label="labels")
-        ax.axvline(demo.least_squares_correlation[i, j], color="gray", ls=":", lw=1.5, label="least squares")
-        ax.set_xlabel(f"corr(Q) {demo.output_names[i]}-{demo.output_names[j]}")
-        ax.legend(fontsize=6)
-    ax = axes2[0, -1]
-    inferred = demo.fits.get(INFERRED)
-    if inferred is not None:
-        a = inferred.draws("ratio")
-        ax.hist(a, bins=40, density=True, histtype="stepfilled", alpha=0.6, label="posterior")
-        grid = np.linspace(1e-3, max(a.max(), 1e-3), 200)
-        ax.plot(grid, np.exp(-np.log(grid) ** 2 / 2) / (grid * np.sqrt(2 * np.pi)), "k-", lw=1, label="prior")
-        ax.set_xlabel("depth-to-width ratio a")
-        ax.legend(fontsize=8)
-    fig2.tight_layout()
-    return fig1, fig2

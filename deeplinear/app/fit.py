@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplinear.cli import _positive_int
+from deeplinear.app.cli_args import positive_int, seed
 
 __all__ = ["add_parsers", "run_fit", "run_compare"]
 
@@ -25,19 +25,22 @@ def _add_common(p):
     p.add_argument("--inputs", required=True, help="comma-separated input columns (names, or indices)")
     p.add_argument("--outputs", required=True, help="comma-separated output columns (the labels)")
     p.add_argument("--test", type=Path, default=None, help="test file with the same columns (labels optional for fit)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a model specification in JSON (deeplinear.ModelSpec.to_json); replaces --prior, --depth, "
+                   "--width, --ratio, --infer-ratio, --steps, --noise and --lambda-star")
     p.add_argument("--prior", choices=("finite", "limit", "nngp"), default="limit", help="prior over Q (default limit)")
-    p.add_argument("--depth", type=_positive_int, help="finite: number of hidden layers L")
-    p.add_argument("--width", type=_positive_int, help="finite: hidden width N (>= number of outputs)")
+    p.add_argument("--depth", type=positive_int, help="finite: number of hidden layers L")
+    p.add_argument("--width", type=positive_int, help="finite: hidden width N (>= number of outputs)")
     p.add_argument("--ratio", type=float, default=1.0, help="limit: depth-to-width ratio a (default 1)")
     p.add_argument("--infer-ratio", action="store_true", help="limit: infer a with a LogNormal(0, 1) prior")
-    p.add_argument("--steps", type=_positive_int, default=32, help="limit: time steps of the simulator")
+    p.add_argument("--steps", type=positive_int, default=32, help="limit: time steps of the simulator")
     p.add_argument("--noise", type=float, default=None,
                    help="fixed noise variance (standardized units); default: inferred, HalfNormal(1) prior")
     p.add_argument("--lambda-star", type=float, default=1.0, help="fixed prior scale lambda* (default 1)")
-    p.add_argument("--chains", type=_positive_int, default=2)
-    p.add_argument("--draws", type=_positive_int, default=1000, help="posterior draws per chain")
-    p.add_argument("--warmup", type=_positive_int, default=1000, help="warmup steps per chain")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chains", type=positive_int, default=2)
+    p.add_argument("--samples", type=positive_int, default=1000, help="posterior draws per chain")
+    p.add_argument("--warmup", type=positive_int, default=1000, help="warmup steps per chain")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no-standardize", action="store_true", help="use the raw columns (default: z-score)")
     p.add_argument("--output", type=Path, default=Path("."), help="folder for the files written (default .)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing existing output files")
@@ -56,8 +59,10 @@ def add_parsers(sub):
 
 
 class _Prepared:
+    """The training (and test) columns of the files, standardized; rows are observations."""
+
     def __init__(self, args):
-        from deeplinear.tabular import Standardizer, read_table, select_columns
+        from deeplinear.app.tables import Standardizer, read_table, select_columns
 
         table = read_table(args.data)
         X = select_columns(table, args.inputs, "inputs", args.data)
@@ -78,32 +83,39 @@ class _Prepared:
             self.Y_test = self.sy.transform(self.Y_test)
 
 
-def _prior(args, D):
-    import numpyro.distributions as dist
+def model_spec(args, num_outputs: int):
+    """The :class:`~deeplinear.ModelSpec` of the command line: from ``--model FILE`` (JSON), or
+    from the prior flags through :meth:`~deeplinear.ModelSpec.from_dict`."""
+    from deeplinear.models import ModelSpec
 
-    from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
-
+    if args.model is not None:
+        if not args.model.is_file():
+            raise FileNotFoundError(f"--model: no such file: {args.model}")
+        spec = ModelSpec.from_json(args.model.read_text())
+        if spec.num_outputs != num_outputs:
+            raise ValueError(f"--model {args.model} has num_outputs = {spec.num_outputs}, but --outputs names {num_outputs}")
+        return spec
     if args.prior == "finite":
         if args.depth is None or args.width is None:
             raise ValueError("--prior finite needs --depth and --width")
-        return FiniteWidthPrior.from_depth_width(args.depth, args.width, D), None
-    if args.prior == "limit":
-        prior = ProportionalLimitPrior(args.ratio, D, args.steps)
-        return prior, (dist.LogNormal(0.0, 1.0) if args.infer_ratio else None)
-    return NNGPPrior(D), None
+        prior = {"kind": "finite", "depth": args.depth, "width": args.width}
+    elif args.prior == "limit":
+        prior = {"kind": "limit", "ratio": args.ratio, "num_steps": args.steps}
+    else:
+        prior = {"kind": "nngp"}
+    prior["num_outputs"] = num_outputs
+    noise = {"distribution": "HalfNormal", "scale": 1.0} if args.noise is None else args.noise
+    ratio = {"distribution": "LogNormal", "loc": 0.0, "scale": 1.0} if args.infer_ratio and args.prior == "limit" else None
+    return ModelSpec.from_dict({"prior": prior, "lambda_star": args.lambda_star, "noise_variance": noise, "ratio": ratio})
 
 
-def _fit_one(args, prep, prior, ratio):
-    import numpyro.distributions as dist
-
+def _fit_one(args, prep, spec):
     from deeplinear.data import RegressionData
     from deeplinear.inference import fit
 
     data = RegressionData.linear(prep.X, prep.Y)
-    noise = dist.HalfNormal(1.0) if args.noise is None else args.noise
-    return fit(data, prior, lambda_star=args.lambda_star, noise_variance=noise, ratio=ratio,
-               num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed,
-               output_names=prep.output_names)
+    return fit(data, spec, num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains,
+               key=args.seed, output_names=prep.output_names)
 
 
 def _check_targets(args, names):
@@ -125,14 +137,14 @@ def _diagnostics(result):
 def run_fit(args) -> int:
     import pandas as pd
 
-    from deeplinear.persistence import save_fit
+    from deeplinear.io import save_fit
 
     prep = _Prepared(args)
-    prior, ratio = _prior(args, prep.Y.shape[0])
+    spec = model_spec(args, prep.Y.shape[1])
     posterior_path, predictions_path = _check_targets(args, [args.posterior, args.predictions])
-    print(f"data: {args.data} — {prep.X.shape[1]} rows, inputs {args.inputs}, outputs {args.outputs}"
-          f"{'' if args.no_standardize else ' (standardized)'}; prior {prior!r}")
-    result = _fit_one(args, prep, prior, ratio)
+    print(f"data: {args.data} — {prep.X.shape[0]} rows, inputs {args.inputs}, outputs {args.outputs}"
+          f"{'' if args.no_standardize else ' (standardized)'}; model {spec.describe()}")
+    result = _fit_one(args, prep, spec)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(result.summary().to_string())
     print(_diagnostics(result))
@@ -144,12 +156,12 @@ def run_fit(args) -> int:
     print(f"posterior written to {posterior_path}")
     if prep.X_test is not None:
         pm = result.predict(prep.X_test)
-        mean = prep.sy.inverse_mean(np.asarray(pm.mean, np.float64))  # (D, P*)
+        mean = prep.sy.inverse_mean(np.asarray(pm.mean, np.float64))  # (P*, D)
         cov = prep.sy.inverse_cov(np.asarray(pm.covariance(include_noise=True), np.float64))  # (P*, D, D)
         cols = {}
         names = prep.output_names
         for d, n in enumerate(names):
-            cols[f"mean_{n}"] = mean[d]
+            cols[f"mean_{n}"] = mean[:, d]
             cols[f"sd_{n}"] = np.sqrt(cov[:, d, d])
         for i in range(len(names)):
             for j in range(i):
@@ -165,16 +177,20 @@ def run_fit(args) -> int:
 def run_compare(args) -> int:
     import pandas as pd
 
-    from deeplinear.comparison import compare_models, plot_predictive_correlations
+    from deeplinear.comparison import compare_models
+    from deeplinear.models import ModelSpec
+    from deeplinear.plotting import plot_predictive_correlations
     from deeplinear.priors import NNGPPrior
 
     prep = _Prepared(args)
-    D = prep.Y.shape[0]
-    prior, ratio = _prior(args, D)
-    if args.prior == "nngp":
+    D = prep.Y.shape[1]
+    spec = model_spec(args, D)
+    if isinstance(spec.prior, NNGPPrior):
         raise ValueError("compare sets a prior against the NNGP; choose --prior finite or limit")
     table_path, figure_path = _check_targets(args, ["comparison.csv", "comparison.png"])
-    fits = {args.prior: _fit_one(args, prep, prior, ratio), "nngp": _fit_one(args, prep, NNGPPrior(D), None)}
+    nngp = ModelSpec(NNGPPrior(D), spec.lambda_star, spec.noise_variance)
+    name = {"FiniteWidthPrior": "finite", "ProportionalLimitPrior": "limit"}[type(spec.prior).__name__]
+    fits = {name: _fit_one(args, prep, spec), "nngp": _fit_one(args, prep, nngp)}
     comp = compare_models(fits, prep.X_test, prep.Y_test)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(comp.table.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -190,7 +206,7 @@ def run_compare(args) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        ax = plot_predictive_correlations(comp, label_corr=float(np.corrcoef(prep.Y)[0, 1]))
+        ax = plot_predictive_correlations(comp, label_corr=float(np.corrcoef(prep.Y, rowvar=False)[0, 1]))
         ax.set_title(f"predictive corr({prep.output_names[0]}, {prep.output_names[1]}) at test rows")
         ax.figure.tight_layout()
         ax.figure.savefig(figure_path, dpi=120)

@@ -1,12 +1,16 @@
 """The ``deeplinear`` command line.
 
 ``deeplinear fit`` / ``deeplinear compare`` work on users' CSV/NPY files
-(:mod:`deeplinear.cli_fit`). ``deeplinear`` with no sub-command runs the whole
+(:mod:`deeplinear.app.fit`). ``deeplinear`` with no sub-command runs the whole
 demonstration on built-in data:
 ``infer`` (posteriors of the proportional limit and of the NNGP on the Linnerud data,
 3 correlated outputs: output correlations learned by ``Q`` against the labels', LOO,
-held-out log density and predictive correlations; summary tables and figures), then ``simulate`` (prior laws against theory). Errors on bad
-arguments are one line on stderr and exit code 2.
+held-out log density and predictive correlations; summary tables and figures), then
+``simulate`` (prior laws against theory). Errors on bad arguments are one line on stderr and
+exit code 2; :func:`main` returns the exit code (it never calls ``sys.exit``).
+
+Counts: ``--samples`` (posterior draws per chain), ``--warmup``, ``--chains``; ``--prior-samples``
+(prior draws per configuration of ``simulate``).
 """
 
 from __future__ import annotations
@@ -16,17 +20,9 @@ import datetime
 import sys
 from pathlib import Path
 
+from deeplinear.app.cli_args import positive_int, seed
+
 __all__ = ["main"]
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _build_parser():
@@ -50,11 +46,11 @@ def _build_parser():
         "the NNGP; posterior corr(Q) against the labels' correlations, LOO, held-out log predictive "
         "density, predictive cross-output correlations; figures.",
     )
-    from deeplinear.cli_fit import add_parsers
+    from deeplinear.app.fit import add_parsers
 
     add_parsers(sub)
     for p in (parser, sim, inf):
-        p.add_argument("--seed", type=int, default=0, help="PRNG seed (same seed, same numbers)")
+        p.add_argument("--seed", type=seed, default=0, help="PRNG seed (same seed, same numbers)")
         p.add_argument(
             "--output",
             type=Path,
@@ -64,11 +60,11 @@ def _build_parser():
         p.add_argument("--overwrite", action="store_true", help="allow replacing existing figure files")
         p.add_argument("--no-plots", action="store_true", help="print the tables only")
     for p in (parser, sim):
-        p.add_argument("--samples", type=_positive_int, default=20_000, help="prior draws per configuration")
+        p.add_argument("--prior-samples", type=positive_int, default=20_000, help="prior draws per configuration")
     for p in (parser, inf):
-        p.add_argument("--draws", type=_positive_int, default=500, help="posterior draws per chain")
-        p.add_argument("--warmup", type=_positive_int, default=500, help="warmup steps per chain")
-        p.add_argument("--chains", type=_positive_int, default=2, help="MCMC chains")
+        p.add_argument("--samples", type=positive_int, default=500, help="posterior draws per chain")
+        p.add_argument("--warmup", type=positive_int, default=500, help="warmup steps per chain")
+        p.add_argument("--chains", type=positive_int, default=2, help="MCMC chains")
     return parser
 
 
@@ -87,12 +83,8 @@ def _output_dir(args, names):
 def _simulate(args):
     import jax
 
-    from deeplinear.prior_laws import (
-        lognormal_convergence,
-        offdiagonal_variance,
-        plot_lognormal_convergence,
-        plot_offdiagonal_variance,
-    )
+    from deeplinear.app.figures import plot_lognormal_convergence, plot_offdiagonal_variance
+    from deeplinear.app.prior_laws import lognormal_convergence, offdiagonal_variance
 
     figures = _SIM_FIGURES
     out = None if args.no_plots else _output_dir(args, figures)
@@ -102,13 +94,13 @@ def _simulate(args):
     print("D = 1: log Vbar of a depth-L, width-N network (L = aN) vs the proportional limit N(-a/2, a/2)")
     print(f"{'a':>5} {'N':>4} {'L':>4} | {'MC mean':>8} {'exact':>8} {'limit':>8} | "
           f"{'MC var':>7} {'exact':>7} {'limit':>7} | {'KS dist':>7}")
-    rows1 = lognormal_convergence(k1, num_samples=args.samples)
+    rows1 = lognormal_convergence(k1, num_samples=args.prior_samples)
     for r in rows1:
         print(f"{r.ratio:5.2f} {r.width:4d} {r.depth:4d} | {r.mc_mean:8.4f} {r.exact_mean:8.4f} "
               f"{r.limit_mean:8.4f} | {r.mc_var:7.4f} {r.exact_var:7.4f} {r.limit_var:7.4f} | "
               f"{r.ks_distance_to_limit:7.4f}")
     print()
-    rows2 = offdiagonal_variance(k2, num_samples=args.samples)
+    rows2 = offdiagonal_variance(k2, num_samples=args.prior_samples)
     print(f"D = 2, a = 0.5: off-diagonal variance E[Q_12^2] vs width (L = N/2); limit {rows2[0].limit:.4f}")
     print(f"{'N':>6} {'L':>4} | {'MC':>8} {'± SE':>7} | {'exact':>8}")
     for r in rows2:
@@ -141,11 +133,12 @@ _SIM_FIGURES = ["lognormal_convergence.png", "offdiagonal_variance.png"]
 def _infer(args):
     import pandas as pd
 
-    from deeplinear.demo import INFERRED, correlation_table, inference_demo, plot_demo
+    from deeplinear.app.demo import correlation_table, inference_demo
 
     out = None if args.no_plots else _output_dir(args, _INFER_FIGURES)
     print("Posterior inference on the Linnerud data (theory.md §4)")
-    demo = inference_demo(num_warmup=args.warmup, num_samples=args.draws, num_chains=args.chains, seed=args.seed)
+    demo = inference_demo(num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains, key=args.seed)
+    INFERRED = demo.inferred
     print(f"data: {demo.dataset.description}; inputs and labels standardized with the training rows")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         print("\nOutput correlations: the training labels', the least-squares estimate of Q (Bhat Bhat^T,")
@@ -162,7 +155,7 @@ def _infer(args):
         verdict = "beats" if diff > 0 else "does not beat"
         print(f"Held-out log density: the limit with a inferred {verdict} the NNGP "
               f"({lpd[INFERRED]:.2f} vs {lpd['NNGP']:.2f}, difference {diff:+.2f} nats over "
-              f"{demo.dataset.Y_test.shape[1]} held-out men).")
+              f"{demo.dataset.Y_test.shape[0]} held-out men).")
         print()
         print("arviz.compare (PSIS-LOO):")
         cols = [c for c in ("rank", "elpd", "elpd_diff", "dse", "weight") if c in demo.comparison.loo.columns]
@@ -179,6 +172,8 @@ def _infer(args):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from deeplinear.app.figures import plot_demo
+
         for fig, name in zip(plot_demo(demo), _INFER_FIGURES):
             fig.savefig(out / name, dpi=120)
         plt.close("all")
@@ -189,14 +184,17 @@ def _infer(args):
 def main(argv=None) -> int:
     """Entry point of the ``deeplinear`` program; returns the exit code."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a bad argument (2, message already printed)
+        return int(stop.code or 0)
     try:
         if args.command == "simulate":
             return _simulate(args)
         if args.command == "infer":
             return _infer(args)
         if args.command in ("fit", "compare"):
-            from deeplinear.cli_fit import run_compare, run_fit
+            from deeplinear.app.fit import run_compare, run_fit
 
             return run_fit(args) if args.command == "fit" else run_compare(args)
         if args.output is None and not args.no_plots:  # one folder for the whole demonstration

@@ -7,7 +7,7 @@ r"""Prior laws against theory: the paper's first two experiments as reusable fun
   products against the limit simulator and the closed forms of :mod:`deeplinear.moments`.
 
 Both return plain lists of :class:`typing.NamedTuple` rows (easy to print or to turn into a
-table) and have a matching ``plot_*`` function.
+table) and have a matching ``plot_*`` function in :mod:`deeplinear.app.figures`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import scipy.stats as st
 
 from deeplinear import moments as mom
-from deeplinear._checks import check_key, check_positive_int, check_ratio
+from deeplinear._validation import check_key, check_positive_int, check_ratio
 from deeplinear.priors import FiniteWidthPrior, ProportionalLimitPrior
 
 __all__ = [
@@ -27,8 +27,6 @@ __all__ = [
     "OffDiagonalRow",
     "lognormal_convergence",
     "offdiagonal_variance",
-    "plot_lognormal_convergence",
-    "plot_offdiagonal_variance",
 ]
 
 
@@ -125,44 +123,3 @@ def offdiagonal_variance(key, ratio=0.5, widths=(2, 4, 8, 16, 32), num_samples=5
     q12 = np.asarray(q[:, 0, 1], np.float64) ** 2
     rows.append(OffDiagonalRow(0, num_steps, q12.mean(), q12.std(ddof=1) / np.sqrt(num_samples), np.nan, limit))
     return rows
-
-
-def plot_lognormal_convergence(rows, ax=None):
-    """Histograms of ``log Vbar`` at the largest width for each ``a`` against ``N(-a/2, a/2)``."""
-    import matplotlib.pyplot as plt
-
-    ratios = sorted({r.ratio for r in rows})
-    if ax is None:
-        _, axes = plt.subplots(1, len(ratios), figsize=(4 * len(ratios), 3.2), squeeze=False)
-        axes = axes[0]
-    else:
-        axes = np.atleast_1d(ax)
-    for a, axis in zip(ratios, axes):
-        cells = [r for r in rows if r.ratio == a]
-        for r in cells:
-            axis.hist(r.samples, bins=80, density=True, histtype="step", label=f"N={r.width}, L={r.depth}")
-        grid = np.linspace(min(c.samples.min() for c in cells), max(c.samples.max() for c in cells), 400)
-        axis.plot(grid, st.norm(-a / 2, np.sqrt(a / 2)).pdf(grid), "k--", label="limit N(-a/2, a/2)")
-        axis.set(title=f"a = {a}", xlabel=r"$\log \bar V$")
-        axis.legend(fontsize=7)
-    return axes
-
-
-def plot_offdiagonal_variance(rows, ax=None):
-    r""":math:`\mathbb E[Q_{12}^2]` against ``1/N``: MC with error bars, exact finite curve, limit."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
-    fin = [r for r in rows if r.width > 0]
-    inv = np.array([1 / r.width for r in fin])
-    ax.errorbar(inv, [r.mc for r in fin], yerr=[4 * r.mc_se for r in fin], fmt="o", label="finite product (MC ±4 SE)")
-    ax.plot(inv, [r.exact for r in fin], "-", label="finite product (exact)")
-    ax.axhline(fin[0].limit, color="k", ls="--", label="limit (closed form)")
-    lim = [r for r in rows if r.width == 0]
-    if lim:
-        ax.errorbar([0.0], [lim[0].mc], yerr=[4 * lim[0].mc_se], fmt="s", color="C3", label="limit simulator")
-    ax.set(xlabel="1/N", ylabel=r"$E[Q_{12}^2]$", title=r"$D=2$: off-diagonal variance, $L = aN$")
-    ax.legend(fontsize=7)
-    return ax
-

@@ -1,0 +1,65 @@
+r"""Linear algebra shared by the likelihood, the LOO terms and the predictive.
+
+The eigenbasis blocks :math:`C_p = \lambda_*\kappa_p Q + \sigma^2 I_D` (theory.md §4), their
+factors, a PSD square root and the one Gaussian log-density of the package.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+__all__ = ["LOG_2PI", "block_covariances", "block_cholesky_from_root", "psd_root", "gaussian_logpdf"]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_logpdf(x, chol):
+    r""":math:`\log N(x; 0, LL^\top) = -\tfrac12\|L^{-1}x\|^2 - \sum_i \log|L_{ii}| - \tfrac n2 \log 2\pi`
+    for ``x`` ``(..., n)`` and lower factors ``chol`` ``(..., n, n)`` (batch dims broadcast).
+    Diagonal entries of ``chol`` may be negative (QR factors)."""
+    z = solve_triangular(chol, x[..., None], lower=True)[..., 0]
+    logdet = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol, axis1=-2, axis2=-1))), axis=-1)
+    return -0.5 * jnp.sum(z**2, axis=-1) - logdet - 0.5 * x.shape[-1] * LOG_2PI
+
+
+def block_covariances(q, lambda_star, noise_variance, eigenvalues):
+    r""":math:`C_p = \lambda_* \kappa_p Q + \sigma^2 I_D` for ``p = 1..R``, shape ``(..., R, D, D)``."""
+    q = jnp.asarray(q)
+    lam = jnp.asarray(lambda_star, q.dtype)[..., None, None, None]
+    noise = jnp.asarray(noise_variance, q.dtype)[..., None, None, None]
+    eye = jnp.eye(q.shape[-1], dtype=q.dtype)
+    return lam * eigenvalues.astype(q.dtype)[:, None, None] * q[..., None, :, :] + noise * eye
+
+
+def psd_root(q):
+    r"""A square root :math:`W \operatorname{diag}(\sqrt{\max(w, 0)})` of symmetric ``q``
+    ``(..., D, D)`` with eigendecomposition :math:`W \operatorname{diag}(w) W^\top` (rounding
+    that makes tiny eigenvalues negative is clipped). For evaluation, not for gradients
+    (``eigh``'s derivative is singular at repeated eigenvalues)."""
+    w, v = jnp.linalg.eigh((q + jnp.swapaxes(q, -1, -2)) / 2)
+    return v * jnp.sqrt(jnp.clip(w, 0))[..., None, :]
+
+
+def block_cholesky_from_root(root, lambda_star, noise_variance, eigenvalues):
+    r"""Lower factors :math:`L_p L_p^\top = C_p = \lambda_*\kappa_p\, V V^\top + \sigma^2 I_D` without
+    forming :math:`C_p`: :math:`L_p^\top` is the triangular factor of the QR decomposition of the
+    ``2D x D`` matrix :math:`[\sqrt{\lambda_*\kappa_p}\, V^\top;\ \sigma I_D]`.
+
+    Square-root form: it never squares the condition number of ``V`` (``root``, any factor
+    with :math:`Q = VV^\top`, e.g. :math:`\bar V`), so it stays finite where the Cholesky
+    factorization of the formed :math:`C_p` fails -- e.g. float32 at large ``a``, where the
+    eigenvalues of ``Q`` span tens of orders of magnitude and :math:`\sigma^2` is small.
+    Diagonal entries may be negative; use :math:`\log|L_{ii}|`. Shape ``(..., R, D, D)``.
+    """
+    root = jnp.asarray(root)
+    dtype = root.dtype
+    D = root.shape[-1]
+    lam = jnp.asarray(lambda_star, dtype)[..., None, None, None]
+    sd = jnp.sqrt(jnp.asarray(noise_variance, dtype))[..., None, None, None]
+    top = jnp.sqrt(lam * eigenvalues.astype(dtype)[:, None, None]) * jnp.swapaxes(root, -1, -2)[..., None, :, :]
+    bottom = sd * jnp.eye(D, dtype=dtype)
+    stacked = jnp.concatenate([top, jnp.broadcast_to(bottom, top.shape)], axis=-2)  # (..., R, 2D, D)
+    return jnp.swapaxes(jnp.linalg.qr(stacked, mode="r"), -1, -2)

@@ -1,0 +1,85 @@
+r"""When float32 cannot resolve a configuration: :class:`PrecisionWarning` and its heuristic.
+
+float32 keeps about 7 significant digits. The model's log density is computed in square-root
+form and stays accurate; what loses digits first are predictions and LOO terms computed from
+stored ``Q`` draws whose small eigenvalues fall below float32's resolution of the largest
+(see ``docs/numerical_range.md`` for the measured range).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["PrecisionWarning", "warn_if_unresolvable_in_float32"]
+
+
+class PrecisionWarning(UserWarning):
+    """The configuration is beyond what float32 can resolve; use float64 or rescale the labels."""
+
+
+FLOAT32_SIGNAL_TO_NOISE_LIMIT = 1e6
+FLOAT32_SIGNAL_TO_NOISE_LIMIT_FIXED_Q = 1e10  # D = 1 or Q = I: only the mean's rounding limits
+
+
+def warn_if_unresolvable_in_float32(
+    data, noise_variance, lambda_star=None, stacklevel: int = 3, q_varies: bool = True
+) -> float:
+    r"""Warn when float32 cannot resolve ``noise_variance`` against the labels and ``Q``'s spread.
+
+    The block covariances :math:`C_p = \lambda_*\kappa_p Q + \sigma^2 I` must fit the labels,
+    so in the posterior their largest eigenvalue is about the largest per-output label
+    energy along one kernel eigendirection, :math:`s = \max_p \|\tilde y_p\|^2 / D`, and the
+    smallest is at least :math:`\sigma^2`; a fixed prior scale adds
+    :math:`\lambda_* \max_p \kappa_p` as a second estimate of the largest. When the larger of
+    the two over :math:`\sigma^2` exceeds
+    ``FLOAT32_SIGNAL_TO_NOISE_LIMIT`` (``1e6``; float32 keeps about 7 significant digits),
+    float32 cannot represent the posterior's spread of scales: the model's log density and
+    its gradient stay accurate (square-root form, :func:`deeplinear._linalg.block_cholesky_from_root`), but
+    predictive means and covariances and the LOO terms, computed from the stored ``Q``
+    draws, lose digits wherever an eigenvalue of ``Q`` is below float32's resolution of its
+    largest (:math:`\lambda_*\kappa w \lesssim \sigma^2`). With ``D = 1`` or a fixed
+    ``Q = I`` (the NNGP, ``q_varies=False``) ``Q`` has no such spread and the predictions are
+    computed without cancellation (:mod:`deeplinear.predictive`); what remains is that the
+    predictive standard deviation, about :math:`\sigma/\sqrt{\kappa}`, falls below float32's
+    resolution of the predictive mean (about ``1e-7`` of the labels) -- the mixture covariance
+    then picks up the mean's rounding -- so the limit there is
+    ``FLOAT32_SIGNAL_TO_NOISE_LIMIT_FIXED_Q`` (``1e10``).
+    Emits a :class:`PrecisionWarning` (float32 data and a fixed ``noise_variance`` only) and
+    returns the ratio (``nan`` when not applicable).
+    """
+    if data.dtype != jnp.float32 or isinstance(noise_variance, bool) or not isinstance(
+        noise_variance, (int, float, np.floating, np.integer)
+    ):
+        return math.nan
+    if float(noise_variance) <= 0:
+        return math.nan
+    energy = np.asarray(data.rotated_labels, np.float64) ** 2  # (R, D)
+    ratio = float(energy.sum(axis=1).max() / data.num_outputs / float(noise_variance))
+    source = "the labels' largest variance component"
+    if isinstance(lambda_star, (int, float, np.floating, np.integer)):
+        top_kappa = float(np.max(np.asarray(data.basis.eigenvalues, np.float64)))
+        prior_ratio = float(lambda_star) * top_kappa / float(noise_variance)
+        if prior_ratio > ratio:
+            ratio, source = prior_ratio, "the prior scale lambda_star * max(kappa)"
+    spread = data.num_outputs > 1 and q_varies
+    limit = FLOAT32_SIGNAL_TO_NOISE_LIMIT if spread else FLOAT32_SIGNAL_TO_NOISE_LIMIT_FIXED_Q
+    if ratio > limit:
+        consequence = (
+            "so predictive means, covariances and LOO terms computed from Q's small eigenvalues lose digits"
+            if spread
+            else "so the predictive standard deviation is below float32's resolution of the predictive mean "
+            "and predictive covariances lose digits"
+        )
+        warnings.warn(
+            f"float32 cannot resolve this configuration: {source} is "
+            f"{ratio:.1e} x noise_variance (float32 keeps ~7 digits; limit {limit:.0e}), "
+            f"{consequence} (the log density stays accurate). Use float64 (jax.config.update('jax_enable_x64', True) and dtype='float64') "
+            "or a larger noise_variance.",
+            PrecisionWarning,
+            stacklevel=stacklevel,
+        )
+    return ratio

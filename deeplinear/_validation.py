@@ -1,0 +1,270 @@
+"""Argument validation for the whole public API, in one place.
+
+Every public entry point validates its arguments here, *before* any tracing, compilation or
+sampling, and raises ``ValueError``/``TypeError`` naming the argument, the value received and
+what is allowed. Arrays follow the rows convention: one observation per row (inputs
+``(P, N0)``, labels ``(P, D)``); see :mod:`deeplinear.data` for how it maps to theory.md's
+columns.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "describe",
+    "is_concrete",
+    "check_bool",
+    "check_positive_int",
+    "check_sample_shape",
+    "check_widths",
+    "check_ratio",
+    "check_positive_scalar",
+    "check_probability",
+    "check_key",
+    "raw_key",
+    "check_dtype",
+    "check_real_matrix",
+    "check_inputs",
+    "check_labels",
+    "check_gram",
+    "check_regression_data",
+    "check_noise_for_data",
+]
+
+MAX_SEED = 2**32  # integer seeds are taken modulo nothing: 0 <= seed < 2**32
+
+
+def describe(value) -> str:
+    """A short description of ``value`` for error messages."""
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return f"an array of dtype {value.dtype} and shape {value.shape}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def is_concrete(value) -> bool:
+    """True unless ``value`` is a JAX tracer (inside ``jit``/``grad``/NUTS)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def check_bool(name: str, value) -> bool:
+    """A real ``bool`` (``"no"``, ``0`` or ``None`` are refused: they would read as a choice)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {describe(value)}")
+    return bool(value)
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
+    """Return ``value`` as a Python ``int`` if it is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            raise TypeError(f"{name} must be an integer, got the float {value!r}; pass {int(value)} instead")
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_sample_shape(sample_shape, name: str = "sample_shape") -> tuple[int, ...]:
+    """An ``int`` or tuple of non-negative ``int`` (NumPyro's ``sample_shape``); returned as a tuple."""
+    if isinstance(sample_shape, numbers.Integral) and not isinstance(sample_shape, bool):
+        sample_shape = (sample_shape,)
+    if not isinstance(sample_shape, (tuple, list)):
+        raise TypeError(f"{name} must be an int or a tuple of ints, got {describe(sample_shape)}")
+    return tuple(check_positive_int(f"{name}[{i}]", s, minimum=0) for i, s in enumerate(sample_shape))
+
+
+def check_widths(widths, num_outputs: int | None = None) -> tuple[int, ...]:
+    """Hidden widths ``N_1..N_L``: a non-empty sequence of positive integers, each ``>= num_outputs``
+    when given (Bartlett factors need ``N_l >= D``; brute-force networks do not)."""
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise TypeError(f"widths must be a sequence of integers N_1..N_L, got {describe(widths)}")
+    widths = tuple(widths)
+    if len(widths) == 0:
+        raise ValueError("widths must contain at least one hidden layer width, got an empty sequence")
+    out = tuple(check_positive_int(f"widths[{i}]", w) for i, w in enumerate(widths))
+    if num_outputs is not None:
+        narrow = [(i, w) for i, w in enumerate(out) if w < num_outputs]
+        if narrow:
+            i, w = narrow[0]
+            raise ValueError(
+                f"widths[{i}] = {w} is smaller than num_outputs = {num_outputs}: Bartlett factors "
+                f"need every hidden width N_l >= D (a narrower layer makes Q singular)"
+            )
+    return out
+
+
+def _real_scalar(name: str, value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
+        raise TypeError(f"{name} must be {what}, got {describe(value)}")
+    arr = np.asarray(value)
+    if arr.shape != ():
+        raise ValueError(f"{name} must be a scalar, got an array of shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must be {what}, got dtype {arr.dtype}")
+    return float(arr)
+
+
+def check_ratio(value, name: str = "ratio"):
+    """Depth-to-width ratio ``a``: a finite real scalar ``> 0`` (tracers pass unchecked)."""
+    if not is_concrete(value):
+        return value
+    v = _real_scalar(name, value, "a real number > 0")
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {v}")
+    return value
+
+
+def check_positive_scalar(name: str, value, allow_zero: bool = False):
+    """A finite real scalar ``> 0`` (or ``>= 0``); tracers pass unchecked."""
+    if not is_concrete(value):
+        return value
+    v = _real_scalar(name, value, "a real number")
+    bound = ">= 0" if allow_zero else "> 0"
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be finite and {bound}, got {v}")
+    return value
+
+
+def check_probability(name: str, value) -> float:
+    """A real number strictly between 0 and 1."""
+    v = _real_scalar(name, value, "a number in (0, 1)")
+    if not 0 < v < 1:
+        raise ValueError(f"{name} must be in (0, 1), got {v}")
+    return v
+
+
+def check_key(key, name: str = "key"):
+    """A JAX PRNG key -- typed (``jax.random.key``) or raw ``uint32[2]`` (``PRNGKey``) -- or an
+    integer seed in ``[0, 2**32)``, which becomes ``jax.random.key(seed)``."""
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        if not 0 <= int(key) < MAX_SEED:
+            raise ValueError(f"{name} as an integer seed must be in [0, 2**32), got {int(key)}")
+        return jax.random.key(int(key))
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return key
+        if key.dtype == np.uint32 and key.shape == (2,):
+            return key
+    raise TypeError(
+        f"{name} must be a single JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)) "
+        f"or an integer seed, got {describe(key)}"
+    )
+
+
+def raw_key(key, name: str = "key"):
+    """:func:`check_key`, returned as a raw ``uint32[2]`` key (what NumPyro's drivers take)."""
+    key = check_key(key, name)
+    return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
+def check_dtype(dtype, name: str = "dtype"):
+    """A floating dtype, canonicalized (float64 -> float32 unless ``jax_enable_x64``)."""
+    if dtype is None:
+        return jax.dtypes.canonicalize_dtype(jnp.float64)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"{name} must be a floating dtype (float32 or float64), got {dtype!r}") from err
+    if not np.issubdtype(dt, np.floating) or dt.itemsize < 4:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return jax.dtypes.canonicalize_dtype(dt)
+
+
+def check_real_matrix(value, name: str, layout: str):
+    """A non-empty, finite, real 2-D array (lists and pandas objects accepted); ``layout``
+    describes the shape in messages, e.g. ``"(P, N0), one input per row"``."""
+    if hasattr(value, "to_numpy") and not isinstance(value, (np.ndarray, jax.Array)):
+        value = value.to_numpy()  # pandas DataFrame / Series
+    if isinstance(value, (list, tuple)):
+        try:
+            value = np.asarray(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a rectangular array of shape {layout}; its rows have different lengths") from None
+    if not isinstance(value, (np.ndarray, jax.Array)):
+        raise TypeError(f"{name} must be an array of shape {layout}, got {describe(value)}")
+    if value.dtype == object or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    if value.ndim != 2:
+        raise ValueError(f"{name} must have rank 2, shape {layout}, got shape {value.shape}")
+    if value.shape[0] == 0 or value.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {value.shape}")
+    if is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value
+
+
+def check_inputs(X, name: str = "X", num_features: int | None = None) -> np.ndarray:
+    """Inputs of shape ``(P, N0)``, one input per row, as float64 NumPy. With ``num_features``
+    the number of columns must be ``N0``; a transposed array is named as such."""
+    X = check_real_matrix(X, name, "(P, N0), one input per row")
+    if num_features is not None and X.shape[1] != num_features:
+        hint = f" (it looks transposed: pass {name}.T)" if X.shape[0] == num_features else ""
+        raise ValueError(
+            f"{name} must have shape (P*, N0) with N0 = {num_features} columns (features), got {X.shape}{hint}"
+        )
+    return np.asarray(X, np.float64)
+
+
+def check_labels(Y, num_obs: int | None = None, num_outputs: int | None = None, name: str = "Y") -> np.ndarray:
+    """Labels of shape ``(P, D)``, one observation per row, as float64 NumPy. ``num_obs`` and
+    ``num_outputs``, when given, fix ``P`` and ``D``; a transposed array is named as such.
+    A 1-D array is refused (pass ``Y[:, None]`` for one output)."""
+    if isinstance(Y, (np.ndarray, jax.Array)) and Y.ndim == 1:
+        raise ValueError(f"{name} must have shape (P, D), got a 1-D array of shape {Y.shape}; for one output pass {name}[:, None]")
+    Y = check_real_matrix(Y, name, "(P, D), one observation per row")
+    if not _shape_matches(Y.shape, num_obs, num_outputs):
+        transposed = _shape_matches(Y.shape[::-1], num_obs, num_outputs)
+        hint = f" (it looks transposed: pass {name}.T)" if transposed else ""
+        p = num_obs if num_obs is not None else "P"
+        d = num_outputs if num_outputs is not None else "D"
+        raise ValueError(f"{name} must have shape (P, D) = ({p}, {d}), one observation per row, got {Y.shape}{hint}")
+    return np.asarray(Y, np.float64)
+
+
+def _shape_matches(shape, num_obs, num_outputs) -> bool:
+    return (num_obs is None or shape[0] == num_obs) and (num_outputs is None or shape[1] == num_outputs)
+
+
+def check_gram(K, name: str = "K", shape: tuple | None = None, symmetric: bool = True) -> np.ndarray:
+    """A finite real matrix as float64 NumPy; if ``symmetric``, square and symmetric (PSD is
+    checked where the eigenvalues are computed)."""
+    K = np.asarray(check_real_matrix(K, name, "(P, P)" if symmetric else "(P, P*)"), np.float64)
+    if shape is not None and K.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {K.shape}")
+    if symmetric:
+        if K.shape[0] != K.shape[1]:
+            raise ValueError(f"{name} must be a square Gram matrix, got shape {K.shape}")
+        scale = max(np.abs(K).max(), np.finfo(np.float64).tiny)
+        asym = np.abs(K - K.T).max() / scale
+        if asym > 1e-6:
+            raise ValueError(f"{name} must be symmetric, but max|K - K^T| / max|K| = {asym:.2e}")
+    return K
+
+
+def check_regression_data(data, name: str = "data"):
+    """A :class:`deeplinear.RegressionData`."""
+    from deeplinear.data import RegressionData
+
+    if not isinstance(data, RegressionData):
+        raise TypeError(
+            f"{name} must be a deeplinear.RegressionData (RegressionData.linear(X, Y) or "
+            f"RegressionData.from_gram(K, Y)), got {type(data).__name__}"
+        )
+    return data
+
+
+def check_noise_for_data(noise_variance, data, name: str = "noise_variance"):
+    """``sigma^2 >= 0``, a scalar; ``sigma^2 = 0`` (interpolation) needs a full-rank kernel."""
+    check_positive_scalar(name, noise_variance, allow_zero=True)
+    if is_concrete(noise_variance) and float(noise_variance) == 0 and data.basis.num_null > 0:
+        raise ValueError(
+            f"{name} = 0 (interpolation) needs an invertible kernel K, but K has rank "
+            f"{data.basis.rank} < P = {data.num_obs}; use {name} > 0 or fewer inputs"
+        )
+    return noise_variance
