@@ -116,7 +116,8 @@ def main():
         f"PrecisionWarning: {len(unwarned_nan32)}. "
         f"Configurations with a float32 prediction or LOO error above {INACCURATE:g}: {len(inaccurate)}, "
         f"of which without a PrecisionWarning: {len(unwarned_inaccurate)}"
-        + (f" ({', '.join(sorted({r['prior'] + ' D=' + str(r['D']) for r in unwarned_inaccurate}))})." if unwarned_inaccurate else "."),
+        + (f" ({', '.join(sorted({r['prior'] + ' D=' + str(r['D']) for r in unwarned_inaccurate}))})."  # noqa: E501
+         if unwarned_inaccurate else "."),
         "",
     ]
     detail = head + [

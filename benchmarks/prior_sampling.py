@@ -36,8 +36,9 @@ def main():
     for n, depth in sizes:
         prior = dl.FiniteWidthPrior.from_depth_width(depth, n, D)
         key = jax.random.key(0)
-        t_net = best_time(lambda: dl.sample_network_outputs(key, X, prior.widths, D, n_net, batch_size=64), repeats=REPEATS)
-        t_bar = best_time(lambda: prior.sample_outputs(key, X, n_bar), repeats=REPEATS)
+        t_net = best_time(lambda key=key, prior=prior: dl.sample_network_outputs(
+            key, X, prior.widths, D, n_net, batch_size=64), repeats=REPEATS)
+        t_bar = best_time(lambda key=key, prior=prior: prior.sample_outputs(key, X, n_bar), repeats=REPEATS)
         r_net, r_bar = n_net / t_net, n_bar / t_bar
         rows.append((n, depth, r_net, r_bar, r_bar / r_net))
         print(f"N = L = {n}: network {r_net:,.0f}/s, Bartlett {r_bar:,.0f}/s, ratio {r_bar / r_net:,.0f}x")

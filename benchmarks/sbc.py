@@ -91,7 +91,8 @@ def main():
         "quantities of a configuration). Chi-square on a 20-bin rank histogram as a second opinion, "
         "flagged when p < 0.01/k.",
         "",
-        "| configuration | quantities | max abs(ECDF-u) | min chi2 p | chi2 flags | divergent sims | seconds | passed (band) |",
+        "| configuration | quantities | max abs(ECDF-u) | min chi2 p | chi2 flags | divergent sims | seconds "
+        "| passed (band) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     details = []

@@ -77,7 +77,8 @@ def warn_if_unresolvable_in_float32(
         warnings.warn(
             f"float32 cannot resolve this configuration: {source} is "
             f"{ratio:.1e} x noise_variance (float32 keeps ~7 digits; limit {limit:.0e}), "
-            f"{consequence} (the log density stays accurate). Use float64 (jax.config.update('jax_enable_x64', True) and dtype='float64') "
+            f"{consequence} (the log density stays accurate). Use float64 "
+            "(jax.config.update('jax_enable_x64', True) and dtype='float64') "
             "or a larger noise_variance.",
             PrecisionWarning,
             stacklevel=stacklevel,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["standard_gamma"]
+__all__ = ["standard_gamma", "standard_gamma_with_info"]
 
 
 def _candidates(key, d, c, shape, dtype):
@@ -27,6 +27,12 @@ def _candidates(key, d, c, shape, dtype):
 
 def standard_gamma(key, alpha, shape, dtype):
     r"""Exact draws of :math:`\mathrm{Gamma}(\alpha, 1)` with shape ``shape`` (``alpha`` broadcasts)."""
+    return standard_gamma_with_info(key, alpha, shape, dtype)[0]
+
+
+def standard_gamma_with_info(key, alpha, shape, dtype):
+    """:func:`standard_gamma`, also returning the number of first-round rejections and the size
+    of the compacted redo buffer (more rejections than that means the exact fallback ran)."""
     alpha = jnp.broadcast_to(jnp.asarray(alpha, dtype), shape)
     boost = alpha < 1
     a = jnp.where(boost, alpha + 1, alpha)
@@ -70,4 +76,4 @@ def standard_gamma(key, alpha, shape, dtype):
     _, flat_out, _ = jax.lax.while_loop(full_cond, full_body, (k_full, flat_out, flat_ok))
     out = flat_out.reshape(shape)
     u = jax.random.uniform(k_boost, shape, dtype, minval=jnp.finfo(dtype).tiny)
-    return jnp.where(boost, out * u ** (1.0 / jnp.where(boost, alpha, 1.0)), out)
+    return jnp.where(boost, out * u ** (1.0 / jnp.where(boost, alpha, 1.0)), out), n_rejected, buf

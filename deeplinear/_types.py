@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 import jax
 import numpy as np
 
@@ -11,8 +9,8 @@ __all__ = ["Array", "ArrayLike", "PRNGKey", "KeyLike"]
 
 Array = jax.Array
 #: Anything :func:`jax.numpy.asarray` accepts: NumPy/JAX arrays, nested lists, scalars.
-ArrayLike = Union[jax.Array, np.ndarray, list, tuple, float, int]
+ArrayLike = jax.Array | np.ndarray | list | tuple | float | int
 #: A JAX PRNG key: typed (``jax.random.key(0)``) or raw ``uint32[2]`` (``jax.random.PRNGKey(0)``).
 PRNGKey = jax.Array
 #: A PRNG key or an integer seed in ``[0, 2**32)``; wherever randomness is taken.
-KeyLike = Union[jax.Array, int]
+KeyLike = jax.Array | int

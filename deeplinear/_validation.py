@@ -185,7 +185,9 @@ def check_real_matrix(value, name: str, layout: str):
         try:
             value = np.asarray(value)
         except ValueError:
-            raise ValueError(f"{name} must be a rectangular array of shape {layout}; its rows have different lengths") from None
+            raise ValueError(
+                f"{name} must be a rectangular array of shape {layout}; its rows have different lengths"
+            ) from None
     if not isinstance(value, (np.ndarray, jax.Array)):
         raise TypeError(f"{name} must be an array of shape {layout}, got {describe(value)}")
     if value.dtype == object or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
@@ -216,7 +218,9 @@ def check_labels(Y, num_obs: int | None = None, num_outputs: int | None = None, 
     ``num_outputs``, when given, fix ``P`` and ``D``; a transposed array is named as such.
     A 1-D array is refused (pass ``Y[:, None]`` for one output)."""
     if isinstance(Y, (np.ndarray, jax.Array)) and Y.ndim == 1:
-        raise ValueError(f"{name} must have shape (P, D), got a 1-D array of shape {Y.shape}; for one output pass {name}[:, None]")
+        raise ValueError(
+            f"{name} must have shape (P, D), got a 1-D array of shape {Y.shape}; for one output pass {name}[:, None]"
+        )
     Y = check_real_matrix(Y, name, "(P, D), one observation per row")
     if not _shape_matches(Y.shape, num_obs, num_outputs):
         transposed = _shape_matches(Y.shape[::-1], num_obs, num_outputs)

@@ -235,7 +235,15 @@ class RegressionData:
         r"""Linear kernel :math:`K = X X^\top/N_0`; ``X`` is ``(P, N0)``, ``Y`` is ``(P, D)``."""
         dtype = check_dtype(dtype)
         X64 = check_inputs(X)
-        Y64 = check_labels(Y, num_obs=X64.shape[0])
+        Y64 = check_labels(Y)
+        if Y64.shape[0] != X64.shape[0]:
+            if X64.shape[1] == Y64.shape[0]:
+                hint = f"X looks transposed (X is {X64.shape}, Y has {Y64.shape[0]} rows): pass X.T"
+            elif Y64.shape[1] == X64.shape[0]:
+                hint = f"Y looks transposed (X has {X64.shape[0]} rows, Y is {Y64.shape}): pass Y.T"
+            else:
+                hint = f"X is {X64.shape} and Y is {Y64.shape}"
+            raise ValueError(f"X must be (P, N0) and Y (P, D), one observation per row, with the same P; {hint}")
         basis = KernelEigenbasis.linear(X64, dtype, rtol)
         return cls._build(basis, Y64, dtype, inputs=jnp.asarray(X64, dtype))
 

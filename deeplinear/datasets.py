@@ -91,5 +91,8 @@ def linnerud(num_test: int = 5, seed: int = 0) -> Dataset:
     Y = table[:, [header.index(c) for c in LINNERUD_OUTPUTS]]
     perm = np.random.default_rng(seed).permutation(20)
     test, train = perm[:num_test], perm[num_test:]
-    desc = f"Linnerud (Tenenhaus 1998): 3 exercise inputs, 3 physiological outputs, {20 - num_test} train / {num_test} test"
+    desc = (
+        f"Linnerud (Tenenhaus 1998): 3 exercise inputs, 3 physiological outputs, "
+        f"{20 - num_test} train / {num_test} test"
+    )
     return Dataset(X[train], Y[train], X[test], Y[test], desc)

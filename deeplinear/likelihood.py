@@ -127,7 +127,8 @@ class KroneckerNormal(dist.Distribution):
         """Lower factors of the blocks :math:`C_p`, shape ``batch + (R, D, D)`` (square-root
         form when ``root`` was given)."""
         if self.root is not None:
-            return block_cholesky_from_root(self.root, self.lambda_star, self.noise_variance, self.data.basis.eigenvalues)
+            eigenvalues = self.data.basis.eigenvalues
+            return block_cholesky_from_root(self.root, self.lambda_star, self.noise_variance, eigenvalues)
         c = block_covariances(self.q, self.lambda_star, self.noise_variance, self.data.basis.eigenvalues)
         return jnp.linalg.cholesky(c)
 
@@ -135,7 +136,10 @@ class KroneckerNormal(dist.Distribution):
         r""":math:`\log N(\operatorname{vec} Y^\top; 0, \lambda_* Q\otimes K + \sigma^2 I)` from the block factors."""
         if self.labels_are_data:
             if jnp.shape(value) != self.data.labels.shape:
-                raise ValueError(f"labels_are_data=True: the value must be data.labels {self.data.labels.shape}, got {jnp.shape(value)}")
+                raise ValueError(
+                    f"labels_are_data=True: the value must be data.labels {self.data.labels.shape}, "
+                    f"got {jnp.shape(value)}"
+                )
             if value is not self.data.labels and is_concrete(value) and is_concrete(self.data.labels):
                 if not np.array_equal(np.asarray(value), np.asarray(self.data.labels)):
                     raise ValueError("labels_are_data=True but log_prob was called on labels other than data.labels")
@@ -147,7 +151,8 @@ class KroneckerNormal(dist.Distribution):
         return _rotated_log_prob(chol, rotated, null, self.noise_variance, self.data.basis.num_null)
 
     def sample(self, key, sample_shape=()):
-        r""":math:`Y = \sqrt{\lambda_*}\, (U_R \sqrt{\kappa})\, G\, \mathrm{chol}(Q)^\top + \sigma E`, ``G`` ``(R, D)``."""
+        r""":math:`Y = \sqrt{\lambda_*}\, (U_R \sqrt{\kappa})\, G\, \mathrm{chol}(Q)^\top + \sigma E`,
+        ``G`` ``(R, D)``."""
         basis = self.data.basis
         dtype = self.q.dtype
         shape = tuple(sample_shape) + self.batch_shape
@@ -189,7 +194,9 @@ def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData):
     q = jnp.asarray(q, data.dtype)
     D = data.num_outputs
     if q.shape != (D, D):
-        raise ValueError(f"q must have shape ({D}, {D}) (one draw; for many use loo_log_likelihood_draws), got {q.shape}")
+        raise ValueError(
+            f"q must have shape ({D}, {D}) (one draw; for many use loo_log_likelihood_draws), got {q.shape}"
+        )
     check_positive_scalar("lambda_star", lambda_star)
     check_noise_for_data(noise_variance, data)
     return _loo_from_terms(q, lambda_star, noise_variance, data, _loo_data_terms(data, q.dtype))

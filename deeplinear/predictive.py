@@ -266,7 +266,8 @@ class PredictiveMixture:
         def one(k):
             k1, k2, k3 = jax.random.split(k, 3)
             s = jax.random.randint(k1, (), 0, self.num_draws)
-            mean, cov = _conditional(self.q[s], self.lambda_star[s], self.noise_variance[s], self.data, self.test, joint=True)
+            lam, noise = self.lambda_star[s], self.noise_variance[s]
+            mean, cov = _conditional(self.q[s], lam, noise, self.data, self.test, joint=True)
             root = psd_root(cov.reshape(P * D, P * D))  # row-major over (test input, output)
             f = (mean.reshape(-1) + root @ jax.random.normal(k2, (P * D,), self.q.dtype)).reshape(P, D)
             if include_noise:

@@ -15,7 +15,8 @@ three such laws with one interface:
 * :class:`ProportionalLimitPrior` -- the ``L/N -> a`` limit, Brownian integrals;
 * :class:`NNGPPrior` -- the infinite-width limit, :math:`\bar V = I`.
 
-Each prior is an immutable JAX pytree (a frozen dataclass: ``==``, ``replace``, ``repr``) and is defined by *named latent variables*
+Each prior is an immutable JAX pytree (a frozen dataclass: ``==``, ``replace``, ``repr``) and is
+defined by *named latent variables*
 (:meth:`VbarPrior.latent_distributions`) and *one deterministic map* from latents to
 :math:`\bar V` (:meth:`VbarPrior.vbar_from_latents`). Direct sampling
 (:meth:`VbarPrior.sample_vbar`) and NumPyro models (:meth:`VbarPrior.numpyro_vbar`)
@@ -25,7 +26,6 @@ both go through that map, so what NUTS explores is exactly what the sampler draw
 from __future__ import annotations
 
 import abc
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -285,7 +285,8 @@ def simulation_based_calibration(
     )
 
     param_info, potential_gen, postprocess_gen, _ = initialize_model(
-        k_init, model, init_strategy=init_to_median(num_samples=15), dynamic_args=True, model_kwargs={"labels": labels[0]}
+        k_init, model, init_strategy=init_to_median(num_samples=15), dynamic_args=True,
+        model_kwargs={"labels": labels[0]},
     )
     init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
     z0 = param_info.z

@@ -4,8 +4,7 @@
     python docs/make_api.py --check  # exit 1 if docs/api.md is out of date (run by the tests)
 
 Public names: ``deeplinear.__all__`` plus the ``__all__`` of the modules users import
-directly (``deeplinear.moments``, ``deeplinear.prior_laws``, ``deeplinear.datasets``,
-``deeplinear.likelihood``). Classes list their public methods and properties.
+directly (see ``MODULES``). Classes list their public methods and properties.
 """
 
 from __future__ import annotations
@@ -16,7 +15,20 @@ import inspect
 import sys
 from pathlib import Path
 
-MODULES = ["deeplinear", "deeplinear.moments", "deeplinear.likelihood", "deeplinear.datasets", "deeplinear.prior_laws"]
+MODULES = [
+    "deeplinear",
+    "deeplinear.moments",
+    "deeplinear.data",
+    "deeplinear.likelihood",
+    "deeplinear.predictive",
+    "deeplinear.inference",
+    "deeplinear.comparison",
+    "deeplinear.exact",
+    "deeplinear.sbc",
+    "deeplinear.plotting",
+    "deeplinear.datasets",
+    "deeplinear.app.prior_laws",
+]
 OUT = Path(__file__).with_name("api.md")
 
 

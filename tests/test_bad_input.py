@@ -2,9 +2,8 @@
 
 import jax
 import numpy as np
-import pytest
-
 import numpyro.distributions as dist
+import pytest
 
 from deeplinear import (
     FiniteWidthPrior,
@@ -17,28 +16,30 @@ from deeplinear import (
     deep_linear_model,
     exact_posterior_d1,
     fit,
-    loo_log_likelihood,
     sample_network_outputs,
     save_fit,
     simulation_based_calibration,
 )
 from deeplinear import moments as mom
+from deeplinear.app.demo import inference_demo
 from deeplinear.datasets import correlated_outputs
-from deeplinear.demo import inference_demo
+from deeplinear.likelihood import loo_log_likelihood
+from deeplinear.predictive import conditional_predictive
 
 KEY = jax.random.key(0)
 X = np.ones((3, 2))
-XI = np.random.default_rng(0).normal(size=(3, 5))  # N0 = 3, P = 5 (rank 3 < P)
-YI = np.random.default_rng(1).normal(size=(2, 5))  # D = 2
+XI = np.random.default_rng(0).normal(size=(3, 5)).T  # P = 5 inputs (rows), N0 = 3 (rank 3 < P)
+YI = np.random.default_rng(1).normal(size=(2, 5)).T  # D = 2
 DATA = RegressionData.linear(XI, YI)
 LIM2 = ProportionalLimitPrior(1.0, 2, num_steps=4)
 NAN_Y = YI.copy()
-NAN_Y[0, 1] = np.nan
+NAN_Y[1, 0] = np.nan
 NOT_PSD = np.diag([1.0, -1.0, 2.0, 1.0, 1.0])
 NOT_SYM = np.eye(5) + np.triu(np.ones((5, 5)), 1)
-DATA1 = RegressionData.linear(XI, YI[:1])  # D = 1
+DATA1 = RegressionData.linear(XI, YI[:, :1])  # D = 1
 FIN1 = FiniteWidthPrior((4,), 1)
-TEST = DATA.test_kernel(np.ones((3, 2)))
+TEST = DATA.prediction_kernel(np.ones((2, 3)))
+EXACT = fit(DATA, NNGPPrior(2), noise_variance=0.5, num_samples=2, num_chains=1)  # no MCMC
 Q3 = np.broadcast_to(np.eye(2), (3, 2, 2))
 NAN_Q = Q3.copy()
 NAN_Q[1, 0, 0] = np.nan
@@ -71,7 +72,9 @@ CASES = [
     (lambda: ProportionalLimitPrior(1.0, 2, num_steps=0), ValueError, "num_steps"),
     (lambda: ProportionalLimitPrior(1.0, 2, num_steps=3.5), TypeError, "num_steps"),
     (lambda: NNGPPrior(0), ValueError, "num_outputs"),
-    (lambda: NNGPPrior(2).sample_q(0), TypeError, "key"),
+    (lambda: NNGPPrior(2).sample_q(0.5), TypeError, "key"),
+    (lambda: NNGPPrior(2).sample_q(2**32 + 3), ValueError, "[0, 2**32)"),
+    (lambda: NNGPPrior(2).sample_q(-1), ValueError, "key"),
     (lambda: NNGPPrior(2).sample_q(np.array([1, 2, 3], np.uint32)), TypeError, "key"),
     (lambda: FiniteWidthPrior((3,), 1).sample_vbar(KEY, (-1,)), ValueError, "sample_shape"),
     (lambda: FiniteWidthPrior((3,), 1).sample_vbar(KEY, "10"), TypeError, "sample_shape"),
@@ -82,7 +85,7 @@ CASES = [
     (lambda: FiniteWidthPrior((3,), 1).sample_outputs(KEY, np.ones((0, 2))), ValueError, "non-empty"),
     (lambda: FiniteWidthPrior((3,), 1).sample_outputs(KEY, np.array([["a"]], object)), TypeError, "X"),
     (lambda: FiniteWidthPrior((3,), 1).sample_outputs(KEY, X, lambda_star=-1.0), ValueError, "lambda_star"),
-    (lambda: sample_network_outputs(KEY, X, (3, 3), 2, 0), ValueError, "num_samples"),
+    (lambda: sample_network_outputs(KEY, X, (3, 3), 2, -1), ValueError, "sample_shape"),
     (lambda: sample_network_outputs(KEY, X, (3, 0), 2, 10), ValueError, "widths[1]"),
     (lambda: sample_network_outputs(KEY, X, (3, 3), 2, 10, layer_scales=[1, 1]), ValueError, "layer_scales"),
     (lambda: sample_network_outputs(KEY, X, (3, 3), 2, 10, layer_scales=[1, 0, 1]), ValueError, "layer_scales"),
@@ -94,14 +97,20 @@ CASES = [
     # --- inference (issue 3) ---
     (lambda: RegressionData.linear(XI, NAN_Y), ValueError, "Y contains NaN"),
     (lambda: RegressionData.linear(np.where(XI > 1, np.inf, XI), YI), ValueError, "X contains NaN"),
-    (lambda: RegressionData.linear(XI, YI[:, :4]), ValueError, "(D, P) = (D, 5)"),
-    (lambda: RegressionData.linear(XI, YI[0]), ValueError, "rank 2"),
-    (lambda: RegressionData.linear(XI[:, :0], YI[:, :0]), ValueError, "non-empty"),
+    (lambda: RegressionData.linear(XI, YI[:4]), ValueError, "same P; X is (5, 3) and Y is (4, 2)"),
+    (lambda: RegressionData.linear(XI, YI[:, 0]), ValueError, "1-D array"),
+    (lambda: RegressionData.linear(XI[:0], YI[:0]), ValueError, "non-empty"),
     (lambda: RegressionData.linear(XI, np.ones((0, 5))), ValueError, "non-empty"),
-    (lambda: RegressionData.linear(XI, [["a"] * 5]), TypeError, "Y must hold real numbers"),
+    (lambda: RegressionData.linear(XI, [["a"] * 2] * 5), TypeError, "Y must hold real numbers"),
+    # columns instead of rows (theory.md's layout) with N0 != P: the error names the shapes
+    (lambda: RegressionData.linear(XI.T, YI.T), ValueError, "(P, N0) and Y (P, D)"),
+    (lambda: RegressionData.linear(XI.T, YI), ValueError, "X looks transposed"),
+    (lambda: RegressionData.linear(XI, YI.T), ValueError, "Y looks transposed"),
+    (lambda: RegressionData.from_gram(XI @ XI.T, YI.T), ValueError, "(P, D) = (5, D)"),
+    (lambda: DATA.prediction_kernel(np.ones((3, 2))), ValueError, "pass X_test.T"),
     (lambda: RegressionData.from_gram(NOT_PSD, YI), ValueError, "positive semi-definite"),
     (lambda: RegressionData.from_gram(NOT_SYM, YI), ValueError, "symmetric"),
-    (lambda: RegressionData.from_gram(np.eye(4), YI), ValueError, "K is 4 x 4"),
+    (lambda: RegressionData.from_gram(np.eye(4), YI), ValueError, "(P, D) = (4, D)"),
     (lambda: RegressionData.from_gram(np.ones((5, 4)), YI), ValueError, "square"),
     (lambda: fit(DATA, ProportionalLimitPrior(1.0, 3)), ValueError, "num_outputs = 3"),
     (lambda: fit(DATA, LIM2, noise_variance=-0.1), ValueError, "noise_variance"),
@@ -113,14 +122,18 @@ CASES = [
     (lambda: fit(DATA, LIM2, num_samples=0), ValueError, "num_samples"),
     (lambda: fit(DATA, LIM2, num_chains=1.5), TypeError, "num_chains"),
     (lambda: fit(DATA, LIM2, chain_method="threads"), ValueError, "chain_method"),
-    (lambda: fit(DATA, LIM2, seed="0"), TypeError, "seed"),
+    (lambda: fit(DATA, LIM2, key="0"), TypeError, "key"),
+    (lambda: fit(DATA, LIM2, key=2**32 + 3), ValueError, "key"),
+    (lambda: fit(DATA, LIM2, progress_bar="no"), TypeError, "progress_bar"),
+    (lambda: fit(DATA, LIM2, log_likelihood="no"), TypeError, "log_likelihood"),
+    (lambda: fit(DATA, LIM2, target_accept_prob="0.9"), TypeError, "target_accept_prob"),
     (lambda: fit(DATA, LIM2, target_accept_prob=1.5), ValueError, "target_accept_prob"),
     (lambda: fit((XI, YI), LIM2), TypeError, "RegressionData"),
     (lambda: fit(DATA, "limit"), TypeError, "prior must be"),
     (lambda: fit(DATA, LIM2, output_names=["a"]), ValueError, "output_names"),
-    (lambda: DATA.test_kernel(np.ones((4, 2))), ValueError, "N0 = 3"),
-    (lambda: DATA.test_kernel(np.full((3, 2), np.nan)), ValueError, "X_test contains NaN"),
-    (lambda: DATA.test_kernel(cross_gram=np.ones((5, 2)), test_gram=np.eye(2)), ValueError, "linear kernel"),
+    (lambda: DATA.prediction_kernel(np.ones((2, 4))), ValueError, "N0 = 3"),
+    (lambda: DATA.prediction_kernel(np.full((2, 3), np.nan)), ValueError, "X_test contains NaN"),
+    (lambda: DATA.prediction_kernel(cross_gram=np.ones((5, 2)), test_gram=np.eye(2)), ValueError, "linear kernel"),
     (lambda: KroneckerNormal(np.eye(3), 1.0, 0.5, DATA), ValueError, "q must have shape"),
     (lambda: KroneckerNormal(np.eye(2), 1.0, 0.5, (XI, YI)), TypeError, "RegressionData"),
     (lambda: exact_posterior_d1(DATA, NNGPPrior(2)), ValueError, "D = 1"),
@@ -138,34 +151,40 @@ CASES = [
     (lambda: RegressionData.linear(XI.astype(int) * 0, YI), ValueError, "X is zero"),
     (lambda: RegressionData.linear(XI, YI, dtype="int32"), TypeError, "dtype"),
     (lambda: RegressionData.linear(XI, np.array(YI, dtype=object)), TypeError, "Y"),
-    (lambda: RegressionData.linear(XI.tolist(), YI.tolist()[:1] + [[1, 2]]), (TypeError, ValueError), "Y"),
+    (lambda: RegressionData.linear(XI.tolist(), YI.tolist()[:4] + [[1, 2, 3]]), (TypeError, ValueError), "Y"),
     (lambda: RegressionData.from_gram(np.zeros((5, 5)), YI), ValueError, "no positive eigenvalue"),
     (lambda: RegressionData.from_gram(np.full((5, 5), np.nan), YI), ValueError, "NaN"),
     (lambda: KroneckerNormal(np.eye(2), 1.0, 0.5, DATA, root=np.eye(3)), ValueError, "root must have shape"),
     (lambda: KroneckerNormal(np.eye(2), -1.0, 0.5, DATA), ValueError, "lambda_star"),
     (lambda: KroneckerNormal(np.eye(2), 1.0, 0.0, DATA), ValueError, "rank 3 < P = 5"),
-    (lambda: deep_linear_model(DATA, LIM2, labels=np.ones((2, 4))), ValueError, "labels must have the shape"),
+    (lambda: KroneckerNormal(np.eye(2), 1.0, np.array([0.5, 0.5]), DATA), ValueError, "must be a scalar"),
+    (lambda: deep_linear_model(DATA, LIM2, labels=np.ones((4, 2))), ValueError, "labels must have the shape"),
     (lambda: deep_linear_model(DATA, NNGPPrior(3)), ValueError, "num_outputs = 3"),
     (lambda: loo_log_likelihood(np.eye(2), 1.0, -1.0, DATA), ValueError, "noise_variance"),
+    (lambda: conditional_predictive(np.eye(2), 1.0, -1.0, DATA, TEST), ValueError, "noise_variance"),
+    (lambda: conditional_predictive(np.eye(3), 1.0, 0.5, DATA, TEST), ValueError, "q must have shape"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, "data", TEST), TypeError, "RegressionData"),
     (lambda: PredictiveMixture(np.eye(2), 1.0, 0.5, DATA, TEST), ValueError, "q must have shape (S, D, D)"),
     (lambda: PredictiveMixture(NAN_Q, 1.0, 0.5, DATA, TEST), ValueError, "q contains NaN"),
-    (lambda: PredictiveMixture(Q3, 1.0, np.nan, DATA, TEST), ValueError, "noise_variance contains NaN"),
+    (lambda: PredictiveMixture(Q3, 1.0, np.nan, DATA, TEST), ValueError, "noise_variance must be finite"),
     (lambda: PredictiveMixture(Q3[:0], 1.0, 0.5, DATA, TEST), ValueError, "at least one draw"),
-    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, np.ones((3, 2))), TypeError, "TestKernel"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, np.ones((3, 2))), TypeError, "PredictionKernel"),
     (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST, batch_size=0), ValueError, "batch_size"),
-    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).sample(KEY, 0), ValueError, "num_samples"),
-    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).log_predictive_density(np.ones((3, 2))), ValueError, "D = 2"),
-    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).log_predictive_density(np.ones((2, 5))), ValueError, "Y_test"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).sample(KEY, -1), ValueError, "sample_shape"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).log_predictive_density(np.ones((2, 3))), ValueError, "(2, 2)"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).log_predictive_density(np.ones((5, 2))), ValueError, "Y_test"),
+    (lambda: PredictiveMixture(Q3, 1.0, 0.5, DATA, TEST).covariance(include_noise="yes"), TypeError, "include_noise"),
     (lambda: compare_models({}), TypeError, "non-empty dict"),
     (lambda: compare_models({"a": "fit"}), TypeError, "fits['a']"),
     (lambda: save_fit("fit", "x.nc"), TypeError, "PosteriorFit"),
+    (lambda: save_fit(EXACT, "never-written.nc", overwrite="no"), TypeError, "overwrite"),
     (lambda: sbc(num_simulations=0), ValueError, "num_simulations"),
     (lambda: sbc(num_simulations=2.5), TypeError, "num_simulations"),
     (lambda: sbc(num_samples=10, thin=3), ValueError, "multiple of thin"),
     (lambda: sbc(num_samples=10, thin=10), ValueError, "at least 2 posterior draws"),
     (lambda: sbc(num_simulations=10**7, num_samples=10**3, thin=1), ValueError, "exceeds 1e8"),
     (lambda: sbc(batch_size=0), ValueError, "batch_size"),
-    (lambda: sbc(seed=1.0), TypeError, "seed"),
+    (lambda: sbc(key=1.0), TypeError, "key"),
     (lambda: sbc(target_accept_prob=0), ValueError, "target_accept_prob"),
     (lambda: sbc(prior=NNGPPrior(1)), ValueError, "nothing to calibrate"),
     (lambda: sbc(prior=NNGPPrior(2)), ValueError, "num_outputs = 2"),
@@ -197,8 +216,8 @@ def test_import_changes_no_global_state():
     import sys
 
     code = (
-        "import jax; import deeplinear; "
-        "assert not jax.config.jax_enable_x64; assert jax.device_count() == 1; print('ok')"
+        "import os, jax; flags = os.environ.get('XLA_FLAGS'); import deeplinear; "
+        "assert not jax.config.jax_enable_x64; assert os.environ.get('XLA_FLAGS') == flags; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"

@@ -1,17 +1,31 @@
-"""The command line, end to end, in a subprocess."""
+"""The command line: one end-to-end subprocess run per program path (the default run, which
+is ``infer`` then ``simulate``; ``fit``; ``compare``), everything else in-process through
+``main(argv)``, which returns the exit code."""
 
 import subprocess
 import sys
 
-CLI = [sys.executable, "-m", "deeplinear.cli"]
+import pytest
+
+from deeplinear.app.cli import main
+
+CLI = [sys.executable, "-m", "deeplinear.app"]
 
 
 def run(args, cwd):
     return subprocess.run(CLI + args, capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
-def test_default_run_infers_compares_and_simulates(tmp_path):
-    args = ["--samples", "2000", "--draws", "100", "--warmup", "100", "--output", str(tmp_path / "figs")]
+def run_in_process(args, cwd, capsys, monkeypatch):
+    """``main(args)`` in ``cwd``: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_default_run_infers_compares_and_simulates(tmp_path, capsys, monkeypatch):
+    args = ["--prior-samples", "2000", "--samples", "100", "--warmup", "100", "--output", str(tmp_path / "figs")]
     out = run(args, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Model comparison" in out.stdout and "NNGP" in out.stdout and "heldout_lpd" in out.stdout
@@ -25,20 +39,27 @@ def test_default_run_infers_compares_and_simulates(tmp_path):
     assert (tmp_path / "figs" / "lognormal_convergence.png").stat().st_size > 0
     assert (tmp_path / "figs" / "offdiagonal_variance.png").stat().st_size > 0
     # Never overwrite silently.
-    again = run(["simulate", "--samples", "2000", "--output", str(tmp_path / "figs")], tmp_path)
-    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    code, _, err = run_in_process(["simulate", "--prior-samples", "200", "--output", str(tmp_path / "figs")],
+                                  tmp_path, capsys, monkeypatch)
+    assert code == 2 and "--overwrite" in err
 
 
-def test_bad_arguments_exit_nonzero_without_traceback(tmp_path):
-    for args in (["--samples", "0"], ["--samples", "many"], ["simulate", "--seed", "x"], ["infer", "--chains", "0"]):
-        out = run(args, tmp_path)
-        assert out.returncode == 2 and "error" in out.stderr and "Traceback" not in out.stderr
+@pytest.mark.parametrize(
+    "args",
+    [["--prior-samples", "0"], ["--samples", "many"], ["simulate", "--seed", "x"], ["infer", "--chains", "0"],
+     ["--seed", str(2**64)], ["fit", "--seed", "-1"]],
+)
+def test_bad_arguments_exit_2_with_one_line(args, tmp_path, capsys, monkeypatch):
+    code, _, err = run_in_process(args, tmp_path, capsys, monkeypatch)
+    assert code == 2 and "error" in err and "Traceback" not in err
 
 
-def test_help(tmp_path):
-    assert "simulate" in run(["--help"], tmp_path).stdout
-    assert "--samples" in run(["simulate", "--help"], tmp_path).stdout
-    assert "--draws" in run(["infer", "--help"], tmp_path).stdout
+def test_help(tmp_path, capsys, monkeypatch):
+    assert run_in_process(["--help"], tmp_path, capsys, monkeypatch)[0] == 0
+    assert "simulate" in run_in_process(["--help"], tmp_path, capsys, monkeypatch)[1]
+    assert "--prior-samples" in run_in_process(["simulate", "--help"], tmp_path, capsys, monkeypatch)[1]
+    assert "--samples" in run_in_process(["infer", "--help"], tmp_path, capsys, monkeypatch)[1]
+    assert "--model" in run_in_process(["fit", "--help"], tmp_path, capsys, monkeypatch)[1]
 
 
 LINNERUD = ["--inputs", "Chins,Situps,Jumps", "--outputs", "Weight,Waist,Pulse"]
@@ -47,7 +68,7 @@ LINNERUD = ["--inputs", "Chins,Situps,Jumps", "--outputs", "Weight,Waist,Pulse"]
 def _linnerud_files(tmp_path):
     from deeplinear.datasets import linnerud_path
 
-    lines = linnerud_path().read_text().splitlines()
+    lines = linnerud_path().read_text().splitlines()  # header + 20 rows: 15 to train, 5 to test
     (tmp_path / "train.csv").write_text("\n".join(lines[:16]) + "\n")
     (tmp_path / "test.csv").write_text("\n".join([lines[0]] + lines[16:]) + "\n")
 
@@ -59,7 +80,7 @@ def test_fit_on_csv_writes_posterior_and_predictions(tmp_path):
     import deeplinear as dl
 
     _linnerud_files(tmp_path)
-    args = ["fit", "--data", "train.csv", "--test", "test.csv", *LINNERUD, "--draws", "60", "--warmup", "60",
+    args = ["fit", "--data", "train.csv", "--test", "test.csv", *LINNERUD, "--samples", "60", "--warmup", "60",
             "--output", "out"]
     out = run(args, tmp_path)
     assert out.returncode == 0, out.stderr
@@ -70,14 +91,30 @@ def test_fit_on_csv_writes_posterior_and_predictions(tmp_path):
     loaded = dl.load_fit(tmp_path / "out" / "posterior.nc")
     assert loaded.datatree["posterior"]["Q"].shape[-2:] == (3, 3)
     assert "deeplinear_standardization" in loaded.datatree.attrs
-    again = run(args, tmp_path)  # never overwrite silently
-    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert loaded.datatree["observed_data"]["Y"].dims == ("obs", "output")
+
+
+def test_fit_never_overwrites_and_takes_a_model_file(tmp_path, capsys, monkeypatch):
+    import deeplinear as dl
+
+    _linnerud_files(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "posterior.nc").write_text("precious")
+    args = ["fit", "--data", "train.csv", *LINNERUD, "--samples", "20", "--warmup", "20", "--output", "out"]
+    code, _, err = run_in_process(args, tmp_path, capsys, monkeypatch)
+    assert code == 2 and "--overwrite" in err and (tmp_path / "out" / "posterior.nc").read_text() == "precious"
+    spec = dl.ModelSpec(dl.NNGPPrior(3), noise_variance=0.5)
+    (tmp_path / "model.json").write_text(spec.to_json())
+    code, out, err = run_in_process(["fit", "--data", "train.csv", *LINNERUD, "--model", "model.json",
+                                     "--output", "nngp"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert dl.load_fit(tmp_path / "nngp" / "posterior.nc").spec.to_dict() == spec.to_dict()
 
 
 def test_compare_on_csv(tmp_path):
     _linnerud_files(tmp_path)
     args = ["compare", "--data", "train.csv", "--test", "test.csv", *LINNERUD, "--prior", "finite", "--depth", "2",
-            "--width", "4", "--draws", "60", "--warmup", "60", "--output", "cmp"]
+            "--width", "4", "--samples", "60", "--warmup", "60", "--output", "cmp"]
     out = run(args, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "heldout_lpd" in out.stdout and "nngp" in out.stdout
@@ -85,7 +122,7 @@ def test_compare_on_csv(tmp_path):
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
 
 
-def test_fit_errors_are_one_line(tmp_path):
+def test_fit_errors_are_one_line(tmp_path, capsys, monkeypatch):
     _linnerud_files(tmp_path)
     (tmp_path / "nan.csv").write_text("a,b\n1,2\n,3\n")
     cases = [
@@ -97,8 +134,9 @@ def test_fit_errors_are_one_line(tmp_path):
         (["fit", "--data", "train.csv", *LINNERUD, "--noise", "-1"], "noise_variance"),
         (["compare", "--data", "train.csv", *LINNERUD, "--prior", "nngp"], "against the NNGP"),
         (["fit", "--data", "train.csv"], "required"),
+        (["fit", "--data", "train.csv", *LINNERUD, "--model", "missing.json"], "no such file"),
     ]
     for args, fragment in cases:
-        out = run(args, tmp_path)
-        assert out.returncode == 2, (args, out.stderr)
-        assert fragment in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        code, _, err = run_in_process(args, tmp_path, capsys, monkeypatch)
+        assert code == 2, (args, err)
+        assert fragment in err and "Traceback" not in err, (args, err)

@@ -1,5 +1,8 @@
 """Posterior inference end to end: NUTS in Q-space against exact D = 1 references and
-against NUTS on every weight of the actual network (D = 2); label dependence; ArviZ."""
+against NUTS on every weight of the actual network (D = 2); label dependence; ArviZ.
+
+Data are made in theory.md's columns (``X`` is ``N0 x P``, ``Y`` is ``D x P``) and passed to the
+package as rows (``X.T``, ``Y.T``)."""
 
 import warnings
 
@@ -13,6 +16,7 @@ from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC, NUTS
 
 from deeplinear import (
+    ConvergenceWarning,
     FiniteWidthPrior,
     NNGPPrior,
     ProportionalLimitPrior,
@@ -58,19 +62,19 @@ D1_GRID = [
 def test_d1_mcmc_matches_exact(prior, P, noise):
     with jax.enable_x64(True):
         X, Y, Xt = _d1_data(P, noise, seed=P)
-        data = RegressionData.linear(X, Y)
+        data = RegressionData.linear(X.T, Y.T)
         lam = 1.0
-        ex = exact_posterior_d1(data, prior, lambda_star=lam, noise_variance=noise, X_test=Xt)
+        ex = exact_posterior_d1(data, prior, lambda_star=lam, noise_variance=noise, X_test=Xt.T)
         res = fit(data, prior, lambda_star=lam, noise_variance=noise, num_warmup=NUM_WARMUP,
-                  num_samples=NUM_DRAWS, num_chains=NUM_CHAINS, seed=1)
+                  num_samples=NUM_DRAWS, num_chains=NUM_CHAINS, key=1)
         q = res.datatree["posterior"]["Q"].values[..., 0, 0]  # (chain, draw)
         m, se = _mcse(q)
         assert abs(m - ex.q_mean) < SIGMAS * se
         v, se_v = _mcse((q - m) ** 2)
         assert abs(v - ex.q_var) < SIGMAS * se_v
         # predictive variance E[Sigma*] + Var(m*): per-draw terms, chains kept for the ESS
-        pm = res.predict(Xt)
-        mean_d = np.asarray(pm.draw_means)[:, 0, :].reshape(NUM_CHAINS, NUM_DRAWS, -1)
+        pm = res.predict(Xt.T)
+        mean_d = np.asarray(pm.draw_means)[:, :, 0].reshape(NUM_CHAINS, NUM_DRAWS, -1)
         cov_d = np.asarray(pm.draw_covariances)[:, :, 0, 0].reshape(NUM_CHAINS, NUM_DRAWS, -1)
         pv_terms = cov_d + (mean_d - mean_d.mean((0, 1))) ** 2
         pv, se_pv = _mcse(pv_terms)
@@ -91,21 +95,21 @@ def test_d2_predictive_matches_weight_space_nuts():
 
         mcmc = MCMC(NUTS(weight_space_model, target_accept_prob=0.9), num_warmup=WS_WARMUP,
                     num_samples=WS_DRAWS, num_chains=4, chain_method="sequential", progress_bar=False)
-        mcmc.run(jax.random.PRNGKey(0), jnp.asarray(X), jnp.asarray(Y), widths=(N,) * L, num_outputs=D,
-                 noise_variance=noise, X_test=jnp.asarray(Xt))
-        ft = np.asarray(mcmc.get_samples(group_by_chain=True)["f_test"])  # (C, S, D, P*)
+        mcmc.run(jax.random.PRNGKey(0), jnp.asarray(X.T), jnp.asarray(Y.T), widths=(N,) * L, num_outputs=D,
+                 noise_variance=noise, X_test=jnp.asarray(Xt.T))
+        ft = np.asarray(mcmc.get_samples(group_by_chain=True)["f_test"])  # (C, S, P*, D)
         ws_mean, ws_mean_se = _mcse(ft)
         dev = ft - ws_mean
-        ws_cov, ws_cov_se = _mcse(np.einsum("csdj,csej->csjde", dev, dev))
+        ws_cov, ws_cov_se = _mcse(np.einsum("csjd,csje->csjde", dev, dev))
 
-        res = fit(RegressionData.linear(X, Y), FiniteWidthPrior.from_depth_width(L, N, D), noise_variance=noise,
-                  num_warmup=NUM_WARMUP, num_samples=NUM_DRAWS, num_chains=NUM_CHAINS, seed=2)
-        pm = res.predict(Xt)
-        md = np.asarray(pm.draw_means).reshape(NUM_CHAINS, NUM_DRAWS, D, -1)
+        res = fit(RegressionData.linear(X.T, Y.T), FiniteWidthPrior.from_depth_width(L, N, D), noise_variance=noise,
+                  num_warmup=NUM_WARMUP, num_samples=NUM_DRAWS, num_chains=NUM_CHAINS, key=2)
+        pm = res.predict(Xt.T)
+        md = np.asarray(pm.draw_means).reshape(NUM_CHAINS, NUM_DRAWS, -1, D)
         cd = np.asarray(pm.draw_covariances).reshape(NUM_CHAINS, NUM_DRAWS, -1, D, D)
         dl_mean, dl_mean_se = _mcse(md)
         ddev = md - dl_mean
-        dl_cov, dl_cov_se = _mcse(cd + np.einsum("csdj,csej->csjde", ddev, ddev))
+        dl_cov, dl_cov_se = _mcse(cd + np.einsum("csjd,csje->csjde", ddev, ddev))
         np.testing.assert_array_less(np.abs(dl_mean - ws_mean), SIGMAS * np.hypot(dl_mean_se, ws_mean_se))
         np.testing.assert_array_less(np.abs(dl_cov - ws_cov), SIGMAS * np.hypot(dl_cov_se, ws_cov_se))
         np.testing.assert_allclose(np.asarray(pm.covariance()), dl_cov, rtol=1e-8, atol=1e-12)
@@ -135,12 +139,12 @@ def test_label_dependent_cross_covariance(kind, dtype):
     rng = np.random.default_rng(5)
     X, Y = _labels(kind, rng)
     Xt = rng.normal(size=(LABEL_N0, 3))
-    data = RegressionData.linear(X, Y, dtype=dtype)
+    data = RegressionData.linear(X.T, Y.T, dtype=dtype)
     res = fit(data, ProportionalLimitPrior(1.0, 2, num_steps=16), noise_variance=0.09,
-              num_warmup=300, num_samples=500, num_chains=2, seed=3)
-    corr = np.asarray(res.predict(Xt).correlation())[:, 0, 1]
+              num_warmup=300, num_samples=500, num_chains=2, key=3)
+    corr = np.asarray(res.predict(Xt.T).correlation())[:, 0, 1]
     nngp = fit(data, NNGPPrior(2), noise_variance=0.09, num_samples=10, num_chains=1)
-    assert np.all(np.abs(np.asarray(nngp.predict(Xt).covariance())[:, 0, 1]) < 1e-5)
+    assert np.all(np.abs(np.asarray(nngp.predict(Xt.T).covariance())[:, 0, 1]) < 1e-5)
     q = res.draws("Q")
     q_corr = np.mean(q[:, 0, 1] / np.sqrt(q[:, 0, 0] * q[:, 1, 1]))
     if kind == "correlated":
@@ -155,23 +159,23 @@ def test_label_dependent_cross_covariance(kind, dtype):
 def test_arviz_summary_loo_compare_and_inferred_hyperparameters(dtype):
     rng = np.random.default_rng(8)
     X, Y = _labels("correlated", rng)
-    Xt, Yt = X[:, :5], Y[:, :5]
-    data = RegressionData.linear(X[:, 5:], Y[:, 5:], dtype=dtype)
+    Xt, Yt = X[:, :5].T, Y[:, :5].T
+    data = RegressionData.linear(X[:, 5:].T, Y[:, 5:].T, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short chains may trip the R-hat warning
         limit = fit(data, ProportionalLimitPrior(1.0, 2, num_steps=8), ratio=dist.LogNormal(0.0, 1.0),
                     lambda_star=dist.LogNormal(0.0, 0.5), noise_variance=dist.HalfNormal(1.0),
-                    num_warmup=200, num_samples=200, num_chains=2, seed=4)
+                    num_warmup=200, num_samples=200, num_chains=2, key=4)
         finite = fit(data, FiniteWidthPrior.from_depth_width(2, 4, 2), noise_variance=dist.HalfNormal(1.0),
-                     num_warmup=200, num_samples=200, num_chains=2, seed=4)
+                     num_warmup=200, num_samples=200, num_chains=2, key=4)
         nngp = fit(data, NNGPPrior(2), noise_variance=dist.HalfNormal(1.0),
-                   num_warmup=200, num_samples=200, num_chains=2, seed=4)
+                   num_warmup=200, num_samples=200, num_chains=2, key=jax.random.key(4))
     dt = limit.datatree
     post = dt["posterior"]
     assert post["Q"].dims == ("chain", "draw", "output", "output_bis")
     assert post["brownian_diag"].dims == ("chain", "draw", "step", "output")
     assert finite.datatree["posterior"]["bartlett_diag"].dims == ("chain", "draw", "layer", "output")
-    assert dt["observed_data"]["Y"].dims == ("output", "obs")
+    assert dt["observed_data"]["Y"].dims == ("obs", "output")
     assert dt["log_likelihood"]["Y"].dims == ("chain", "draw", "obs")
     assert "diverging" in dt["sample_stats"]
     for v in ("ratio", "lambda_star", "noise_variance"):
@@ -195,7 +199,7 @@ def test_exact_nngp_fit_and_loo():
     with jax.enable_x64(True):
         rng = np.random.default_rng(9)
         X, Y = _labels("independent", rng)
-        res = fit(RegressionData.linear(X, Y), NNGPPrior(2), noise_variance=0.1, num_samples=20, num_chains=2)
+        res = fit(RegressionData.linear(X.T, Y.T), NNGPPrior(2), noise_variance=0.1, num_samples=20, num_chains=2)
         assert res.mcmc is None
         q = res.datatree["posterior"]["Q"].values
         assert q.shape == (2, 20, 2, 2) and np.all(q == np.eye(2))
@@ -207,21 +211,23 @@ def test_exact_nngp_fit_and_loo():
 def test_same_seed_same_draws():
     rng = np.random.default_rng(10)
     X, Y = _labels("correlated", rng)
-    data = RegressionData.linear(X, Y)
-    kw = dict(noise_variance=0.1, num_warmup=50, num_samples=50, num_chains=1, seed=11)
-    a = fit(data, ProportionalLimitPrior(0.5, 2, num_steps=8), **kw)
-    b = fit(data, ProportionalLimitPrior(0.5, 2, num_steps=8), **kw)
-    np.testing.assert_array_equal(a.draws("Q"), b.draws("Q"))
+    data = RegressionData.linear(X.T, Y.T)
+    kw = dict(noise_variance=0.1, num_warmup=50, num_samples=50, num_chains=1)
+    a = fit(data, ProportionalLimitPrior(0.5, 2, num_steps=8), key=11, **kw)
+    b = fit(data, ProportionalLimitPrior(0.5, 2, num_steps=8), key=jax.random.key(11), **kw)
+    c = fit(data, ProportionalLimitPrior(0.5, 2, num_steps=8), key=12, **kw)
+    np.testing.assert_array_equal(a.draws("Q"), b.draws("Q"))  # an integer seed is jax.random.key(seed)
+    assert not np.array_equal(a.draws("Q"), c.draws("Q"))
 
 
 def test_divergences_warn():
     """A sampler forced into divergences (tiny tree depth, absurd target) says so."""
     rng = np.random.default_rng(12)
     X, Y = _labels("correlated", rng)
-    data = RegressionData.linear(X, 100 * Y)
-    with pytest.warns(Warning, match="diverged|R-hat"):
+    data = RegressionData.linear(X.T, 100 * Y.T)
+    with pytest.warns(ConvergenceWarning, match="diverged|R-hat"):
         fit(data, ProportionalLimitPrior(3.0, 2, num_steps=8), noise_variance=1e-4, num_warmup=20,
-            num_samples=50, num_chains=2, max_tree_depth=2, seed=0)
+            num_samples=50, num_chains=2, max_tree_depth=2, key=0)
 
 
 def test_arviz_imported_before_numpyro_does_not_break_nuts():
@@ -232,7 +238,7 @@ def test_arviz_imported_before_numpyro_does_not_break_nuts():
 
     code = (
         "import arviz_base, numpyro.distributions, numpy as np, deeplinear as dl\n"
-        "data = dl.RegressionData.linear(np.eye(2, 6), np.ones((1, 6)))\n"
+        "data = dl.RegressionData.linear(np.eye(6, 2), np.ones((6, 1)))\n"
         "r = dl.fit(data, dl.FiniteWidthPrior((3, 3), 1), num_warmup=5, num_samples=5, num_chains=1,"
         " log_likelihood=False)\n"
         "print(r.draws('Q').shape)"

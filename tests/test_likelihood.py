@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from deeplinear import KroneckerNormal, RegressionData, loo_log_likelihood
+from deeplinear import KroneckerNormal, RegressionData
+from deeplinear.likelihood import loo_log_likelihood, loo_log_likelihood_draws
 
 SEED = 20261122
 GOF_SAMPLES = 4000  # draws for the chi-square goodness-of-fit of sample vs log_prob
@@ -17,16 +18,18 @@ COV_SIGMAS = 5.0
 
 
 def _problem(D, P, N0, seed=0):
+    """Inputs ``(P, N0)`` and labels ``(P, D)`` (rows are observations), and a PD ``Q``."""
     rng = np.random.default_rng(seed)
-    X = rng.normal(size=(N0, P))
-    Y = rng.normal(size=(D, P))
+    X = rng.normal(size=(N0, P)).T
+    Y = rng.normal(size=(D, P)).T
     A = rng.normal(size=(D, D))
     Q = A @ A.T + 0.2 * np.eye(D)
     return X, Y, Q
 
 
 def _dense_cov(Q, K, lam, noise):
-    return lam * np.kron(Q, K) + noise * np.eye(Q.shape[0] * K.shape[0])
+    """Covariance of ``Y.reshape(-1)`` for ``Y`` ``(P, D)``: lambda K (x) Q + sigma^2 I."""
+    return lam * np.kron(K, Q) + noise * np.eye(Q.shape[0] * K.shape[0])
 
 
 @pytest.mark.parametrize("D,P,N0", [(1, 7, 3), (2, 9, 4), (3, 12, 5), (2, 5, 8)])
@@ -34,7 +37,7 @@ def _dense_cov(Q, K, lam, noise):
 def test_log_prob_equals_dense_mvn(D, P, N0, kernel):
     with jax.enable_x64(True):
         X, Y, Q = _problem(D, P, N0)
-        K = X.T @ X / N0
+        K = X @ X.T / N0
         data = RegressionData.linear(X, Y) if kernel == "linear" else RegressionData.from_gram(K, Y)
         assert data.basis.rank == min(N0, P)
         lam, noise = 1.7, 0.3
@@ -42,7 +45,7 @@ def test_log_prob_equals_dense_mvn(D, P, N0, kernel):
         d = KroneckerNormal(jnp.asarray(Q), lam, noise, data)
         np.testing.assert_allclose(float(d.log_prob(data.labels)), ref, rtol=1e-12, atol=1e-10)
         # any other value goes through the rotation
-        Y2 = np.random.default_rng(1).normal(size=(D, P))
+        Y2 = np.random.default_rng(1).normal(size=(P, D))
         ref2 = stats.multivariate_normal(np.zeros(D * P), _dense_cov(Q, K, lam, noise)).logpdf(Y2.reshape(-1))
         np.testing.assert_allclose(float(d.log_prob(jnp.asarray(Y2))), ref2, rtol=1e-12, atol=1e-10)
 
@@ -51,9 +54,9 @@ def test_interpolation_log_prob():
     """sigma^2 = 0 with an invertible K (P <= N0)."""
     with jax.enable_x64(True):
         X, Y, Q = _problem(2, 4, 6)
-        K = X.T @ X / 6
+        K = X @ X.T / 6
         data = RegressionData.linear(X, Y)
-        ref = stats.multivariate_normal(np.zeros(8), np.kron(Q, K) * 0.8).logpdf(Y.reshape(-1))
+        ref = stats.multivariate_normal(np.zeros(8), np.kron(K, Q) * 0.8).logpdf(Y.reshape(-1))
         d = KroneckerNormal(jnp.asarray(Q), 0.8, 0.0, data)
         np.testing.assert_allclose(float(d.log_prob(data.labels)), ref, rtol=1e-10)
 
@@ -85,8 +88,8 @@ def test_sample_and_log_prob_agree(dtype):
     data = RegressionData.linear(X, Y, dtype=dtype)
     d = KroneckerNormal(jnp.asarray(Q, dtype), 1.3, 0.4, data)
     x = d.sample(jax.random.key(SEED), (GOF_SAMPLES,))
-    assert x.shape == (GOF_SAMPLES, D, P) and x.dtype == dtype
-    stat = -2 * (d.log_prob(x) - d.log_prob(jnp.zeros((D, P), dtype)))
+    assert x.shape == (GOF_SAMPLES, P, D) and x.dtype == dtype
+    stat = -2 * (d.log_prob(x) - d.log_prob(jnp.zeros((P, D), dtype)))
     res = stats.kstest(np.asarray(stat, np.float64), stats.chi2(D * P).cdf)
     assert res.pvalue > KS_ALPHA, res
 
@@ -95,7 +98,7 @@ def test_sample_covariance_matches_kronecker():
     with jax.enable_x64(True):
         D, P, N0 = 2, 4, 3
         X, Y, Q = _problem(D, P, N0, seed=4)
-        K = X.T @ X / N0
+        K = X @ X.T / N0
         lam, noise = 0.7, 0.2
         data = RegressionData.linear(X, Y)
         x = np.asarray(KroneckerNormal(jnp.asarray(Q), lam, noise, data).sample(jax.random.key(SEED), (COV_SAMPLES,)))
@@ -109,21 +112,21 @@ def test_sample_covariance_matches_kronecker():
 
 @pytest.mark.parametrize("D,P,N0,noise", [(1, 6, 2, 0.5), (2, 7, 3, 0.3), (3, 5, 7, 0.0), (2, 6, 9, 0.2)])
 def test_loo_equals_dense_conditioning(D, P, N0, noise):
-    """log p(y_{.i} | Y_{.,-i}) by conditioning the dense Gaussian (scipy), every input i."""
+    """log p(y_i | Y_-i) by conditioning the dense Gaussian (scipy), every input (row) i."""
     with jax.enable_x64(True):
         X, Y, Q = _problem(D, P, N0, seed=5)
-        K = X.T @ X / N0
+        K = X @ X.T / N0
         lam = 1.1
         S = _dense_cov(Q, K, lam, noise)
         y = Y.reshape(-1)
         ref = []
         for i in range(P):
-            idx = [r * P + i for r in range(D)]
+            idx = [i * D + r for r in range(D)]
             rest = [j for j in range(D * P) if j not in idx]
             A = np.linalg.solve(S[np.ix_(rest, rest)], S[np.ix_(rest, idx)])
             mu = A.T @ y[rest]
             cov = S[np.ix_(idx, idx)] - S[np.ix_(idx, rest)] @ A
-            ref.append(stats.multivariate_normal(mu, cov).logpdf(Y[:, i]))
+            ref.append(stats.multivariate_normal(mu, cov).logpdf(Y[i]))
         data = RegressionData.linear(X, Y)
         got = loo_log_likelihood(jnp.asarray(Q), lam, noise, data)
         np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-9, atol=1e-9)
@@ -146,14 +149,14 @@ def test_many_inputs_cost_does_not_grow():
     with jax.enable_x64(True):
         rng = np.random.default_rng(7)
         P, N0, D = 200_000, 8, 2
-        X = rng.normal(size=(N0, P))
-        Y = rng.normal(size=(D, P))
+        X = rng.normal(size=(P, N0))
+        Y = rng.normal(size=(P, D))
         data = RegressionData.linear(X, Y)
-        assert data.rotated_labels.shape == (D, N0)
-        # independent route: K's nonzero eigenpairs from the N0 x N0 matrix X X^T / N0
-        w, v = np.linalg.eigh(X @ X.T / N0)
-        U = X.T @ v / np.sqrt(w * N0)
-        Yr = Y @ U
+        assert data.rotated_labels.shape == (N0, D)
+        # independent route: K's nonzero eigenpairs from the N0 x N0 matrix X^T X / N0
+        w, v = np.linalg.eigh(X.T @ X / N0)
+        U = X @ v / np.sqrt(w * N0)
+        Yr = (U.T @ Y).T
         null = np.sum(Y**2) - np.sum(Yr**2)
         q, lam, noise = np.array([[1.0, 0.3], [0.3, 0.5]]), 1.0, 0.7
         ref = -0.5 * (P - N0) * D * np.log(2 * np.pi * noise) - 0.5 * null / noise
@@ -172,3 +175,28 @@ def test_distribution_is_a_pytree_and_jits():
     assert d2.event_shape == d.event_shape
     grad = jax.grad(lambda q: KroneckerNormal(q, 1.0, 0.5, data).log_prob(data.labels))(jnp.asarray(Q, data.dtype))
     assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_labels_are_data_fast_path_is_explicit():
+    """The precomputed rotation is used only when declared, and only for data.labels."""
+    X, Y, Q = _problem(2, 6, 3)
+    data = RegressionData.linear(X, Y)
+    q = jnp.asarray(Q, data.dtype)
+    fast = KroneckerNormal(q, 1.0, 0.5, data, labels_are_data=True)
+    slow = KroneckerNormal(q, 1.0, 0.5, data)
+    copy = jnp.array(data.labels, copy=True)
+    np.testing.assert_allclose(float(fast.log_prob(copy)), float(slow.log_prob(copy)), rtol=1e-5)
+    with pytest.raises(ValueError, match="labels other than data.labels"):
+        fast.log_prob(copy + 1.0)
+
+
+def test_loo_draws_validate_hyperparameters():
+    X, Y, Q = _problem(2, 6, 3)
+    data = RegressionData.linear(X, Y)
+    q = jnp.asarray(np.stack([Q, Q]), data.dtype)
+    with pytest.raises(ValueError, match="noise_variance must be finite and >= 0"):
+        loo_log_likelihood_draws(q, 1.0, -0.5, data)
+    with pytest.raises(ValueError, match=r"q must have shape \(S, 2, 2\)"):
+        loo_log_likelihood_draws(q[0], 1.0, 0.5, data)
+    out = loo_log_likelihood_draws(q, 1.0, jnp.array([0.5, 0.5]), data)
+    np.testing.assert_allclose(np.asarray(out[0]), np.asarray(loo_log_likelihood(q[0], 1.0, 0.5, data)), rtol=1e-5)

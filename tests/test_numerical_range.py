@@ -17,7 +17,9 @@ import pytest
 from numpyro.infer.util import log_density
 
 import deeplinear as dl
-from deeplinear.likelihood import PrecisionWarning, warn_if_unresolvable_in_float32
+from deeplinear import PrecisionWarning
+from deeplinear._precision import warn_if_unresolvable_in_float32
+from deeplinear.likelihood import loo_log_likelihood_draws
 
 NUM_DRAWS = 10
 N0, P = 4, 20
@@ -34,8 +36,8 @@ def _latents(prior):
 def _evaluate(prior, latents, scale, noise, dtype):
     rng = np.random.default_rng(0)
     D = prior.num_outputs
-    X, Xt = rng.normal(size=(N0, P)), rng.normal(size=(N0, 2))
-    data = dl.RegressionData.linear(X, scale * rng.normal(size=(D, P)), dtype=dtype)
+    X, Xt = rng.normal(size=(N0, P)).T, rng.normal(size=(N0, 2)).T
+    data = dl.RegressionData.linear(X, scale * rng.normal(size=(D, P)).T, dtype=dtype)
     lat = {k: jnp.asarray(v, dtype) for k, v in latents.items()}
 
     def logp(latent):
@@ -44,13 +46,15 @@ def _evaluate(prior, latents, scale, noise, dtype):
     vbar = jax.vmap(prior.vbar_from_latents)(lat)
     q = vbar @ jnp.swapaxes(vbar, -1, -2)
     ones, noises = jnp.ones(NUM_DRAWS, dtype), jnp.full(NUM_DRAWS, noise, dtype)
-    pm = dl.PredictiveMixture(q, ones, noises, data, data.test_kernel(Xt))
+    pm = dl.PredictiveMixture(q, ones, noises, data, data.prediction_kernel(Xt))
     return {
         "logp": np.asarray(jax.vmap(logp)(lat), float),
-        "grad": np.concatenate([np.asarray(g, float).reshape(NUM_DRAWS, -1) for g in jax.vmap(jax.grad(logp))(lat).values()], 1),
+        "grad": np.concatenate(
+            [np.asarray(g, float).reshape(NUM_DRAWS, -1) for g in jax.vmap(jax.grad(logp))(lat).values()], 1
+        ),
         "mean": np.asarray(pm.mean, float),
         "cov": np.asarray(pm.covariance(), float),
-        "loo": np.asarray(dl.loo_log_likelihood_draws(q, ones, noises, data), float),
+        "loo": np.asarray(loo_log_likelihood_draws(q, ones, noises, data), float),
     }
 
 
@@ -74,7 +78,7 @@ def test_float32_beyond_resolution_warns_before_fitting():
     """Labels of scale 1e3 with sigma^2 = 1e-6: float32 cannot resolve the noise against the
     spread of Q's eigenvalues; fit says so (not for D = 1 or the NNGP, where Q has no spread)."""
     rng = np.random.default_rng(0)
-    X, Y = rng.normal(size=(N0, P)), 1e3 * rng.normal(size=(2, P))
+    X, Y = rng.normal(size=(N0, P)).T, 1e3 * rng.normal(size=(2, P)).T
     data32 = dl.RegressionData.linear(X, Y, dtype="float32")
     with pytest.warns(PrecisionWarning, match="float64"), warnings.catch_warnings():
         warnings.simplefilter("ignore", dl.ConvergenceWarning)  # five steps: not the point
@@ -86,22 +90,22 @@ def test_float32_beyond_resolution_warns_before_fitting():
         unit = dl.RegressionData.linear(X, Y / 1e3, dtype="float32")  # ratio 3.3e6
         dl.fit(unit, dl.NNGPPrior(2), noise_variance=1e-6, num_samples=5, num_warmup=5, num_chains=1,
                progress_bar=False)  # Q = I: predictions stay accurate
-        warn_if_unresolvable_in_float32(dl.RegressionData.linear(X, Y[:1] / 1e3, dtype="float32"), 1e-6)  # D = 1
-    with pytest.warns(PrecisionWarning):  # the same labels, Q random with D = 2: Q's spread matters
-        warn_if_unresolvable_in_float32(unit, 1e-6)
-        warn_if_unresolvable_in_float32(data32, 10.0)  # ratio 3.3e5: below the limit, no warning
-    with pytest.warns(PrecisionWarning, match="resolution of the predictive mean"):  # D = 1, ratio ~1e13
-        warn_if_unresolvable_in_float32(dl.RegressionData.linear(X, Y[:1], dtype="float32"), 1e-6)
+        warn_if_unresolvable_in_float32(dl.RegressionData.linear(X, Y[:, :1] / 1e3, dtype="float32"), 1e-6)  # D = 1
+        warn_if_unresolvable_in_float32(data32, 10.0)  # ratio 3.3e5: below the limit
         warn_if_unresolvable_in_float32(data32, dist.HalfNormal(1.0))  # a prior: not checkable
         with jax.enable_x64(True):
-            warn_if_unresolvable_in_float32(dl.RegressionData.linear(X, Y, dtype="float64"), 1e-6)
+            warn_if_unresolvable_in_float32(dl.RegressionData.linear(X, Y, dtype="float64"), 1e-6)  # float64
+    with pytest.warns(PrecisionWarning):  # the same labels, Q random with D = 2: Q's spread matters
+        warn_if_unresolvable_in_float32(unit, 1e-6)
+    with pytest.warns(PrecisionWarning, match="resolution of the predictive mean"):  # D = 1, ratio ~1e13
+        warn_if_unresolvable_in_float32(dl.RegressionData.linear(X, Y[:, :1], dtype="float32"), 1e-6)
 
 
 def test_fit_at_large_ratio_and_label_scale_is_finite(dtype):
     """NUTS at a = 8 on labels of scale 1e3 (lambda* matched to them): finite posterior and predictions."""
     rng = np.random.default_rng(0)
-    X, Xt = rng.normal(size=(3, 8)), rng.normal(size=(3, 2))
-    Y = 1e3 * rng.normal(size=(2, 8))
+    X, Xt = rng.normal(size=(3, 8)).T, rng.normal(size=(3, 2)).T
+    Y = 1e3 * rng.normal(size=(2, 8)).T
     data = dl.RegressionData.linear(X, Y, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dl.ConvergenceWarning)  # one short chain: R-hat is not the point
@@ -121,7 +125,7 @@ PRED_RTOL32 = 1e-4  # float32 predictions where Q has no spread; benchmark's D =
 
 @pytest.mark.parametrize(
     "prior",
-    [dl.ProportionalLimitPrior(0.5, 1, num_steps=64), dl.FiniteWidthPrior.from_depth_width(16, 8, 1), dl.NNGPPrior(2)],
+    [dl.ProportionalLimitPrior(0.5, 1), dl.FiniteWidthPrior.from_depth_width(16, 8, 1), dl.NNGPPrior(2)],
     ids=["limit D=1", "finite D=1", "NNGP D=2"],
 )
 def test_float32_predictions_without_cancellation(prior):
@@ -131,7 +135,7 @@ def test_float32_predictions_without_cancellation(prior):
     float64 to float32 rounding."""
     rng = np.random.default_rng(0)
     D = prior.num_outputs
-    X, Xt, Y = rng.normal(size=(N0, P)), rng.normal(size=(N0, 2)), rng.normal(size=(D, P))
+    X, Xt, Y = rng.normal(size=(N0, P)).T, rng.normal(size=(N0, 2)).T, rng.normal(size=(D, P)).T
     if isinstance(prior, dl.NNGPPrior):
         q64 = np.broadcast_to(np.eye(D), (NUM_DRAWS, D, D))
     else:
@@ -142,8 +146,8 @@ def test_float32_predictions_without_cancellation(prior):
         with jax.enable_x64(dtype == jnp.float64):
             data = dl.RegressionData.linear(X, Y, dtype=dtype)
             ones, noise = jnp.ones(NUM_DRAWS, dtype), jnp.full(NUM_DRAWS, 1e-6, dtype)
-            pm = dl.PredictiveMixture(jnp.asarray(q64, dtype), ones, noise, data, data.test_kernel(Xt))
+            pm = dl.PredictiveMixture(jnp.asarray(q64, dtype), ones, noise, data, data.prediction_kernel(Xt))
             out[dtype] = [np.asarray(pm.mean, float), np.asarray(pm.covariance(), float),
-                          np.asarray(dl.loo_log_likelihood_draws(jnp.asarray(q64, dtype), ones, noise, data), float)]
+                          np.asarray(loo_log_likelihood_draws(jnp.asarray(q64, dtype), ones, noise, data), float)]
     for name, ref, low in zip(("mean", "cov", "loo"), out[jnp.float64], out[jnp.float32]):
         assert np.max(np.abs(low - ref)) / np.max(np.abs(ref)) < PRED_RTOL32, name

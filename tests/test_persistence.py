@@ -18,35 +18,42 @@ def _assert_same_tree(a, b):
         assert da.identical(db), g  # values, dims, coords and attributes
 
 
-@pytest.fixture
-def limit_fit(dtype):
+def _limit_fit():
     rng = np.random.default_rng(0)
-    data = dl.RegressionData.linear(rng.normal(size=(4, 9)), rng.normal(size=(2, 9)), dtype=dtype)
+    data = dl.RegressionData.linear(rng.normal(size=(9, 4)), rng.normal(size=(9, 2)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dl.ConvergenceWarning)
         return dl.fit(data, dl.ProportionalLimitPrior(1.0, 2, 8), ratio=dist.LogNormal(0.0, 1.0),
-                      noise_variance=0.3, num_warmup=30, num_samples=30, num_chains=2, seed=1)
+                      noise_variance=0.3, num_warmup=30, num_samples=30, num_chains=2, key=1)
+
+
+@pytest.fixture(scope="module", params=["float32", "float64"])
+def limit_fit(request):
+    """One fit per precision for the whole module (the x64 mode is entered again by each test)."""
+    with jax.enable_x64(request.param == "float64"):
+        yield _limit_fit()
 
 
 @pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto")  # 60 draws: PSIS k is high
 def test_round_trip_linear_kernel(limit_fit, tmp_path):
-    path = dl.save_fit(limit_fit, tmp_path / "fit.nc")
-    loaded = dl.load_fit(path)
-    _assert_same_tree(limit_fit.datatree, loaded.datatree)
-    assert repr(loaded.prior) == repr(limit_fit.prior)
-    assert loaded.data.dtype == limit_fit.data.dtype
-    Xt = np.random.default_rng(1).normal(size=(4, 3))
-    np.testing.assert_array_equal(np.asarray(loaded.predict(Xt).mean), np.asarray(limit_fit.predict(Xt).mean))
-    assert loaded.hyperparameters["noise_variance"] == 0.3
-    assert "LogNormal" in loaded.hyperparameters["ratio"]["prior"]
-    np.testing.assert_allclose(dl.loo(loaded).elpd, dl.loo(limit_fit).elpd)
+    with jax.enable_x64(limit_fit.data.dtype == np.float64):
+        path = dl.save_fit(limit_fit, tmp_path / "fit.nc")
+        loaded = dl.load_fit(path)
+        _assert_same_tree(limit_fit.datatree, loaded.datatree)
+        assert loaded.prior == limit_fit.prior and loaded.spec.to_dict() == limit_fit.spec.to_dict()
+        assert loaded.data.dtype == limit_fit.data.dtype
+        Xt = np.random.default_rng(1).normal(size=(3, 4))
+        np.testing.assert_array_equal(np.asarray(loaded.predict(Xt).mean), np.asarray(limit_fit.predict(Xt).mean))
+        assert loaded.spec.noise_variance == 0.3
+        assert isinstance(loaded.spec.ratio, dist.LogNormal) and float(loaded.spec.ratio.scale) == 1.0
+        np.testing.assert_allclose(dl.loo(loaded).elpd, dl.loo(limit_fit).elpd)
 
 
 def test_round_trip_gram_kernel_exact_nngp(tmp_path):
     with jax.enable_x64(True):
         rng = np.random.default_rng(2)
         F = rng.normal(size=(7, 3))
-        data = dl.RegressionData.from_gram(F @ F.T, rng.normal(size=(1, 7)))
+        data = dl.RegressionData.from_gram(F @ F.T, rng.normal(size=(1, 7)).T)
         fit = dl.fit(data, dl.NNGPPrior(1), noise_variance=0.5, num_samples=4, num_chains=1)
         loaded = dl.load_fit(dl.save_fit(fit, tmp_path / "nngp.nc"))
         _assert_same_tree(fit.datatree, loaded.datatree)
@@ -56,14 +63,20 @@ def test_round_trip_gram_kernel_exact_nngp(tmp_path):
         np.testing.assert_allclose(np.asarray(a.covariance()), np.asarray(b.covariance()), rtol=1e-12)
 
 
-def test_never_overwrites_without_asking(limit_fit, tmp_path):
+def test_never_overwrites_without_asking(tmp_path):
+    fit = _limit_fit()
     path = tmp_path / "fit.nc"
     path.write_text("precious")
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        dl.save_fit(limit_fit, path)
+        dl.save_fit(fit, path)
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        dl.save_fit(fit, path, overwrite="no")
     assert path.read_text() == "precious"
-    dl.save_fit(limit_fit, path, overwrite=True)
-    assert dl.load_fit(path).datatree["posterior"]["Q"].shape == limit_fit.datatree["posterior"]["Q"].shape
+    (tmp_path / "fit.nc.partial").write_text("mine")  # a user's file with the old temporary name
+    dl.save_fit(fit, path, overwrite=True)
+    assert dl.load_fit(path).datatree["posterior"]["Q"].shape == fit.datatree["posterior"]["Q"].shape
+    assert (tmp_path / "fit.nc.partial").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.nc", "fit.nc.partial"]  # no temporary left
 
 
 def test_load_rejects_other_files(tmp_path):
@@ -75,3 +88,14 @@ def test_load_rejects_other_files(tmp_path):
     xr.DataTree(xr.Dataset({"a": ("x", np.arange(3))})).to_netcdf(other, engine="h5netcdf")
     with pytest.raises(ValueError, match="not written by deeplinear"):
         dl.load_fit(other)
+
+
+def test_load_refuses_files_of_the_column_layout(tmp_path):
+    import xarray as xr
+
+    old = tmp_path / "old.nc"
+    tree = xr.DataTree(xr.Dataset({"a": ("x", np.arange(3))}))
+    tree.attrs["deeplinear_format"] = "deeplinear-fit/1"
+    tree.to_netcdf(old, engine="h5netcdf")
+    with pytest.raises(ValueError, match="older deeplinear .*refit and save again"):
+        dl.load_fit(old)

@@ -1,14 +1,17 @@
 """Predictive given Q against dense Gaussian conditioning, the NNGP against tinygp, the
 mixture's moments against its own samples, and the exact D = 1 references against
-independent importance sampling (plain NumPy draws from the prior)."""
+independent importance sampling (plain NumPy draws from the prior).
+
+The dense references are written in theory.md's column notation (``Xc`` is ``N0 x P``,
+``Yc`` is ``D x P``); the package is called with rows (``Xc.T``, ``Yc.T``)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special, stats
-from scipy.linalg import cho_factor, cho_solve
 from scipy.integrate import trapezoid
+from scipy.linalg import cho_factor, cho_solve
 
 from deeplinear import (
     FiniteWidthPrior,
@@ -16,11 +19,11 @@ from deeplinear import (
     PredictiveMixture,
     ProportionalLimitPrior,
     RegressionData,
-    conditional_predictive,
     exact_posterior_d1,
     fit,
 )
 from deeplinear.exact import log_product_density
+from deeplinear.predictive import conditional_predictive
 
 SEED = 7
 MIX_SAMPLES = 40_000  # draws from the predictive mixture
@@ -40,17 +43,17 @@ def _problem(D, P, N0, P_test=3, seed=0):
 @pytest.mark.parametrize("D,P,N0,noise", [(2, 8, 3, 0.3), (3, 5, 6, 0.1), (2, 4, 6, 0.0)])
 def test_conditional_predictive_equals_dense_conditioning(D, P, N0, noise):
     with jax.enable_x64(True):
-        X, Xt, Y, Q = _problem(D, P, N0)
+        X, Xt, Y, Q = _problem(D, P, N0)  # columns
         lam = 1.4
         K, Ks, Kss = X.T @ X / N0, X.T @ Xt / N0, Xt.T @ Xt / N0
         S = lam * np.kron(Q, K) + noise * np.eye(D * P)
         Sx = lam * np.kron(Q, Ks)  # cov(vec Y, vec f*)  (output-major)
         mean_ref = (Sx.T @ np.linalg.solve(S, Y.reshape(-1))).reshape(D, -1)
         cov_ref = lam * np.kron(Q, Kss) - Sx.T @ np.linalg.solve(S, Sx)
-        data = RegressionData.linear(X, Y)
-        test = data.test_kernel(Xt)
+        data = RegressionData.linear(X.T, Y.T)
+        test = data.prediction_kernel(Xt.T)
         mean, cov = conditional_predictive(jnp.asarray(Q), lam, noise, data, test, joint=True)
-        np.testing.assert_allclose(mean, mean_ref, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(mean, mean_ref.T, rtol=1e-9, atol=1e-10)
         P_t = Xt.shape[1]
         joint = np.transpose(np.asarray(cov), (1, 0, 3, 2)).reshape(D * P_t, D * P_t)
         np.testing.assert_allclose(joint, cov_ref, rtol=1e-8, atol=1e-10)
@@ -62,10 +65,10 @@ def test_conditional_predictive_equals_dense_conditioning(D, P, N0, noise):
 def test_gram_route_equals_linear_route():
     with jax.enable_x64(True):
         X, Xt, Y, Q = _problem(2, 9, 3)
-        a = RegressionData.linear(X, Y)
-        b = RegressionData.from_gram(X.T @ X / 3, Y)
-        ta = a.test_kernel(Xt)
-        tb = b.test_kernel(cross_gram=X.T @ Xt / 3, test_gram=Xt.T @ Xt / 3)
+        a = RegressionData.linear(X.T, Y.T)
+        b = RegressionData.from_gram(X.T @ X / 3, Y.T)
+        ta = a.prediction_kernel(Xt.T)
+        tb = b.prediction_kernel(cross_gram=X.T @ Xt / 3, test_gram=Xt.T @ Xt / 3)
         ma, ca = conditional_predictive(jnp.asarray(Q), 1.0, 0.2, a, ta)
         mb, cb = conditional_predictive(jnp.asarray(Q), 1.0, 0.2, b, tb)
         np.testing.assert_allclose(ma, mb, rtol=1e-9, atol=1e-12)
@@ -79,9 +82,9 @@ def test_nngp_equals_tinygp_regression():
         D, P, N0 = 2, 10, 4
         X, Xt, Y, _ = _problem(D, P, N0, P_test=4)
         lam, noise = 1.8, 0.25
-        data = RegressionData.linear(X, Y)
+        data = RegressionData.linear(X.T, Y.T)
         result = fit(data, NNGPPrior(D), lambda_star=lam, noise_variance=noise, num_samples=5, num_chains=1)
-        pm = result.predict(Xt)
+        pm = result.predict(Xt.T)
         kernel = (lam / N0) * tinygp.kernels.DotProduct()
         # scipy GP regression (Cholesky of lambda* K + sigma^2 I) as the round-off reference
         K, Ks, Kss = X.T @ X / N0, X.T @ Xt / N0, Xt.T @ Xt / N0
@@ -90,8 +93,8 @@ def test_nngp_equals_tinygp_regression():
         for d in range(D):
             gp = tinygp.GaussianProcess(kernel, jnp.asarray(X.T), diag=noise)
             cond = gp.condition(jnp.asarray(Y[d]), jnp.asarray(Xt.T)).gp
-            np.testing.assert_allclose(pm.mean[d], cond.loc, rtol=1e-10, atol=1e-12)
-            np.testing.assert_allclose(pm.mean[d], lam * Ks.T @ cho_solve(cho, Y[d]), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(pm.mean[:, d], cond.loc, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(pm.mean[:, d], lam * Ks.T @ cho_solve(cho, Y[d]), rtol=1e-10, atol=1e-12)
             joint = np.asarray(pm.joint_covariance())[:, d, :, d]
             np.testing.assert_allclose(joint, cov_ref, rtol=1e-10, atol=1e-13)
             # tinygp's conditioned covariance itself differs from the dense scipy one by ~1e-8
@@ -103,17 +106,18 @@ def test_nngp_equals_tinygp_regression():
 def test_mixture_moments_match_its_samples(dtype):
     """E[Sigma*] + Cov(m*) (closed form over draws) against joint samples from the mixture."""
     X, Xt, Y, _ = _problem(2, 6, 3, P_test=2, seed=2)
-    data = RegressionData.linear(X, Y, dtype=dtype)
+    data = RegressionData.linear(X.T, Y.T, dtype=dtype)
     prior = ProportionalLimitPrior(1.0, 2, num_steps=16)
     q = prior.sample_q(jax.random.key(SEED), (50,), dtype)
-    pm = PredictiveMixture(q, 1.0, 0.3, data, data.test_kernel(Xt))
-    f = np.asarray(pm.sample(jax.random.key(SEED + 1), MIX_SAMPLES), np.float64)  # (n, D, P*)
+    pm = PredictiveMixture(q, 1.0, 0.3, data, data.prediction_kernel(Xt.T))
+    f = np.asarray(pm.sample(jax.random.key(SEED + 1), MIX_SAMPLES), np.float64)  # (n, P*, D)
+    assert f.shape == (MIX_SAMPLES, 2, 2)
     mean, cov = np.asarray(pm.mean, np.float64), np.asarray(pm.covariance(), np.float64)
     emp_mean = f.mean(0)
-    sd = np.sqrt(np.einsum("jdd->dj", cov))
+    sd = np.sqrt(np.einsum("jdd->jd", cov))
     assert np.all(np.abs(emp_mean - mean) < SIGMAS * sd / np.sqrt(MIX_SAMPLES))
     dev = f - mean
-    prods = np.einsum("ndj,nej->njde", dev, dev)
+    prods = np.einsum("njd,nje->njde", dev, dev)
     emp_cov, se_cov = prods.mean(0), prods.std(0) / np.sqrt(MIX_SAMPLES)
     assert np.all(np.abs(emp_cov - cov) < SIGMAS * se_cov + 1e-6)
     joint = np.asarray(pm.joint_covariance(), np.float64)
@@ -126,17 +130,17 @@ def test_log_predictive_density_nngp_equals_scipy():
         X, Xt, Y, _ = _problem(2, 8, 3, P_test=3, seed=3)
         Yt = np.random.default_rng(9).normal(size=(2, 3))
         lam, noise = 1.0, 0.5
-        data = RegressionData.linear(X, Y)
-        pm = PredictiveMixture(jnp.eye(2)[None], lam, noise, data, data.test_kernel(Xt))
+        data = RegressionData.linear(X.T, Y.T)
+        pm = PredictiveMixture(jnp.eye(2)[None], lam, noise, data, data.prediction_kernel(Xt.T))
         K, Ks, Kss = X.T @ X / 3, X.T @ Xt / 3, Xt.T @ Xt / 3
         A = np.linalg.solve(lam * K + noise * np.eye(8), lam * Ks)
         cov = lam * Kss - lam * Ks.T @ A + noise * np.eye(3)
         ref = sum(stats.multivariate_normal(A.T @ Y[d], cov).logpdf(Yt[d]) for d in range(2))
-        np.testing.assert_allclose(float(pm.log_predictive_density(Yt, joint=True)), ref, rtol=1e-10)
+        np.testing.assert_allclose(float(pm.log_predictive_density(Yt.T, joint=True)), ref, rtol=1e-10)
         ref_pw = sum(
             stats.norm(A.T[j] @ Y[d], np.sqrt(cov[j, j])).logpdf(Yt[d, j]) for d in range(2) for j in range(3)
         )
-        np.testing.assert_allclose(float(pm.log_predictive_density(Yt)), ref_pw, rtol=1e-10)
+        np.testing.assert_allclose(float(pm.log_predictive_density(Yt.T)), ref_pw, rtol=1e-10)
 
 
 # ---------------------------------------------------------------- exact D = 1 references
@@ -168,8 +172,8 @@ def test_exact_d1_against_importance_sampling(prior, draw):
         X, Xt = rng.normal(size=(3, 10)), rng.normal(size=(3, 2))
         Y = 1.5 * rng.normal(size=(1, 10))
         lam, noise = 1.3, 0.4
-        data = RegressionData.linear(X, Y)
-        ex = exact_posterior_d1(data, prior, lambda_star=lam, noise_variance=noise, X_test=Xt)
+        data = RegressionData.linear(X.T, Y.T)
+        ex = exact_posterior_d1(data, prior, lambda_star=lam, noise_variance=noise, X_test=Xt.T)
         s = draw(rng, IS_SAMPLES)
         K = X.T @ X / 3
         w_, v_ = np.linalg.eigh(K)
@@ -193,7 +197,7 @@ def test_exact_nngp_evidence_is_scipy_mvn():
     with jax.enable_x64(True):
         rng = np.random.default_rng(12)
         X, Y = rng.normal(size=(3, 7)), rng.normal(size=(1, 7))
-        data = RegressionData.linear(X, Y)
+        data = RegressionData.linear(X.T, Y.T)
         ex = exact_posterior_d1(data, NNGPPrior(1), lambda_star=0.9, noise_variance=0.3)
         ref = stats.multivariate_normal(np.zeros(7), 0.9 * X.T @ X / 3 + 0.3 * np.eye(7)).logpdf(Y[0])
         np.testing.assert_allclose(ex.log_evidence, ref, rtol=1e-12)

@@ -19,7 +19,7 @@ Z = 5.0  # sigma bound for every MC comparison
 KS_ALPHA = 1e-3  # two-sample / one-sample KS rejection level
 N_NETWORKS = 200_000  # brute-force networks per configuration
 N_PRIOR = 200_000  # Bartlett / limit draws per configuration
-X_SMALL = np.array([[1.0, 0.5, -0.3], [0.0, 1.0, 0.8], [0.3, 0.2, -1.0]])  # N0 = 3, P = 3
+X_SMALL = np.array([[1.0, 0.5, -0.3], [0.0, 1.0, 0.8], [0.3, 0.2, -1.0]])  # P = 3 inputs (rows), N0 = 3
 
 NETWORK_CASES = [
     pytest.param(1, (4, 4, 4), id="D1-equal"),
@@ -32,24 +32,28 @@ NETWORK_CASES = [
 
 
 def _assert_moments(f, widths, D, label):
-    """Second and fourth moment tensors of f (n, D, P) against the closed forms."""
-    n, _, P = f.shape
-    x = np.asarray(f, np.float64).reshape(n, D * P)
+    """Second and fourth moment tensors of f (n, P, D) against the closed forms."""
+    n, P, _ = f.shape
+    x = np.asarray(f, np.float64).reshape(n, P * D)  # flat index p * D + i
+
+    def at(i, p):
+        return p * D + i
+
     K = mom.linear_kernel(X_SMALL)
-    second = mom.output_covariance(np.eye(D), K).reshape(D * P, D * P)
+    second = mom.output_covariance(np.eye(D), K).reshape(P * D, P * D)
     m2, se2 = mc_mean_and_se(x[:, :, None] * x[:, None, :])
     assert np.all(np.abs(m2 - second) <= Z * se2 + 1e-12), f"{label}: second moments"
-    fourth = mom.output_fourth_moments(mom.finite_q_second_moments(widths, D), K).reshape((D * P,) * 4)
-    # Entries chosen a priori (flat index i*P + p). Testing all ~100 entries at once takes
-    # the max of heavy-tailed z-scores (8th moments of f), whose SE is itself noisy.
-    last = (D - 1) * P
+    fourth = mom.output_fourth_moments(mom.finite_q_second_moments(widths, D), K).reshape((P * D,) * 4)
+    # Entries chosen a priori. Testing all ~100 entries at once takes the max of heavy-tailed
+    # z-scores (8th moments of f), whose SE is itself noisy.
+    last = D - 1
     entries = {
-        "f1(x1)^4": (0, 0, 0, 0),
-        "f1(x1)^2 f1(x2)^2 (cross-input)": (0, 0, 1, 1),
-        "f1(x1)^3 f1(x3) (cross-input)": (0, 0, 0, 2),
-        "f1(x1)^2 fD(x1)^2 (cross-output)": (0, 0, last, last),
-        "f1(x1) f1(x2) fD(x1) fD(x2) (cross-output)": (0, 1, last, last + 1),
-        "fD(x3)^4": (last + 2,) * 4,
+        "f1(x1)^4": (at(0, 0),) * 4,
+        "f1(x1)^2 f1(x2)^2 (cross-input)": (at(0, 0), at(0, 0), at(0, 1), at(0, 1)),
+        "f1(x1)^3 f1(x3) (cross-input)": (at(0, 0), at(0, 0), at(0, 0), at(0, 2)),
+        "f1(x1)^2 fD(x1)^2 (cross-output)": (at(0, 0), at(0, 0), at(last, 0), at(last, 0)),
+        "f1(x1) f1(x2) fD(x1) fD(x2) (cross-output)": (at(0, 0), at(0, 1), at(last, 0), at(last, 1)),
+        "fD(x3)^4": (at(last, 2),) * 4,
     }
     for name, (a, b, c, d) in entries.items():
         m4, se4 = mc_mean_and_se(x[:, a] * x[:, b] * x[:, c] * x[:, d])
@@ -62,21 +66,20 @@ def test_bartlett_prior_matches_brute_force_networks(D, widths, dtype):
     f_net = sample_network_outputs(jax.random.key(1), X, widths, D, N_NETWORKS, dtype=dtype)
     f_bar = FiniteWidthPrior(widths, D).sample_outputs(jax.random.key(2), X, N_PRIOR, dtype=dtype)
     assert f_net.dtype == dtype and f_bar.dtype == dtype
-    assert f_bar.shape == (N_PRIOR, D, X.shape[1])
+    assert f_bar.shape == (N_PRIOR, X.shape[0], D)
     # Both routes against the exact moments (second, fourth, cross-output, cross-input).
     _assert_moments(f_net, widths, D, "network")
     _assert_moments(f_bar, widths, D, "bartlett")
     # Direct two-sample comparisons of the laws, on the first and last coordinates.
     for i, p in [(0, 0), (D - 1, 2)]:
-        ks = st.ks_2samp(np.asarray(f_net[:, i, p]), np.asarray(f_bar[:, i, p]))
+        ks = st.ks_2samp(np.asarray(f_net[:, p, i]), np.asarray(f_bar[:, p, i]))
         assert ks.pvalue > KS_ALPHA, f"KS f[{i},{p}]: p = {ks.pvalue}"
 
 
 def test_fourth_moment_shows_non_gaussianity():
     # E f^4 / (E f^2)^2 = 3 E[Q_11^2] > 3: the prior is a genuine mixture.
     q2 = mom.finite_q_second_moments((4, 4, 4), 1)
-    assert q2.alpha == pytest.approx((1 + 2 / 4) ** 3)
-    assert 3 * q2.alpha > 3.0
+    assert q2.alpha == pytest.approx((1 + 2 / 4) ** 3)  # > 1: excess kurtosis 3 (alpha - 1) > 0
 
 
 def test_closed_form_q_moments_match_exact_tensor_recursion():
@@ -283,7 +286,34 @@ def test_fast_gamma_sampler_is_exact(alpha, dtype):
 
 def test_fast_gamma_fallback_path_is_exact():
     # alpha = 1 rejects ~5%: a 10^4 array overflows the 64 + n/64 buffer, forcing the fallback.
-    from deeplinear._random import standard_gamma
+    from deeplinear._random import standard_gamma_with_info
 
-    x = standard_gamma(jax.random.key(13), 1.0, (10_000,), jnp.float32)
+    x, num_rejected, buffer_size = standard_gamma_with_info(jax.random.key(13), 1.0, (10_000,), jnp.float32)
+    assert int(num_rejected) > buffer_size  # the whole-array fallback loop ran
     assert st.kstest(np.asarray(x, np.float64), st.gamma(1.0).cdf).pvalue > KS_ALPHA
+
+
+def test_priors_compare_replace_and_stay_immutable():
+    import dataclasses
+
+    assert ProportionalLimitPrior(1.0, 2) == ProportionalLimitPrior(1.0, 2)
+    assert ProportionalLimitPrior(1.0, 2) != ProportionalLimitPrior(2.0, 2)
+    assert hash(ProportionalLimitPrior(1.0, 2)) == hash(ProportionalLimitPrior(1.0, 2))
+    assert ProportionalLimitPrior(1.0, 1).num_steps == 1  # D = 1: exact with one step
+    assert FiniteWidthPrior((3, 4), 2) == FiniteWidthPrior([3, 4], 2)
+    assert NNGPPrior(2).replace(num_outputs=3) == NNGPPrior(3)
+    with pytest.raises(ValueError, match="widths\\[0\\] = 1 is smaller than num_outputs = 2"):
+        FiniteWidthPrior((4,), 1).replace(widths=(1,), num_outputs=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ProportionalLimitPrior(1.0, 2).ratio = 3.0
+
+
+def test_bartlett_law_is_defined_once():
+    """The NumPyro site and the fast sampler read the Gamma law from one function."""
+    from deeplinear.priors import bartlett_diag_gamma
+
+    prior = FiniteWidthPrior((3, 9), 2)
+    site = prior.latent_distributions(jnp.float32)["bartlett_diag"].base_dist
+    conc, rate = bartlett_diag_gamma(prior.widths, 2, jnp.float32)
+    np.testing.assert_array_equal(site.concentration, conc)
+    np.testing.assert_array_equal(site.rate, rate)

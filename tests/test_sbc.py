@@ -1,7 +1,8 @@
 """Simulation-based calibration in CI: one fast configuration, both precisions.
 
 A correct sampler gives uniform ranks; the test fails (at family-wise level 1 - PROB) when
-any test quantity's ranks leave the simultaneous ECDF band or fail the chi-square test.
+any test quantity's ranks leave the simultaneous ECDF band (the chi-square test is reported as
+a second opinion and not part of the verdict).
 The negative controls check that the uniformity test has power against the two classic
 failure shapes (an over-confident and a biased posterior).
 """
@@ -10,7 +11,8 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 
-from deeplinear import FiniteWidthPrior, RegressionData, SBCResult, simulation_based_calibration
+from deeplinear import FiniteWidthPrior, RegressionData, simulation_based_calibration
+from deeplinear.sbc import SBCResult
 
 NUM_SIMULATIONS = 100
 NUM_WARMUP, NUM_SAMPLES, THIN = 200, 400, 4  # M = 100 ranked draws per simulation
@@ -19,8 +21,8 @@ N0, P = 2, 5
 
 
 def test_sbc_finite_width_with_inferred_noise(dtype):
-    X = np.random.default_rng(3).normal(size=(N0, P))
-    data = RegressionData.linear(X, np.zeros((1, P)), dtype=dtype)
+    X = np.random.default_rng(3).normal(size=(N0, P)).T
+    data = RegressionData.linear(X, np.zeros((P, 1)), dtype=dtype)
     res = simulation_based_calibration(
         data,
         FiniteWidthPrior.from_depth_width(2, 4, 1),
@@ -29,7 +31,7 @@ def test_sbc_finite_width_with_inferred_noise(dtype):
         num_warmup=NUM_WARMUP,
         num_samples=NUM_SAMPLES,
         thin=THIN,
-        seed=0,
+        key=0,
         progress_bar=False,
     )
     assert list(res.ranks) == ["Q[0,0]", "noise_variance", "log_likelihood"]
@@ -40,9 +42,9 @@ def test_sbc_finite_width_with_inferred_noise(dtype):
 
 
 def test_sbc_same_seed_same_ranks():
-    X = np.random.default_rng(3).normal(size=(N0, P))
-    data = RegressionData.linear(X, np.zeros((1, P)))
-    kw = dict(num_simulations=6, num_warmup=30, num_samples=20, thin=2, seed=5, progress_bar=False)
+    X = np.random.default_rng(3).normal(size=(N0, P)).T
+    data = RegressionData.linear(X, np.zeros((P, 1)))
+    kw = dict(num_simulations=6, num_warmup=30, num_samples=20, thin=2, key=5, progress_bar=False)
     prior = FiniteWidthPrior.from_depth_width(2, 4, 1)
     a = simulation_based_calibration(data, prior, **kw)
     b = simulation_based_calibration(data, prior, **kw, batch_size=4)  # batching must not change anything

@@ -28,13 +28,13 @@ from typing import NamedTuple
 import numpy as np
 import numpyro.distributions as dist
 
+from deeplinear.app.tables import Standardizer
 from deeplinear.comparison import ModelComparison, compare_models
 from deeplinear.data import RegressionData
 from deeplinear.datasets import LINNERUD_OUTPUTS, Dataset, linnerud
 from deeplinear.inference import ConvergenceWarning, fit
 from deeplinear.predictive import correlation_matrix
 from deeplinear.priors import NNGPPrior, ProportionalLimitPrior
-from deeplinear.app.tables import Standardizer
 
 __all__ = ["InferenceDemo", "correlation_table", "inference_demo"]
 

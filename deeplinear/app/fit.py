@@ -93,7 +93,9 @@ def model_spec(args, num_outputs: int):
             raise FileNotFoundError(f"--model: no such file: {args.model}")
         spec = ModelSpec.from_json(args.model.read_text())
         if spec.num_outputs != num_outputs:
-            raise ValueError(f"--model {args.model} has num_outputs = {spec.num_outputs}, but --outputs names {num_outputs}")
+            raise ValueError(
+                f"--model {args.model} has num_outputs = {spec.num_outputs}, but --outputs names {num_outputs}"
+            )
         return spec
     if args.prior == "finite":
         if args.depth is None or args.width is None:
@@ -105,8 +107,10 @@ def model_spec(args, num_outputs: int):
         prior = {"kind": "nngp"}
     prior["num_outputs"] = num_outputs
     noise = {"distribution": "HalfNormal", "scale": 1.0} if args.noise is None else args.noise
-    ratio = {"distribution": "LogNormal", "loc": 0.0, "scale": 1.0} if args.infer_ratio and args.prior == "limit" else None
-    return ModelSpec.from_dict({"prior": prior, "lambda_star": args.lambda_star, "noise_variance": noise, "ratio": ratio})
+    infer_ratio = args.infer_ratio and args.prior == "limit"
+    ratio = {"distribution": "LogNormal", "loc": 0.0, "scale": 1.0} if infer_ratio else None
+    spec = {"prior": prior, "lambda_star": args.lambda_star, "noise_variance": noise, "ratio": ratio}
+    return ModelSpec.from_dict(spec)
 
 
 def _fit_one(args, prep, spec):

@@ -4,7 +4,8 @@ Files hold one row per observation, and so do the arrays: columns are chosen by 
 a header) or by index (NPY, or CSV when given integers); inputs become ``X`` (``(P, N0)``) and
 labels ``Y`` (``(P, D)``). :class:`Standardizer` z-scores the columns with training statistics
 (the linear kernel is not scale invariant) and maps predictions back:
-:math:`f = \mu + s \odot f_{\text{std}}`, :math:`\Sigma = \operatorname{diag}(s)\,\Sigma_{\text{std}}\,\operatorname{diag}(s)`.
+:math:`f = \mu + s \odot f_{\text{std}}`,
+:math:`\Sigma = \operatorname{diag}(s)\,\Sigma_{\text{std}}\,\operatorname{diag}(s)`.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Standardizer(NamedTuple):
         return cls(np.zeros(A.shape[1]), np.ones(A.shape[1]))
 
     def transform(self, A):
-        """:math:`(A - \mu)/s`, column by column."""
+        """(A - mean) / scale, column by column."""
         return (A - self.mean) / self.scale
 
     def inverse_mean(self, M):

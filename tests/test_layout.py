@@ -1,0 +1,88 @@
+"""The house: the library core apart from the application, no import cycles, a curated API,
+and the rows convention for data straight from pandas."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+
+import deeplinear as dl
+
+PACKAGE = Path(dl.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph():
+    """Module -> deeplinear modules it imports (at any depth of the file, lazy imports included)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            deps.update(t for t in targets if t in modules and t != name)
+        graph[name] = deps
+    return graph
+
+
+def test_core_never_imports_the_application():
+    graph = _import_graph()
+    offenders = {m: sorted(d for d in deps if d.startswith("deeplinear.app"))
+                 for m, deps in graph.items() if not m.startswith("deeplinear.app")}
+    assert not {m: d for m, d in offenders.items() if d}, offenders
+    assert "deeplinear.app.cli" in graph  # the walk sees the application
+
+
+def test_no_import_cycles():
+    graph = _import_graph()
+    # a package imports its own submodules by construction; ignore parent -> child edges
+    edges = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    state, cycles = {}, []
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in sorted(edges.get(m, ())):
+            if state.get(d) == "open":
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack + [d])
+        state[m] = "done"
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+
+
+def test_curated_public_api():
+    assert dl.__all__ == sorted(dl.__all__)
+    assert len(dl.__all__) <= 25
+    assert all(hasattr(dl, name) for name in dl.__all__)
+    for internal in ("network_forward", "loo_log_likelihood_draws", "KernelEigenbasis", "sample_q", "TestKernel"):
+        assert internal not in dl.__all__
+
+
+def test_data_straight_from_a_pandas_dataframe():
+    """One observation per row: DataFrame columns in, predictions (P*, D) out."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(12, 5)), columns=["x1", "x2", "x3", "y1", "y2"])
+    train, test = df.iloc[:9], df.iloc[9:]
+    data = dl.RegressionData.linear(train[["x1", "x2", "x3"]], train[["y1", "y2"]])
+    assert (data.num_obs, data.num_features, data.num_outputs) == (9, 3, 2)
+    np.testing.assert_allclose(np.asarray(data.labels), train[["y1", "y2"]].to_numpy(), rtol=1e-6)
+    fit = dl.fit(data, dl.NNGPPrior(2), noise_variance=0.5, num_samples=4, num_chains=1)  # exact: no MCMC
+    pred = fit.predict(test[["x1", "x2", "x3"]])
+    assert pred.mean.shape == (3, 2) and pred.covariance().shape == (3, 2, 2)
+    assert np.isfinite(float(pred.log_predictive_density(test[["y1", "y2"]])))
+    assert fit.datatree["observed_data"]["Y"].dims == ("obs", "output")
