@@ -55,7 +55,7 @@ def main():
         X = rng.normal(size=(N0, P))
         Y = rng.normal(size=(D, P))
         t = time.perf_counter()
-        data = dl.RegressionData.linear(X, Y)
+        data = dl.RegressionData.linear(X.T, Y.T)  # the package takes rows; X, Y here are theory.md's columns
         setup = time.perf_counter() - t
 
         @jax.jit

@@ -28,7 +28,9 @@ from _machine import describe
 from numpyro.infer.util import log_density
 
 import deeplinear as dl
-from deeplinear.likelihood import PrecisionWarning, warn_if_unresolvable_in_float32
+from deeplinear import PrecisionWarning
+from deeplinear._precision import warn_if_unresolvable_in_float32
+from deeplinear.likelihood import loo_log_likelihood_draws
 
 jax.config.update("jax_enable_x64", True)
 
@@ -51,8 +53,8 @@ def priors():
 def evaluate(prior, scale, noise, lam):
     rng = np.random.default_rng(0)
     D = prior.num_outputs
-    X, Xt = rng.normal(size=(N0, P)), rng.normal(size=(N0, P_TEST))
-    Y = scale * rng.normal(size=(D, P))
+    X, Xt = rng.normal(size=(N0, P)).T, rng.normal(size=(N0, P_TEST)).T  # rows are observations
+    Y = scale * rng.normal(size=(D, P)).T
     latents64 = prior.sample_latents(jax.random.key(1), (S,), dtype=jnp.float64)
     out, warned = {}, False
     for dtype in (jnp.float64, jnp.float32):
@@ -72,8 +74,8 @@ def evaluate(prior, scale, noise, lam):
         vbar = jax.vmap(prior.vbar_from_latents)(lat)
         q = vbar @ jnp.swapaxes(vbar, -1, -2)
         lams, noises = jnp.full(S, lam, dtype), jnp.full(S, noise, dtype)
-        pm = dl.PredictiveMixture(q, lams, noises, data, data.test_kernel(Xt))
-        loo = dl.loo_log_likelihood_draws(q, lams, noises, data)
+        pm = dl.PredictiveMixture(q, lams, noises, data, data.prediction_kernel(Xt))
+        loo = loo_log_likelihood_draws(q, lams, noises, data)
         grad = np.concatenate([np.asarray(g, float).reshape(S, -1) for g in grads.values()], 1)
         out[dtype] = [np.asarray(vals, float), grad, np.asarray(pm.mean, float),
                       np.asarray(pm.covariance(), float), np.asarray(loo, float)]

@@ -77,9 +77,9 @@ def run_weights(X, Y, Xt, N, L, warmup, draws):
     mcmc = MCMC(NUTS(weight_space_model), num_warmup=warmup, num_samples=draws, num_chains=CHAINS,
                 chain_method="sequential", progress_bar=False)
     t = time.perf_counter()
-    mcmc.run(jax.random.PRNGKey(0), jnp.asarray(X), jnp.asarray(Y), widths=(N,) * L, num_outputs=D,
-             noise_variance=NOISE, X_test=jnp.asarray(Xt))
-    ft = np.asarray(mcmc.get_samples(group_by_chain=True)["f_test"])[..., 0]  # (C, S, D)
+    mcmc.run(jax.random.PRNGKey(0), jnp.asarray(X.T), jnp.asarray(Y.T), widths=(N,) * L, num_outputs=D,
+             noise_variance=NOISE, X_test=jnp.asarray(Xt.T))  # rows are observations
+    ft = np.asarray(mcmc.get_samples(group_by_chain=True)["f_test"])[..., 0, :]  # (C, S, D)
     jax.block_until_ready(ft)
     wall = time.perf_counter() - t
     return wall, summarize(ft, (ft - ft.mean((0, 1))) ** 2)
@@ -87,11 +87,11 @@ def run_weights(X, Y, Xt, N, L, warmup, draws):
 
 def run_deeplinear(X, Y, Xt, N, L, warmup, draws):
     t = time.perf_counter()
-    res = dl.fit(dl.RegressionData.linear(X, Y), dl.FiniteWidthPrior.from_depth_width(L, N, D),
+    res = dl.fit(dl.RegressionData.linear(X.T, Y.T), dl.FiniteWidthPrior.from_depth_width(L, N, D),
                  noise_variance=NOISE, num_warmup=warmup, num_samples=draws, num_chains=CHAINS,
                  chain_method="sequential", progress_bar=False, log_likelihood=False)
-    pm = res.predict(Xt)
-    md = np.asarray(pm.draw_means)[:, :, 0].reshape(CHAINS, draws, D)
+    pm = res.predict(Xt.T)
+    md = np.asarray(pm.draw_means)[:, 0, :].reshape(CHAINS, draws, D)
     cd = np.asarray(pm.draw_covariances)[:, 0].reshape(CHAINS, draws, D, D)
     wall = time.perf_counter() - t
     var_terms = np.einsum("csdd->csd", cd) + (md - md.mean((0, 1))) ** 2

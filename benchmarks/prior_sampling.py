@@ -28,7 +28,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sample counts (smoke run)")
     args = parser.parse_args()
-    X = np.random.default_rng(0).normal(size=(N0, P))
+    X = np.random.default_rng(0).normal(size=(P, N0))  # rows are inputs
     sizes = [(100, 100), (200, 200)]
     n_net = 50 if args.quick else 200
     n_bar = 20_000 if args.quick else 200_000

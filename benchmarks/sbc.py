@@ -78,7 +78,7 @@ def main():
     out_dir = Path(__file__).parent / "results"
     fig_dir = out_dir / "sbc_figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    X = np.random.default_rng(2024).normal(size=(N0, P))
+    X = np.random.default_rng(2024).normal(size=(N0, P)).T  # rows are inputs
     platform = jax.devices()[0].platform
     lines = [
         "# Simulation-based calibration: full matrix",
@@ -102,12 +102,12 @@ def main():
     for name, prior, kw in configurations():
         if args.only and args.only not in name:
             continue
-        data = dl.RegressionData.linear(X, np.zeros((prior.num_outputs, P)))
+        data = dl.RegressionData.linear(X, np.zeros((P, prior.num_outputs)))
         for seed in SEEDS:
             t = time.perf_counter()
             res = dl.simulation_based_calibration(
                 data, prior, **kw, num_simulations=sims, num_warmup=warmup, num_samples=samples, thin=thin,
-                seed=seed, progress_bar=False,
+                key=seed, progress_bar=False,
             )
             seconds = time.perf_counter() - t
             rows = res.uniformity(0.99)
