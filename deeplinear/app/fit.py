@@ -11,6 +11,7 @@ comparison (LOO, held-out log density, predictive correlations) and a figure.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +150,8 @@ def run_fit(args) -> int:
     print(f"data: {args.data} — {prep.X.shape[0]} rows, inputs {args.inputs}, outputs {args.outputs}"
           f"{'' if args.no_standardize else ' (standardized)'}; model {spec.describe()}")
     result = _fit_one(args, prep, spec)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
+    with pd.option_context("display.width", 160, "display.max_columns", 20), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # R-hat of constant draws (exact NNGP) is NaN
         print(result.summary().to_string())
     print(_diagnostics(result))
     result.datatree.attrs["deeplinear_standardization"] = json.dumps({
