@@ -35,6 +35,7 @@ __all__ = [
     "check_gram",
     "check_regression_data",
     "check_noise_for_data",
+    "check_draw_hyperparameters",
 ]
 
 MAX_SEED = 2**32  # integer seeds are taken modulo nothing: 0 <= seed < 2**32
@@ -261,6 +262,25 @@ def check_regression_data(data, name: str = "data"):
             f"RegressionData.from_gram(K, Y)), got {type(data).__name__}"
         )
     return data
+
+
+def check_draw_hyperparameters(lambda_star, noise_variance, num_draws: int, data):
+    """Per-draw hyperparameters: scalars or ``(S,)`` arrays, finite, ``lambda_star > 0`` and
+    ``noise_variance >= 0`` (``0`` needs a full-rank kernel); tracers pass unchecked. Returns both
+    broadcast to ``(S,)`` in the data's precision."""
+    out = []
+    for name, value in (("lambda_star", lambda_star), ("noise_variance", noise_variance)):
+        if is_concrete(value):
+            arr = np.asarray(value, np.float64)
+            if arr.shape not in ((), (num_draws,)):
+                raise ValueError(f"{name} must be a scalar or have shape ({num_draws},), got {arr.shape}")
+            bound = "> 0" if name == "lambda_star" else ">= 0"
+            if not np.all(np.isfinite(arr)) or np.any(arr < 0) or (name == "lambda_star" and np.any(arr == 0)):
+                raise ValueError(f"{name} must be finite and {bound} in every draw")
+            if name == "noise_variance" and np.any(arr == 0):
+                check_noise_for_data(0.0, data)
+        out.append(jnp.broadcast_to(jnp.asarray(value, data.dtype), (num_draws,)))
+    return tuple(out)
 
 
 def check_noise_for_data(noise_variance, data, name: str = "noise_variance"):

@@ -30,6 +30,7 @@ from numpyro.distributions import constraints
 
 from deeplinear._linalg import LOG_2PI, block_cholesky_from_root, block_covariances, gaussian_logpdf, psd_root
 from deeplinear._validation import (
+    check_draw_hyperparameters,
     check_noise_for_data,
     check_positive_int,
     check_positive_scalar,
@@ -249,17 +250,6 @@ def loo_log_likelihood_draws(q, lambda_star, noise_variance, data: RegressionDat
     D = data.num_outputs
     if q.ndim != 3 or q.shape[1:] != (D, D):
         raise ValueError(f"q must have shape (S, {D}, {D}), got {q.shape}")
-    S = q.shape[0]
-    hypers = []
-    for name, value in (("lambda_star", lambda_star), ("noise_variance", noise_variance)):
-        arr = np.asarray(value, np.float64) if is_concrete(value) else value
-        if is_concrete(value):
-            if arr.shape not in ((), (S,)):
-                raise ValueError(f"{name} must be a scalar or have shape ({S},), got {arr.shape}")
-            if not np.all(np.isfinite(arr)) or np.any(arr < 0) or (name == "lambda_star" and np.any(arr == 0)):
-                raise ValueError(f"{name} must be finite and {'> 0' if name == 'lambda_star' else '>= 0'}")
-            if name == "noise_variance" and np.any(arr == 0):
-                check_noise_for_data(0.0, data)
-        hypers.append(jnp.broadcast_to(jnp.asarray(value, data.dtype), (S,)))
+    lam, noise = check_draw_hyperparameters(lambda_star, noise_variance, q.shape[0], data)
     batch_size = check_positive_int("batch_size", batch_size)
-    return _loo_draws(q, hypers[0], hypers[1], data, batch_size)
+    return _loo_draws(q, lam, noise, data, batch_size)

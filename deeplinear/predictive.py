@@ -40,11 +40,11 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deeplinear._linalg import gaussian_logpdf, psd_root
 from deeplinear._validation import (
     check_bool,
+    check_draw_hyperparameters,
     check_key,
     check_labels,
     check_noise_for_data,
@@ -163,22 +163,12 @@ class PredictiveMixture:
         S = q.shape[0]
         if S == 0:
             raise ValueError("q must hold at least one draw, got shape (0, D, D)")
-        hypers = {}
-        for name, value in (("lambda_star", lambda_star), ("noise_variance", noise_variance)):
-            arr = np.asarray(value, np.float64)
-            if arr.shape not in ((), (S,)):
-                raise ValueError(f"{name} must be a scalar or have shape ({S},), got {arr.shape}")
-            if not np.all(np.isfinite(arr)) or np.any(arr < 0) or (name == "lambda_star" and np.any(arr == 0)):
-                bound = "> 0" if name == "lambda_star" else ">= 0"
-                raise ValueError(f"{name} must be finite and {bound} in every draw")
-            if name == "noise_variance" and np.any(arr == 0):
-                check_noise_for_data(0.0, data)
-            hypers[name] = jnp.broadcast_to(jnp.asarray(arr, data.dtype), (S,))
+        lam, noise = check_draw_hyperparameters(lambda_star, noise_variance, S, data)
         if not bool(jnp.all(jnp.isfinite(q))):
             raise ValueError("q contains NaN or infinite values")
         self.q = q
-        self.lambda_star = hypers["lambda_star"]
-        self.noise_variance = hypers["noise_variance"]
+        self.lambda_star = lam
+        self.noise_variance = noise
         self.data = data
         self.test = test
         self.batch_size = check_positive_int("batch_size", batch_size)
