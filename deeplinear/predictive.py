@@ -22,7 +22,7 @@ The covariance is evaluated in a form without cancellation: with
 a sum of positive semi-definite terms. With :math:`Q = W \operatorname{diag}(w) W^\top`,
 :math:`\lambda_* Q C_p^{-1} = W \operatorname{diag}\big(\lambda_* w / (\lambda_*\kappa_p w + \sigma^2)\big) W^\top`,
 so one ``eigh`` of ``Q`` per draw serves every ``p``; :math:`k_\perp` comes in float64 from
-:meth:`~deeplinear.RegressionData.test_kernel`. (The direct form subtracts two terms of size
+:meth:`~deeplinear.RegressionData.prediction_kernel`. (The direct form subtracts two terms of size
 :math:`\lambda_* \|Q\| k_{**}` to leave one of size :math:`\sigma^2/\kappa`: in float32 it lost
 everything at :math:`\sigma^2 = 10^{-6}`; see ``docs/numerical_range.md``.)
 

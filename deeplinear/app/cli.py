@@ -138,11 +138,11 @@ def _infer(args):
     out = None if args.no_plots else _output_dir(args, _INFER_FIGURES)
     print("Posterior inference on the Linnerud data (theory.md §4)")
     demo = inference_demo(num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains, key=args.seed)
-    INFERRED = demo.inferred
+    inferred, baseline = demo.inferred, demo.baseline
     print(f"data: {demo.dataset.description}; inputs and labels standardized with the training rows")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
         print("\nOutput correlations: the training labels', the least-squares estimate of Q (Bhat Bhat^T,")
-        print("Bhat = Y X^+: what Q models, without the residuals' correlation) and the posterior mean of corr(Q)")
+        print("Bhat^T = X^+ Y: what Q models, without the residuals' correlation) and the posterior mean of corr(Q)")
         print(correlation_table(demo).to_string(float_format=lambda v: f"{v:+.2f}"))
         print()
         print("Model comparison (elpd_loo: PSIS-LOO over training inputs; heldout_lpd: log density of the")
@@ -151,10 +151,10 @@ def _infer(args):
         print(demo.comparison.table.to_string(float_format=lambda v: f"{v:.3f}"))
         print()
         lpd = demo.comparison.table["heldout_lpd"]
-        diff = lpd[INFERRED] - lpd["NNGP"]
+        diff = lpd[inferred] - lpd[baseline]
         verdict = "beats" if diff > 0 else "does not beat"
         print(f"Held-out log density: the limit with a inferred {verdict} the NNGP "
-              f"({lpd[INFERRED]:.2f} vs {lpd['NNGP']:.2f}, difference {diff:+.2f} nats over "
+              f"({lpd[inferred]:.2f} vs {lpd[baseline]:.2f}, difference {diff:+.2f} nats over "
               f"{demo.dataset.Y_test.shape[0]} held-out men).")
         print()
         print("arviz.compare (PSIS-LOO):")
@@ -162,7 +162,7 @@ def _infer(args):
         print(demo.comparison.loo[cols].to_string(float_format=lambda v: f"{v:.2f}"))
         print()
         print("Posterior summary, limit with a inferred:")
-        print(demo.fits[INFERRED].summary().to_string())
+        print(demo.fits[inferred].summary().to_string())
     for name, f in demo.fits.items():
         if f.num_divergences:
             print(f"warning: {name}: {f.num_divergences} divergent transitions")

@@ -40,7 +40,8 @@ __all__ = ["InferenceDemo", "correlation_table", "inference_demo"]
 
 DEMO_RATIOS = (0.5, 2.0)
 DEMO_STEPS = 32
-INFERRED = "limit a~LogNormal"
+INFERRED = "limit a~LogNormal"  # name of the fit with the ratio inferred
+BASELINE = "NNGP"
 
 
 class InferenceDemo(NamedTuple):
@@ -53,7 +54,7 @@ class InferenceDemo(NamedTuple):
     ``q_correlations[name]`` the posterior mean of :math:`\operatorname{corr}(Q)_{de} =
     Q_{de}/\sqrt{Q_{dd} Q_{ee}}` per fit; ``comparison.table["heldout_lpd"]`` is
     :math:`\log p(Y_* \mid Y)` of the held-out labels in the data's original units; ``inferred``
-    is the name of the fit with the ratio ``a`` inferred.
+    is the name of the fit with the ratio ``a`` inferred, ``baseline`` that of the NNGP.
     """
 
     dataset: Dataset
@@ -64,6 +65,7 @@ class InferenceDemo(NamedTuple):
     least_squares_correlation: np.ndarray
     q_correlations: dict
     inferred: str = INFERRED
+    baseline: str = BASELINE
 
 
 def inference_demo(
@@ -110,7 +112,7 @@ def inference_demo(
         for a in DEMO_RATIOS:
             fits[f"limit a={a:g}"] = fit(data, ProportionalLimitPrior(a, D, DEMO_STEPS), **kw)
         fits[INFERRED] = fit(data, ProportionalLimitPrior(1.0, D, DEMO_STEPS), ratio=dist.LogNormal(0.0, 1.0), **kw)
-        fits["NNGP"] = fit(data, NNGPPrior(D), **kw)
+        fits[BASELINE] = fit(data, NNGPPrior(D), **kw)
     for w in caught:  # surface convergence problems, drop library noise
         if isinstance(w.message, ConvergenceWarning):
             warnings.warn(w.message, stacklevel=2)
