@@ -33,7 +33,7 @@ __all__ = [
     "check_inputs",
     "check_labels",
     "check_gram",
-    "check_regression_data",
+    "check_instance",
     "check_noise_for_data",
     "check_draw_hyperparameters",
 ]
@@ -252,16 +252,13 @@ def check_gram(K, name: str = "K", shape: tuple | None = None, symmetric: bool =
     return K
 
 
-def check_regression_data(data, name: str = "data"):
-    """A :class:`deeplinear.RegressionData`."""
-    from deeplinear.data import RegressionData
-
-    if not isinstance(data, RegressionData):
-        raise TypeError(
-            f"{name} must be a deeplinear.RegressionData (RegressionData.linear(X, Y) or "
-            f"RegressionData.from_gram(K, Y)), got {type(data).__name__}"
-        )
-    return data
+def check_instance(name: str, value, cls, hint: str = ""):
+    """``value`` is an instance of ``cls`` (a ``TypeError`` naming ``name`` otherwise); ``hint``
+    says how to make one."""
+    if not isinstance(value, cls):
+        how = f" ({hint})" if hint else ""
+        raise TypeError(f"{name} must be a deeplinear.{cls.__name__}{how}, got {type(value).__name__}")
+    return value
 
 
 def check_draw_hyperparameters(lambda_star, noise_variance, num_draws: int, data):

@@ -32,9 +32,9 @@ import numpy as np
 
 from deeplinear._pytree import pytree_dataclass
 from deeplinear._types import Array
-from deeplinear._validation import check_dtype, check_gram, check_inputs, check_labels
+from deeplinear._validation import check_dtype, check_gram, check_inputs, check_instance, check_labels
 
-__all__ = ["KernelEigenbasis", "RegressionData", "PredictionKernel"]
+__all__ = ["KernelEigenbasis", "RegressionData", "PredictionKernel", "check_regression_data"]
 
 
 @pytree_dataclass(eq=False)
@@ -287,3 +287,10 @@ class RegressionData:
             f"RegressionData(kernel={self.kernel_kind!r}, num_obs={self.num_obs}, "
             f"num_outputs={self.num_outputs}, rank={self.basis.rank}, dtype={self.dtype})"
         )
+
+
+def check_regression_data(data, name: str = "data") -> RegressionData:
+    """``data`` is a :class:`RegressionData` (:func:`deeplinear._validation.check_instance`)."""
+    return check_instance(
+        name, data, RegressionData, "RegressionData.linear(X, Y) or RegressionData.from_gram(K, Y)"
+    )

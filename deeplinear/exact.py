@@ -30,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import integrate, signal, special
 
-from deeplinear._validation import check_noise_for_data, check_positive_scalar, check_regression_data
-from deeplinear.data import RegressionData
+from deeplinear._validation import check_noise_for_data, check_positive_scalar
+from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
 
 __all__ = ["ExactPosteriorD1", "exact_posterior_d1", "log_product_density"]

@@ -34,10 +34,9 @@ from deeplinear._validation import (
     check_noise_for_data,
     check_positive_int,
     check_positive_scalar,
-    check_regression_data,
     is_concrete,
 )
-from deeplinear.data import RegressionData
+from deeplinear.data import RegressionData, check_regression_data
 
 __all__ = ["KroneckerNormal", "loo_log_likelihood", "loo_log_likelihood_draws"]
 

@@ -36,8 +36,8 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from deeplinear._validation import check_noise_for_data, check_positive_scalar, check_regression_data, describe
-from deeplinear.data import RegressionData
+from deeplinear._validation import check_noise_for_data, check_positive_scalar, describe
+from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.likelihood import KroneckerNormal
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
 

@@ -50,11 +50,10 @@ from deeplinear._validation import (
     check_noise_for_data,
     check_positive_int,
     check_positive_scalar,
-    check_regression_data,
     check_sample_shape,
     is_concrete,
 )
-from deeplinear.data import PredictionKernel, RegressionData
+from deeplinear.data import PredictionKernel, RegressionData, check_regression_data
 
 __all__ = ["PredictiveMixture", "conditional_predictive", "correlation_matrix"]
 
