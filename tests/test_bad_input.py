@@ -8,6 +8,7 @@ import pytest
 from deeplinear import (
     FiniteWidthPrior,
     KroneckerNormal,
+    ModelSpec,
     NNGPPrior,
     PredictiveMixture,
     ProportionalLimitPrior,
@@ -191,6 +192,18 @@ CASES = [
     (lambda: sbc(data=(XI, YI)), TypeError, "RegressionData"),
     (lambda: sbc(noise_variance=-1.0), ValueError, "noise_variance"),
     (lambda: inference_demo(dataset=(XI, YI)), TypeError, "dataset"),
+    # --- the model specification: validated once, one written form ---
+    (lambda: ModelSpec("limit"), TypeError, "prior must be"),
+    (lambda: ModelSpec(LIM2, noise_variance="0.1"), TypeError, "noise_variance"),
+    (lambda: ModelSpec(LIM2, lambda_star=True), TypeError, "lambda_star"),
+    (lambda: ModelSpec(NNGPPrior(2), ratio=dist.LogNormal()), ValueError, "ProportionalLimitPrior"),
+    (lambda: ModelSpec.from_dict({"prior": {"kind": "deep"}}), ValueError, "kind in"),
+    (lambda: ModelSpec.from_dict({"prior": {"kind": "nngp", "num_outputs": 2}, "noise": 1.0}), ValueError, "unknown"),
+    (lambda: ModelSpec.from_dict({"prior": {"kind": "nngp", "num_outputs": 2},
+                                  "noise_variance": {"distribution": "Nope"}}), ValueError, "numpyro distribution"),
+    (lambda: ModelSpec.from_json("{not json"), ValueError, "JSON"),
+    (lambda: ModelSpec(LIM2, noise_variance=dist.Normal(np.zeros(2), 1.0)).to_dict(), ValueError, "not a scalar"),
+    (lambda: deep_linear_model(DATA, ModelSpec(LIM2), noise_variance=0.5), ValueError, "inside the ModelSpec"),
     (lambda: inference_demo(dataset=correlated_outputs(), output_names=["a"]), ValueError, "output_names"),
 ]
 

@@ -2,9 +2,13 @@
 and the rows convention for data straight from pandas."""
 
 import ast
+import dataclasses
 from pathlib import Path
 
+import jax
 import numpy as np
+import numpyro.distributions as dist
+import pytest
 
 import deeplinear as dl
 
@@ -86,3 +90,27 @@ def test_data_straight_from_a_pandas_dataframe():
     assert pred.mean.shape == (3, 2) and pred.covariance().shape == (3, 2, 2)
     assert np.isfinite(float(pred.log_predictive_density(test[["y1", "y2"]])))
     assert fit.datatree["observed_data"]["Y"].dims == ("obs", "output")
+
+
+def test_data_objects_are_immutable_pytrees():
+    data = dl.RegressionData.linear(np.eye(4, 2), np.ones((4, 1)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.labels = None
+    leaves, tree = jax.tree_util.tree_flatten(data)
+    again = jax.tree_util.tree_unflatten(tree, leaves)
+    assert again.num_obs == 4 and again.basis.rank == 2
+    assert float(jax.jit(lambda d: d.labels.sum())(data)) == 4.0
+    test = data.prediction_kernel(np.ones((3, 2)))
+    assert isinstance(test, dl.PredictionKernel) and test.rotated_cross.shape == (3, 2)
+
+
+def test_model_spec_is_written_down_and_read_back_one_way():
+    spec = dl.ModelSpec(dl.ProportionalLimitPrior(0.5, 2, num_steps=8), lambda_star=dist.LogNormal(0.0, 0.5),
+                        noise_variance=0.3, ratio=dist.Gamma(2.0, 2.0))
+    again = dl.ModelSpec.from_json(spec.to_json())
+    assert again.to_dict() == spec.to_dict() and again.prior == spec.prior
+    assert again.inferred == ("lambda_star", "ratio") and again.noise_variance == 0.3
+    finite = dl.ModelSpec.from_dict({"prior": {"kind": "finite", "depth": 3, "width": 4, "num_outputs": 2}})
+    assert finite.prior == dl.FiniteWidthPrior((4, 4, 4), 2) and finite.lambda_star == 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.noise_variance = 1.0
