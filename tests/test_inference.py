@@ -156,25 +156,28 @@ def test_label_dependent_cross_covariance(kind, dtype):
         assert abs(q_corr) < 0.25 and np.all(np.abs(corr) < 0.25)
 
 
-def test_arviz_summary_loo_compare_and_inferred_hyperparameters(dtype):
+def _arviz_data(dtype=None):
     rng = np.random.default_rng(8)
     X, Y = _labels("correlated", rng)
-    Xt, Yt = X[:, :5].T, Y[:, :5].T
     data = RegressionData.linear(X[:, 5:].T, Y[:, 5:].T, dtype=dtype)
+    return data, X[:, :5].T, Y[:, :5].T
+
+
+def _short_fit(data, prior, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short chains may trip the R-hat warning
-        limit = fit(data, ProportionalLimitPrior(1.0, 2, num_steps=8), ratio=dist.LogNormal(0.0, 1.0),
-                    lambda_star=dist.LogNormal(0.0, 0.5), noise_variance=dist.HalfNormal(1.0),
-                    num_warmup=200, num_samples=200, num_chains=2, key=4)
-        finite = fit(data, FiniteWidthPrior.from_depth_width(2, 4, 2), noise_variance=dist.HalfNormal(1.0),
-                     num_warmup=200, num_samples=200, num_chains=2, key=4)
-        nngp = fit(data, NNGPPrior(2), noise_variance=dist.HalfNormal(1.0),
-                   num_warmup=200, num_samples=200, num_chains=2, key=jax.random.key(4))
+        return fit(data, prior, noise_variance=dist.HalfNormal(1.0), num_warmup=200, num_samples=200,
+                   num_chains=2, key=4, **kw)
+
+
+def test_datatree_dims_and_inferred_hyperparameters(dtype):
+    data, _, _ = _arviz_data(dtype)
+    limit = _short_fit(data, ProportionalLimitPrior(1.0, 2, num_steps=8), ratio=dist.LogNormal(0.0, 1.0),
+                       lambda_star=dist.LogNormal(0.0, 0.5))
     dt = limit.datatree
     post = dt["posterior"]
     assert post["Q"].dims == ("chain", "draw", "output", "output_bis")
     assert post["brownian_diag"].dims == ("chain", "draw", "step", "output")
-    assert finite.datatree["posterior"]["bartlett_diag"].dims == ("chain", "draw", "layer", "output")
     assert dt["observed_data"]["Y"].dims == ("obs", "output")
     assert dt["log_likelihood"]["Y"].dims == ("chain", "draw", "obs")
     assert "diverging" in dt["sample_stats"]
@@ -184,6 +187,15 @@ def test_arviz_summary_loo_compare_and_inferred_hyperparameters(dtype):
     assert "ratio" in summ.index
     assert np.all(np.isfinite(arviz_stats.summary(dt, var_names=["Q"])["mean"].astype(float)))
     assert np.isfinite(arviz_stats.loo(dt).elpd)
+
+
+@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto")  # 400 draws, 7 inputs
+def test_arviz_compare_and_compare_models():
+    data, Xt, Yt = _arviz_data()
+    limit = _short_fit(data, ProportionalLimitPrior(1.0, 2, num_steps=8), ratio=dist.LogNormal(0.0, 1.0))
+    finite = _short_fit(data, FiniteWidthPrior.from_depth_width(2, 4, 2))
+    nngp = _short_fit(data, NNGPPrior(2))
+    assert finite.datatree["posterior"]["bartlett_diag"].dims == ("chain", "draw", "layer", "output")
     ranked = arviz_stats.compare({"limit": limit.datatree, "finite": finite.datatree, "nngp": nngp.datatree})
     assert set(ranked.index) == {"limit", "finite", "nngp"}
     comp = compare_models({"limit": limit, "nngp": nngp}, Xt, Yt)

@@ -63,8 +63,8 @@ def test_round_trip_gram_kernel_exact_nngp(tmp_path):
         np.testing.assert_allclose(np.asarray(a.covariance()), np.asarray(b.covariance()), rtol=1e-12)
 
 
-def test_never_overwrites_without_asking(tmp_path):
-    fit = _limit_fit()
+def test_never_overwrites_without_asking(limit_fit, tmp_path):
+    fit = limit_fit
     path = tmp_path / "fit.nc"
     path.write_text("precious")
     with pytest.raises(FileExistsError, match="overwrite=True"):
