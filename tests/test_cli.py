@@ -25,7 +25,7 @@ def run_in_process(args, cwd, capsys, monkeypatch):
 
 
 def test_default_run_infers_compares_and_simulates(tmp_path, capsys, monkeypatch):
-    args = ["--prior-samples", "2000", "--samples", "100", "--warmup", "100", "--output", str(tmp_path / "figs")]
+    args = ["--prior-samples", "2000", "--samples", "60", "--warmup", "60", "--output", str(tmp_path / "figs")]
     out = run(args, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Model comparison" in out.stdout and "NNGP" in out.stdout and "heldout_lpd" in out.stdout

@@ -192,8 +192,9 @@ def test_finite_products_converge_to_limit_at_rate_one_over_n():
 
 
 def test_limit_simulator_vs_finite_products_monte_carlo(dtype):
-    """MC: finite Bartlett products with L = aN approach the simulator's moments at O(1/N)."""
-    ratio, D, K = 1.0, 2, 256
+    """MC: finite Bartlett products with L = aN approach the simulator's moments at O(1/N). The
+    reference is exact for the simulator's K steps (tensor recursion), so any K serves."""
+    ratio, D, K = 1.0, 2, 64
     q_lim = np.asarray(
         ProportionalLimitPrior(ratio, D, K).sample_q(jax.random.key(9), N_PRIOR, dtype=dtype), np.float64
     )
