@@ -25,7 +25,8 @@ def run_in_process(args, cwd, capsys, monkeypatch):
 
 
 def test_default_run_infers_compares_and_simulates(tmp_path, capsys, monkeypatch):
-    args = ["--prior-samples", "2000", "--samples", "60", "--warmup", "60", "--output", str(tmp_path / "figs")]
+    args = ["--prior-samples", "2000", "--samples", "60", "--warmup", "60", "--chains", "1",
+            "--output", str(tmp_path / "figs")]
     out = run(args, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Model comparison" in out.stdout and "NNGP" in out.stdout and "heldout_lpd" in out.stdout
@@ -114,7 +115,7 @@ def test_fit_never_overwrites_and_takes_a_model_file(tmp_path, capsys, monkeypat
 def test_compare_on_csv(tmp_path):
     _linnerud_files(tmp_path)
     args = ["compare", "--data", "train.csv", "--test", "test.csv", *LINNERUD, "--prior", "finite", "--depth", "2",
-            "--width", "4", "--samples", "60", "--warmup", "60", "--output", "cmp"]
+            "--width", "4", "--samples", "60", "--warmup", "60", "--chains", "1", "--output", "cmp"]
     out = run(args, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "heldout_lpd" in out.stdout and "nngp" in out.stdout
