@@ -206,15 +206,6 @@ def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target
         raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}, got {chain_method!r}")
 
 
-def model_spec(prior, lambda_star, noise_variance, ratio) -> ModelSpec:
-    """A :class:`ModelSpec` from ``prior`` (a prior or already a spec) and hyperparameter keywords."""
-    if isinstance(prior, ModelSpec):
-        if (lambda_star, noise_variance, ratio) != (1.0, 1.0, None):
-            raise ValueError("pass the hyperparameters inside the ModelSpec, not as well as keywords")
-        return prior
-    return ModelSpec(prior, lambda_star, noise_variance, ratio)
-
-
 def fit(
     data: RegressionData,
     prior,
@@ -276,7 +267,7 @@ def fit(
         Before sampling, when float32 cannot resolve ``noise_variance`` against the labels
         (:func:`deeplinear._precision.warn_if_unresolvable_in_float32`).
     """
-    spec = model_spec(prior, lambda_star, noise_variance, ratio)
+    spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio)
     spec.check_data(data)
     _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target_accept_prob, max_tree_depth,
                        progress_bar, log_likelihood)
@@ -300,7 +291,7 @@ def fit(
         if progress_bar is None:
             progress_bar = _interactive()
         kernel = NUTS(
-            _spec_model,
+            spec.model,
             target_accept_prob=target_accept_prob,
             max_tree_depth=max_tree_depth,
             init_strategy=init_to_median(num_samples=15),
@@ -313,7 +304,7 @@ def fit(
             chain_method=chain_method,
             progress_bar=progress_bar,
         )
-        mcmc.run(rng_key, data, spec, extra_fields=("diverging",))
+        mcmc.run(rng_key, data, extra_fields=("diverging",))
         import arviz_base
 
         dt = arviz_base.from_numpyro(mcmc, dims=dims, coords=coords, log_likelihood=False)
@@ -324,10 +315,6 @@ def fit(
     if mcmc is not None:
         _warn_on_convergence(result)
     return result
-
-
-def _spec_model(data, spec, labels=None, observed=True):
-    spec.model(data, labels=labels, observed=observed)
 
 
 def _exact_nngp_tree(data, num_chains, num_samples, dims, coords):

@@ -253,6 +253,16 @@ class ModelSpec:
             raise ValueError(f"not a JSON model specification: {err}") from None
         return cls.from_dict(spec)
 
+    @classmethod
+    def build(cls, prior, lambda_star=1.0, noise_variance=1.0, ratio=None) -> ModelSpec:
+        """A spec from a prior and hyperparameter keywords, or ``prior`` itself when it already is a
+        :class:`ModelSpec` (then the keywords must keep their defaults)."""
+        if isinstance(prior, ModelSpec):
+            if (lambda_star, noise_variance, ratio) != (1.0, 1.0, None):
+                raise ValueError("pass the hyperparameters inside the ModelSpec, not as well as keywords")
+            return prior
+        return cls(prior, lambda_star, noise_variance, ratio)
+
     def describe(self) -> str:
         """One line: the prior and each hyperparameter (number or distribution with parameters)."""
         parts = [repr(self.prior)]
@@ -321,10 +331,4 @@ def deep_linear_model(
     >>> draws["Q"].shape, draws["Y"].shape
     ((4, 2, 2), (4, 6, 2))
     """
-    if isinstance(prior, ModelSpec):
-        if (lambda_star, noise_variance, ratio) != (1.0, 1.0, None):
-            raise ValueError("pass the hyperparameters inside the ModelSpec, not as well as keywords")
-        spec = prior
-    else:
-        spec = ModelSpec(prior, lambda_star, noise_variance, ratio)
-    spec.model(data, observed=observed, labels=labels)
+    ModelSpec.build(prior, lambda_star, noise_variance, ratio).model(data, observed=observed, labels=labels)

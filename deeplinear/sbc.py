@@ -37,7 +37,7 @@ from numpyro.infer.util import initialize_model
 from scipy import stats
 
 from deeplinear._validation import check_positive_int, check_probability, raw_key
-from deeplinear.inference import _interactive, check_sampler_settings, model_spec
+from deeplinear.inference import _interactive, check_sampler_settings
 from deeplinear.likelihood import KroneckerNormal
 from deeplinear.models import ModelSpec
 from deeplinear.priors import NNGPPrior
@@ -260,7 +260,7 @@ def simulation_based_calibration(
     >>> res.num_simulations, res.num_draws, list(res.ranks)
     (8, 10, ['Q[0,0]', 'log_likelihood'])
     """
-    spec = model_spec(prior, lambda_star, noise_variance, ratio)
+    spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio)
     spec.check_data(data)
     _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, target_accept_prob, max_tree_depth,
                     progress_bar)
