@@ -34,6 +34,7 @@ __all__ = [
     "check_labels",
     "check_gram",
     "check_instance",
+    "check_hyperprior",
     "check_noise_for_data",
     "check_draw_hyperparameters",
 ]
@@ -250,6 +251,29 @@ def check_gram(K, name: str = "K", shape: tuple | None = None, symmetric: bool =
         if asym > 1e-6:
             raise ValueError(f"{name} must be symmetric, but max|K - K^T| / max|K| = {asym:.2e}")
     return K
+
+
+def check_hyperprior(name: str, prior):
+    """A NumPyro distribution over one positive scalar: ``batch_shape == event_shape == ()`` and a
+    support bounded below by a number ``>= 0`` (``LogNormal``, ``HalfNormal``, ``Gamma``,
+    ``Uniform(0, b)``, ...). Checked before compilation, so NUTS never starts from an impossible
+    value."""
+    if prior.batch_shape != () or prior.event_shape != ():
+        raise ValueError(
+            f"{name} must be a prior over one scalar, got a {type(prior).__name__} with batch shape "
+            f"{prior.batch_shape} and event shape {prior.event_shape}"
+        )
+    lower = getattr(prior.support, "lower_bound", None)
+    try:
+        lower = float(np.asarray(lower)) if lower is not None else None
+    except (TypeError, ValueError):
+        lower = None
+    if lower is None or not lower >= 0:
+        raise ValueError(
+            f"{name} must be a prior over positive values (support bounded below by 0, e.g. LogNormal, "
+            f"HalfNormal, Gamma), got {type(prior).__name__} with support {prior.support}"
+        )
+    return prior
 
 
 def check_instance(name: str, value, cls, hint: str = ""):

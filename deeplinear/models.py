@@ -36,7 +36,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from deeplinear._validation import check_noise_for_data, check_positive_scalar, describe
+from deeplinear._validation import check_hyperprior, check_noise_for_data, check_positive_scalar, describe
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.likelihood import KroneckerNormal
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
@@ -103,6 +103,10 @@ def _hyper_to_dict(value):
         if v.shape != () or not np.issubdtype(v.dtype, np.number):
             raise ValueError(f"{name}.{k} is not a scalar; only scalar-parameter priors can be written down")
         params[k] = float(v)
+    try:
+        type(value)(**params)
+    except Exception as err:  # any failure means it cannot be rebuilt from this form
+        raise ValueError(f"{name} cannot be rebuilt from its parameters {params}; it cannot be written down") from err
     return {"distribution": name, **params}
 
 
@@ -158,7 +162,9 @@ class ModelSpec:
             )
         for name, allow_zero in (("lambda_star", False), ("noise_variance", True)):
             value = getattr(self, name)
-            if not isinstance(value, dist.Distribution):
+            if isinstance(value, dist.Distribution):
+                check_hyperprior(name, value)
+            else:
                 if not isinstance(value, (numbers.Real, np.ndarray, np.generic)) or isinstance(value, bool):
                     raise TypeError(f"{name} must be a number or a numpyro distribution, got {describe(value)}")
                 check_positive_scalar(name, value, allow_zero=allow_zero)
@@ -173,6 +179,7 @@ class ModelSpec:
                     "ratio must be a NumPyro distribution over a > 0 (or None to keep prior.ratio), "
                     f"got {describe(self.ratio)}"
                 )
+            check_hyperprior("ratio", self.ratio)
 
     @property
     def num_outputs(self) -> int:

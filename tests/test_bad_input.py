@@ -202,7 +202,14 @@ CASES = [
     (lambda: ModelSpec.from_dict({"prior": {"kind": "nngp", "num_outputs": 2},
                                   "noise_variance": {"distribution": "Nope"}}), ValueError, "numpyro distribution"),
     (lambda: ModelSpec.from_json("{not json"), ValueError, "JSON"),
-    (lambda: ModelSpec(LIM2, noise_variance=dist.Normal(np.zeros(2), 1.0)).to_dict(), ValueError, "not a scalar"),
+    # hyperpriors outside the support are refused before compilation (issue 12, item 6)
+    (lambda: fit(DATA, LIM2, ratio=dist.Normal(0.0, 1.0)), ValueError, "ratio must be a prior over positive"),
+    (lambda: fit(DATA, LIM2, noise_variance=dist.Normal(0.0, 1.0)), ValueError, "noise_variance must be a prior"),
+    (lambda: fit(DATA, LIM2, lambda_star=dist.Uniform(-1.0, 1.0)), ValueError, "lambda_star must be a prior"),
+    (lambda: fit(DATA, LIM2, noise_variance=dist.HalfNormal(np.ones(2))), ValueError, "one scalar"),
+    (lambda: ModelSpec(LIM2, noise_variance=dist.Normal(np.zeros(2), 1.0)), ValueError, "one scalar"),
+    (lambda: ModelSpec(LIM2, noise_variance=dist.TransformedDistribution(
+        dist.Normal(0.0, 1.0), dist.transforms.ExpTransform())).to_dict(), ValueError, "cannot be written down"),
     (lambda: deep_linear_model(DATA, ModelSpec(LIM2), noise_variance=0.5), ValueError, "inside the ModelSpec"),
     (lambda: inference_demo(dataset=correlated_outputs(), output_names=["a"]), ValueError, "output_names"),
 ]

@@ -124,6 +124,8 @@ def _fit_one(args, prep, spec):
 
 
 def _check_targets(args, names):
+    if len(set(names)) != len(names):
+        raise ValueError(f"the output files {names} must have different names (one would overwrite the other)")
     args.output.mkdir(parents=True, exist_ok=True)
     paths = [args.output / n for n in names]
     existing = [p for p in paths if p.exists()]
