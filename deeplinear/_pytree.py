@@ -4,7 +4,7 @@
 with JAX: fields marked ``static_field()`` are static metadata (hashable; part of the tree
 structure, so a change recompiles), all other fields are leaves (arrays, or values that may be
 traced). Unflattening bypasses ``__init__``/``__post_init__`` -- JAX rebuilds pytrees with
-tracers, ``None`` or placeholder objects as leaves (``vmap``'s axis specs, ``tree.map``), which
+tracers, ``None`` or sentinel objects as leaves (``vmap``'s axis specs, ``tree.map``), which
 argument validation must not see (JAX's documented advice for custom pytrees). Validation runs
 once, when users construct the object. ``replace`` is :func:`dataclasses.replace` (validated
 again).
