@@ -28,6 +28,7 @@ import xarray as xr
 from numpyro.infer import MCMC, NUTS, init_to_median
 
 from deeplinear._precision import warn_if_unresolvable_in_float32
+from deeplinear._types import KeyLike
 from deeplinear._validation import check_bool, check_positive_int, check_probability, raw_key
 from deeplinear.data import RegressionData
 from deeplinear.likelihood import loo_log_likelihood_draws
@@ -217,7 +218,7 @@ def fit(
     num_samples: int = 1000,
     num_chains: int = 4,
     chain_method: str = "auto",
-    key=0,
+    key: KeyLike = 0,
     progress_bar: bool | None = None,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,

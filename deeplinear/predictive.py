@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from deeplinear._linalg import gaussian_logpdf, psd_root
+from deeplinear._types import KeyLike
 from deeplinear._validation import (
     check_bool,
     check_draw_hyperparameters,
@@ -240,7 +241,7 @@ class PredictiveMixture:
             cov = cov + jnp.mean(self.noise_variance) * jnp.eye(P * D, dtype=cov.dtype).reshape(P, D, P, D)
         return cov
 
-    def sample(self, key, sample_shape=(), include_noise: bool = False):
+    def sample(self, key: KeyLike, sample_shape=(), include_noise: bool = False):
         r"""Joint draws from the mixture, ``sample_shape + (P*, D)``: pick a posterior draw
         uniformly, then :math:`f_* \sim N(m_*(Q), \Sigma_*(Q))` jointly over the test inputs
         (plus :math:`\sigma^2 I` noise with ``include_noise``: new labels instead of ``f``)."""

@@ -35,6 +35,7 @@ import numpyro.distributions as dist
 
 from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._random import standard_gamma
+from deeplinear._types import KeyLike
 from deeplinear._validation import (
     check_dtype,
     check_inputs,
@@ -97,7 +98,7 @@ class VbarPrior(abc.ABC):
         r"""Deterministic, differentiable map from latents to :math:`\bar V` ``(..., D, D)``."""
 
     # -- sampling ---------------------------------------------------------------
-    def sample_latents(self, key, sample_shape=(), dtype=None) -> dict[str, jax.Array]:
+    def sample_latents(self, key: KeyLike, sample_shape=(), dtype=None) -> dict[str, jax.Array]:
         """Draw the latents with an explicit PRNG ``key``; shapes ``sample_shape + event``."""
         key = check_key(key)
         sample_shape = check_sample_shape(sample_shape)
@@ -105,7 +106,7 @@ class VbarPrior(abc.ABC):
         keys = jax.random.split(key, max(len(dists), 1))
         return {name: d.sample(k, sample_shape) for k, (name, d) in zip(keys, dists.items())}
 
-    def sample_vbar(self, key, sample_shape=(), dtype=None) -> jax.Array:
+    def sample_vbar(self, key: KeyLike, sample_shape=(), dtype=None) -> jax.Array:
         r"""Exact draws of :math:`\bar V`, shape ``sample_shape + (D, D)``."""
         dtype = check_dtype(dtype)
         sample_shape = check_sample_shape(sample_shape)
@@ -113,12 +114,12 @@ class VbarPrior(abc.ABC):
         vbar = self.vbar_from_latents(latents)
         return jnp.broadcast_to(vbar, sample_shape + vbar.shape[-2:]).astype(dtype)
 
-    def sample_q(self, key, sample_shape=(), dtype=None) -> jax.Array:
+    def sample_q(self, key: KeyLike, sample_shape=(), dtype=None) -> jax.Array:
         r"""Draws of :math:`Q = \bar V \bar V^\top`, shape ``sample_shape + (D, D)``."""
         vbar = self.sample_vbar(key, sample_shape, dtype)
         return vbar @ jnp.swapaxes(vbar, -1, -2)
 
-    def sample_outputs(self, key, X, sample_shape=(), lambda_star=1.0, dtype=None) -> jax.Array:
+    def sample_outputs(self, key: KeyLike, X, sample_shape=(), lambda_star=1.0, dtype=None) -> jax.Array:
         r"""Draws of the network outputs :math:`f(X)` from the mixture representation.
 
         .. math:: f(X) = \sqrt{\lambda_*/N_0}\; X G^\top \bar V^\top, \qquad G_{ij} \sim N(0, 1),
@@ -240,7 +241,7 @@ class FiniteWidthPrior(VbarPrior):
             out["bartlett_offdiag"] = dist.Normal(jnp.zeros(shape, dtype), 1.0).to_event(2)
         return out
 
-    def sample_latents(self, key, sample_shape=(), dtype=None):
+    def sample_latents(self, key: KeyLike, sample_shape=(), dtype=None):
         """As :meth:`VbarPrior.sample_latents`, with a fast exact vectorized Gamma sampler."""
         key = check_key(key)
         sample_shape = check_sample_shape(sample_shape)

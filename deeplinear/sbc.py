@@ -36,6 +36,7 @@ from numpyro.infer.hmc import hmc
 from numpyro.infer.util import initialize_model
 from scipy import stats
 
+from deeplinear._types import KeyLike
 from deeplinear._validation import check_positive_int, check_probability, raw_key
 from deeplinear.inference import _interactive, check_sampler_settings
 from deeplinear.likelihood import KroneckerNormal
@@ -213,7 +214,7 @@ def simulation_based_calibration(
     num_samples: int = 1000,
     thin: int = 10,
     batch_size: int | None = None,
-    key=0,
+    key: KeyLike = 0,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     progress_bar: bool | None = None,
