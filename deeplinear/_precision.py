@@ -14,7 +14,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["PrecisionWarning", "warn_if_unresolvable_in_float32"]
+__all__ = ["PrecisionWarning", "warn_if_unresolvable_in_float32", "warn_if_interpolation_ill_conditioned"]
 
 
 class PrecisionWarning(UserWarning):
@@ -84,3 +84,35 @@ def warn_if_unresolvable_in_float32(
             stacklevel=stacklevel,
         )
     return ratio
+
+
+INTERPOLATION_DIGITS_LEFT = 1e-2  # warn when cond(K) * eps leaves fewer than two significant digits
+
+
+def warn_if_interpolation_ill_conditioned(data, noise_variance, stacklevel: int = 3) -> float:
+    r"""Warn when ``noise_variance = 0`` (interpolation) meets a nearly singular kernel.
+
+    With :math:`\sigma^2 = 0` the likelihood, the predictions and above all the leave-one-out
+    terms divide by the kernel's eigenvalues, so their relative error is about
+    :math:`\operatorname{cond}(K)\,\varepsilon` with :math:`\operatorname{cond}(K) =
+    \kappa_{\max}/\kappa_{\min}` and :math:`\varepsilon` the working precision's machine epsilon.
+    When that exceeds ``INTERPOLATION_DIGITS_LEFT`` (fewer than two digits left: nearly collinear
+    inputs), emits a :class:`PrecisionWarning`. Returns ``cond(K)`` (``nan`` when not applicable).
+    """
+    if isinstance(noise_variance, bool) or not isinstance(noise_variance, (int, float, np.floating, np.integer)):
+        return math.nan
+    if float(noise_variance) != 0:
+        return math.nan
+    kappa = np.asarray(data.basis.eigenvalues, np.float64)
+    cond = float(kappa.max() / kappa.min())
+    eps = float(np.finfo(data.dtype).eps)
+    if cond * eps > INTERPOLATION_DIGITS_LEFT:
+        warnings.warn(
+            f"noise_variance = 0 (interpolation) with a nearly singular kernel: cond(K) = {cond:.1e}, so in "
+            f"{np.dtype(data.dtype).name} (eps {eps:.1e}) the likelihood, predictions and LOO terms keep fewer than "
+            "two correct digits. Use noise_variance > 0, drop nearly collinear inputs (or a larger rtol in "
+            "RegressionData), or float64.",
+            PrecisionWarning,
+            stacklevel=stacklevel,
+        )
+    return cond

@@ -37,9 +37,13 @@ __all__ = [
     "check_hyperprior",
     "check_noise_for_data",
     "check_draw_hyperparameters",
+    "check_representable",
+    "check_output_names",
+    "check_rtol",
 ]
 
 MAX_SEED = 2**32  # integer seeds are taken modulo nothing: 0 <= seed < 2**32
+MAX_LIMIT_STEPS = 2**20  # time steps of the limit simulator: latents are (K, D) per draw
 
 
 def describe(value) -> str:
@@ -61,14 +65,17 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
-def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    """Return ``value`` as a Python ``int`` if it is an integer ``>= minimum``."""
+def check_positive_int(name: str, value, minimum: int = 1, maximum: int | None = None, why: str = "") -> int:
+    """Return ``value`` as a Python ``int`` if it is an integer ``>= minimum`` (and ``<= maximum``
+    when given; ``why`` says why in the message)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         if isinstance(value, float) and value.is_integer():
             raise TypeError(f"{name} must be an integer, got the float {value!r}; pass {int(value)} instead")
         raise TypeError(f"{name} must be an integer >= {minimum}, got {describe(value)}")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}{why}, got {value}")
     return int(value)
 
 
@@ -84,9 +91,12 @@ def check_sample_shape(sample_shape, name: str = "sample_shape") -> tuple[int, .
 def check_widths(widths, num_outputs: int | None = None) -> tuple[int, ...]:
     """Hidden widths ``N_1..N_L``: a non-empty sequence of positive integers, each ``>= num_outputs``
     when given (Bartlett factors need ``N_l >= D``; brute-force networks do not)."""
-    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
-        raise TypeError(f"widths must be a sequence of integers N_1..N_L, got {describe(widths)}")
-    widths = tuple(widths)
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, (list, tuple, np.ndarray, jax.Array)):
+        # a set has no order and an iterator is consumed by the first look: neither says N_1..N_L
+        raise TypeError(f"widths must be a list or tuple of integers N_1..N_L (in order), got {describe(widths)}")
+    if isinstance(widths, (np.ndarray, jax.Array)) and widths.ndim != 1:
+        raise ValueError(f"widths must be one-dimensional, got shape {widths.shape}")
+    widths = tuple(w.item() if isinstance(w, (np.generic, np.ndarray, jax.Array)) else w for w in widths)
     if len(widths) == 0:
         raise ValueError("widths must contain at least one hidden layer width, got an empty sequence")
     out = tuple(check_positive_int(f"widths[{i}]", w) for i, w in enumerate(widths))
@@ -181,6 +191,13 @@ def check_dtype(dtype, name: str = "dtype"):
 def check_real_matrix(value, name: str, layout: str):
     """A non-empty, finite, real 2-D array (lists and pandas objects accepted); ``layout``
     describes the shape in messages, e.g. ``"(P, N0), one input per row"``."""
+    if isinstance(value, np.ma.MaskedArray):
+        if np.ma.is_masked(value):
+            raise TypeError(
+                f"{name} is a masked array with masked entries; deeplinear does not drop or fill them "
+                f"silently: remove those rows or fill them (value.filled(...)) first"
+            )
+        value = np.ma.getdata(value)
     if hasattr(value, "to_numpy") and not isinstance(value, (np.ndarray, jax.Array)):
         value = value.to_numpy()  # pandas DataFrame / Series
     if isinstance(value, (list, tuple)):
@@ -192,6 +209,8 @@ def check_real_matrix(value, name: str, layout: str):
             ) from None
     if not isinstance(value, (np.ndarray, jax.Array)):
         raise TypeError(f"{name} must be an array of shape {layout}, got {describe(value)}")
+    if np.issubdtype(value.dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold real numbers, got complex dtype {value.dtype} (the imaginary part would be lost)")
     if value.dtype == object or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
     if value.ndim != 2:
@@ -307,9 +326,83 @@ def check_draw_hyperparameters(lambda_star, noise_variance, num_draws: int, data
 def check_noise_for_data(noise_variance, data, name: str = "noise_variance"):
     """``sigma^2 >= 0``, a scalar; ``sigma^2 = 0`` (interpolation) needs a full-rank kernel."""
     check_positive_scalar(name, noise_variance, allow_zero=True)
+    if is_concrete(noise_variance):
+        check_representable(
+            name, noise_variance, data.dtype, positive=True,
+            remedy="rescale the labels (e.g. standardize them) or use float64 (jax_enable_x64)",
+        )
     if is_concrete(noise_variance) and float(noise_variance) == 0 and data.basis.num_null > 0:
         raise ValueError(
             f"{name} = 0 (interpolation) needs an invertible kernel K, but K has rank "
             f"{data.basis.rank} < P = {data.num_obs}; use {name} > 0 or fewer inputs"
         )
     return noise_variance
+
+
+def check_representable(name: str, values, dtype, remedy: str, *, squared: bool = True, positive: bool = False):
+    r"""``values`` (float64) can be computed with in the working ``dtype``.
+
+    The likelihood and predictions square and multiply these quantities, so (``squared=True``)
+    every magnitude must stay below :math:`\sqrt{\text{max}}` of ``dtype`` (float32: 1.8e19;
+    float64: 1.3e154), else below its max. With ``positive=True`` (kernel eigenvalues, a
+    positive noise variance) nonzero values must also stay above the smallest normal number
+    (float32: 1.2e-38), else they would round to zero. A ``ValueError`` names ``name``, the
+    magnitude, the limit and the ``remedy``.
+    """
+    info = np.finfo(dtype)
+    values = np.abs(np.asarray(values, np.float64))
+    if values.size == 0:
+        return
+    top_allowed = math.sqrt(float(info.max)) if squared else float(info.max)
+    top = float(values.max())
+    what = f"{name} = {top:.3g} is" if values.size == 1 else f"{name}: magnitudes up to {top:.3g} are"
+    if top > top_allowed:
+        raise ValueError(
+            f"{what} beyond what {np.dtype(dtype).name} can compute with (limit "
+            f"{top_allowed:.2g}); {remedy}"
+        )
+    if positive:
+        nonzero = values[values > 0]
+        if nonzero.size and float(nonzero.min()) < float(info.tiny):
+            low = (
+                f"{name}: magnitudes down to {float(nonzero.min()):.3g} are" if values.size > 1 else
+                f"{name} = {float(nonzero.min()):.3g} is"
+            )
+            raise ValueError(
+                f"{low} below the smallest {np.dtype(dtype).name} "
+                f"number ({float(info.tiny):.2g}), so it would round to zero; {remedy}"
+            )
+
+
+def check_output_names(output_names, num_outputs: int) -> list[str] | None:
+    """``None`` or ``D`` distinct, non-empty strings (names of the outputs, written to files)."""
+    if output_names is None:
+        return None
+    if isinstance(output_names, (str, bytes)) or not isinstance(output_names, (list, tuple, np.ndarray)):
+        raise TypeError(
+            f"output_names must be a list of D = {num_outputs} strings, got {describe(output_names)}"
+            + (f" (for one output pass [{output_names!r}])" if isinstance(output_names, str) else "")
+        )
+    names = list(output_names)
+    if len(names) != num_outputs:
+        raise ValueError(f"output_names must have D = {num_outputs} entries, got {len(names)}")
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not n:
+            raise TypeError(f"output_names[{i}] must be a non-empty string, got {describe(n)}")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"output_names must be distinct, but {dup!r} appears {names.count(dup)} times")
+    return names
+
+
+def check_rtol(rtol, name: str = "rtol") -> float | None:
+    """``None`` (the default rule) or a relative tolerance in ``[0, 1)``: eigenvalues (singular
+    values) below ``rtol`` times the largest count as zero."""
+    if rtol is None:
+        return None
+    v = _real_scalar(name, rtol, "a number in [0, 1)")
+    if not 0 <= v < 1:
+        raise ValueError(
+            f"{name} must be in [0, 1) (eigenvalues below {name} * the largest count as zero), got {v}"
+        )
+    return v

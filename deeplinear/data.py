@@ -32,9 +32,27 @@ import numpy as np
 
 from deeplinear._pytree import pytree_dataclass
 from deeplinear._types import Array
-from deeplinear._validation import check_dtype, check_gram, check_inputs, check_instance, check_labels
+from deeplinear._validation import (
+    check_dtype,
+    check_gram,
+    check_inputs,
+    check_instance,
+    check_labels,
+    check_representable,
+    check_rtol,
+)
 
 __all__ = ["KernelEigenbasis", "RegressionData", "PredictionKernel", "check_regression_data"]
+
+_RESCALE_INPUTS = "rescale the inputs (e.g. standardize the columns) or use float64 (jax_enable_x64 and dtype='float64')"
+_RESCALE_GRAM = "rescale the Gram matrix or use float64 (jax_enable_x64 and dtype='float64')"
+_RESCALE_LABELS = "rescale the labels (e.g. standardize them) or use float64 (jax_enable_x64 and dtype='float64')"
+_RESCALE_TEST = "scale the test inputs as the training inputs were, or use float64"
+
+
+def _joint_psd_tolerance(dtype) -> float:
+    """Relative tolerance for the joint Gram matrix check (stored eigenpairs carry ``dtype`` rounding)."""
+    return max(1e-8, 100 * float(np.finfo(dtype).eps))
 
 
 @pytree_dataclass(eq=False)
@@ -113,15 +131,20 @@ class KernelEigenbasis:
         """
         dtype = check_dtype(dtype)
         X = check_inputs(X)
+        rtol = check_rtol(rtol)
         p, n0 = X.shape
+        check_representable("X", X, dtype, _RESCALE_INPUTS, squared=False)
         w, s, _ = np.linalg.svd(X, full_matrices=False)
         rtol = max(n0, p) * np.finfo(np.float64).eps if rtol is None else rtol
         keep = s > rtol * s.max() if s.max() > 0 else np.zeros_like(s, bool)
         if not keep.any():
             raise ValueError("X is zero: the linear kernel X X^T / N0 has rank 0")
         s, w = s[keep], w[:, keep]
+        kappa = (s / np.sqrt(n0)) ** 2
+        check_representable("the eigenvalues of the linear kernel X X^T / N0", kappa, dtype, _RESCALE_INPUTS,
+                            positive=True)
         proj = X.T @ w / n0  # X^T U_R / N0 = V diag(s) / N0
-        return cls(jnp.asarray(s**2 / n0, dtype), jnp.asarray(w, dtype), jnp.asarray(proj, dtype))
+        return cls(jnp.asarray(kappa, dtype), jnp.asarray(w, dtype), jnp.asarray(proj, dtype))
 
     @classmethod
     def from_gram(cls, K, dtype=None, rtol: float | None = None) -> KernelEigenbasis:
@@ -132,6 +155,8 @@ class KernelEigenbasis:
         """
         dtype = check_dtype(dtype)
         K = check_gram(K, "K")
+        rtol = check_rtol(rtol)
+        check_representable("K", K, dtype, _RESCALE_GRAM)
         kappa, u = np.linalg.eigh((K + K.T) / 2)
         top = kappa.max()
         if top <= 0:
@@ -143,6 +168,7 @@ class KernelEigenbasis:
             )
         rtol = K.shape[0] * np.finfo(np.float64).eps if rtol is None else rtol
         keep = kappa > rtol * top
+        check_representable("the eigenvalues of K", kappa[keep], dtype, _RESCALE_GRAM, positive=True)
         return cls(jnp.asarray(kappa[keep], dtype), jnp.asarray(u[:, keep], dtype))
 
     def rotate(self, Y):
@@ -159,25 +185,56 @@ class KernelEigenbasis:
         """Linear kernel at test inputs ``X_test`` (``(P*, N0)``, validated), computed in float64."""
         X_test = np.asarray(X_test, np.float64)
         n0 = X_test.shape[1]
+        check_representable("X_test", X_test, dtype, _RESCALE_TEST, squared=False)
         proj = np.asarray(self.input_projection, np.float64)  # X^T U_R / N0, (N0, R)
         span, _ = np.linalg.qr(proj)  # orthonormal basis of the training inputs' span
         outside = X_test - (X_test @ span) @ span.T  # x_perp, one per row
-        return PredictionKernel(
-            jnp.asarray(X_test @ proj, dtype),
-            jnp.asarray(X_test @ X_test.T / n0, dtype),
-            jnp.asarray(outside @ outside.T / n0, dtype),
-        )
+        scaled = X_test / np.sqrt(n0)
+        test_gram = scaled @ scaled.T
+        check_representable("the test Gram matrix X_test X_test^T / N0", test_gram, dtype, _RESCALE_TEST)
+        return _prediction_kernel(X_test @ proj, test_gram, (outside / np.sqrt(n0)) @ (outside / np.sqrt(n0)).T, dtype)
 
     def prediction_kernel_gram(self, cross_gram, test_gram, dtype) -> PredictionKernel:
         """User kernel: ``cross_gram`` :math:`K(X, X_*)` ``(P, P*)``, ``test_gram`` ``(P*, P*)`` (validated)."""
         U = np.asarray(self.eigenvectors, np.float64)
         kappa = np.asarray(self.eigenvalues, np.float64)
-        cross = np.asarray(cross_gram, np.float64).T @ U  # (P*, R)
+        cross_gram = np.asarray(cross_gram, np.float64)
         test_gram = np.asarray(test_gram, np.float64)
+        check_representable("test_gram", test_gram, dtype, _RESCALE_GRAM)
+        check_representable("cross_gram", cross_gram, dtype, _RESCALE_GRAM)
+        cross = cross_gram.T @ U  # (P*, R)
+        # [[K, k*], [k*^T, k**]] is PSD iff k* lies in the span of K and the Schur complement is PSD
+        tol = _joint_psd_tolerance(dtype)
+        scale = np.sqrt(kappa.max() * max(float(np.abs(np.diagonal(test_gram)).max()), np.finfo(np.float64).tiny))
+        outside = np.abs(cross_gram - U @ cross.T).max() if self.num_null else 0.0
+        if outside > tol * scale:
+            raise ValueError(
+                "cross_gram and test_gram do not go with the training Gram matrix K: cross_gram has a part "
+                f"in K's null space (max {outside:.3e}, relative {outside / scale:.1e}), so the joint Gram "
+                "matrix [[K, cross_gram], [cross_gram^T, test_gram]] is not positive semi-definite; compute "
+                "all three with the same kernel function"
+            )
         resid = test_gram - (cross / kappa) @ cross.T
         resid = (resid + resid.T) / 2
+        lowest = float(np.linalg.eigvalsh(resid).min())
+        top = max(float(np.abs(np.diagonal(test_gram)).max()), np.finfo(np.float64).tiny)
+        if lowest < -tol * top:
+            raise ValueError(
+                "cross_gram and test_gram cannot come from one kernel with the training Gram matrix K: the "
+                "Schur complement test_gram - cross_gram^T K^+ cross_gram has the eigenvalue "
+                f"{lowest:.3e} < 0 (max diagonal of test_gram {top:.3e}), so the joint Gram matrix "
+                "[[K, cross_gram], [cross_gram^T, test_gram]] is not positive semi-definite; compute all three "
+                "with the same kernel function"
+            )
         np.fill_diagonal(resid, np.maximum(np.diagonal(resid), 0.0))  # rounding below zero
-        return PredictionKernel(jnp.asarray(cross, dtype), jnp.asarray(test_gram, dtype), jnp.asarray(resid, dtype))
+        return _prediction_kernel(cross, test_gram, resid, dtype)
+
+
+def _prediction_kernel(rotated_cross, test_gram, residual_gram, dtype) -> PredictionKernel:
+    """Cast the float64 test-kernel quantities to ``dtype`` (their magnitudes were checked)."""
+    return PredictionKernel(
+        jnp.asarray(rotated_cross, dtype), jnp.asarray(test_gram, dtype), jnp.asarray(residual_gram, dtype)
+    )
 
 
 @pytree_dataclass(eq=False)
@@ -258,6 +315,7 @@ class RegressionData:
 
     @classmethod
     def _build(cls, basis, Y64, dtype, inputs=None):
+        check_representable("Y", Y64, dtype, _RESCALE_LABELS, positive=True)
         U = np.asarray(basis.eigenvectors, np.float64)
         rotated = U.T @ Y64
         null = np.sum((Y64 - U @ rotated) ** 2) if basis.num_null else 0.0

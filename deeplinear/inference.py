@@ -27,9 +27,15 @@ import numpyro.distributions as dist
 import xarray as xr
 from numpyro.infer import MCMC, NUTS, init_to_median
 
-from deeplinear._precision import warn_if_unresolvable_in_float32
+from deeplinear._precision import warn_if_interpolation_ill_conditioned, warn_if_unresolvable_in_float32
 from deeplinear._types import KeyLike
-from deeplinear._validation import check_bool, check_positive_int, check_probability, raw_key
+from deeplinear._validation import (
+    check_bool,
+    check_output_names,
+    check_positive_int,
+    check_probability,
+    raw_key,
+)
 from deeplinear.data import RegressionData
 from deeplinear.likelihood import loo_log_likelihood_draws
 from deeplinear.models import ModelSpec
@@ -248,13 +254,15 @@ def fit(
         ``"auto"``: ``"parallel"`` when there are at least ``num_chains`` JAX devices,
         else ``"sequential"``.
     key : PRNG key or int, default 0
-        A JAX PRNG key or an integer seed in ``[0, 2**32)``; same key, same draws (on the same device).
+        A JAX PRNG key or an integer seed in ``[0, 2**32)``, which is the whole of
+        ``jax.random.key(seed)`` (no integer outside that range is accepted, so two seeds never
+        alias); same key, same draws (on the same device).
     progress_bar : bool, optional
         Default: on in Jupyter or a terminal, off otherwise.
     log_likelihood : bool, default True
         Store the pointwise leave-one-input-out terms (``O(S P R D^2)``).
-    output_names : sequence, optional
-        Coordinates of the ``output`` dimension.
+    output_names : list of str, optional
+        ``D`` distinct names, the coordinates of the ``output`` dimension (default ``0..D-1``).
 
     Returns
     -------
@@ -266,21 +274,22 @@ def fit(
         On divergent transitions or R-hat of ``Q`` above 1.01.
     PrecisionWarning
         Before sampling, when float32 cannot resolve ``noise_variance`` against the labels
-        (:func:`deeplinear._precision.warn_if_unresolvable_in_float32`).
+        (:func:`deeplinear._precision.warn_if_unresolvable_in_float32`); when ``noise_variance = 0``
+        meets a nearly singular kernel (:func:`deeplinear._precision.warn_if_interpolation_ill_conditioned`);
+        when the prior's ``Q`` underflows in the data's precision
+        (:meth:`deeplinear.priors.VbarPrior.warn_if_underflows`).
     """
     spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio)
     spec.check_data(data)
     _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target_accept_prob, max_tree_depth,
                        progress_bar, log_likelihood)
     rng_key = raw_key(key)
-    if output_names is not None:
-        if isinstance(output_names, str) or not hasattr(output_names, "__len__"):
-            raise TypeError(f"output_names must be a sequence of D = {data.num_outputs} names, got {output_names!r}")
-        if len(output_names) != data.num_outputs:
-            raise ValueError(f"output_names must have D = {data.num_outputs} entries, got {len(output_names)}")
+    output_names = check_output_names(output_names, data.num_outputs)
     prior = spec.prior
+    prior.warn_if_underflows(data.dtype, stacklevel=3)
     warn_if_unresolvable_in_float32(data, spec.noise_variance, spec.lambda_star, stacklevel=3,
                                     q_varies=not isinstance(prior, NNGPPrior))
+    warn_if_interpolation_ill_conditioned(data, spec.noise_variance, stacklevel=3)
     dims, coords = _dims_and_coords(prior, data, output_names)
 
     if not spec.has_latent_sites:

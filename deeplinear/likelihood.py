@@ -64,7 +64,8 @@ class KroneckerNormal(dist.Distribution):
     Parameters
     ----------
     q : array ``(..., D, D)``
-        Output covariance factor :math:`Q` (symmetric positive definite).
+        Output covariance factor :math:`Q` (symmetric positive semi-definite; a singular ``Q``
+        needs ``noise_variance > 0``).
     lambda_star : float or array ``(...)``
         Prior scale :math:`\lambda_*`.
     noise_variance : float or array ``(...)``
@@ -93,7 +94,9 @@ class KroneckerNormal(dist.Distribution):
     """
 
     arg_constraints = {
-        "q": constraints.positive_definite,
+        # PSD up to rounding, checked in __init__: a deep prior's Q = Vbar Vbar^T can be singular in
+        # float32 (its eigenvalues round to -1e-30), which NumPyro's exact PSD test would refuse
+        "q": constraints.real_matrix,
         "lambda_star": constraints.positive,
         "noise_variance": constraints.nonnegative,
     }
@@ -111,6 +114,11 @@ class KroneckerNormal(dist.Distribution):
         D = data.num_outputs
         if q.ndim < 2 or q.shape[-2:] != (D, D):
             raise ValueError(f"q must have shape (..., {D}, {D}) for D = {D} outputs, got {q.shape}")
+        if root is None and is_concrete(q):
+            q64 = np.asarray(q, np.float64)
+            eig = np.linalg.eigvalsh((q64 + np.swapaxes(q64, -1, -2)) / 2)
+            if not np.all(np.isfinite(eig)) or np.any(eig.min(-1) < -1e-6 * np.maximum(eig.max(-1), 0)):
+                raise ValueError("q must be finite, symmetric and positive semi-definite (Q = Vbar Vbar^T)")
         if root is not None:
             root = jnp.asarray(root, q.dtype)
             if root.shape[-2:] != (D, D):

@@ -37,6 +37,7 @@ from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._random import standard_gamma
 from deeplinear._types import KeyLike
 from deeplinear._validation import (
+    MAX_LIMIT_STEPS,
     check_dtype,
     check_inputs,
     check_key,
@@ -97,6 +98,34 @@ class VbarPrior(abc.ABC):
     def vbar_from_latents(self, latents: dict) -> jax.Array:
         r"""Deterministic, differentiable map from latents to :math:`\bar V` ``(..., D, D)``."""
 
+    def expected_log_last_diagonal(self) -> float | None:
+        r""":math:`E[\log \bar V_{DD}^2]`, the typical log-scale of ``Q``'s smallest direction
+        (``None`` when it depends on a traced value)."""
+        return 0.0
+
+    def warn_if_underflows(self, dtype, stacklevel: int = 3) -> None:
+        r"""Warn (:class:`~deeplinear.PrecisionWarning`) when the typical :math:`\bar V_{DD}^2`
+        is below the smallest normal number of ``dtype``: draws of ``Q`` are then singular (or
+        zero) in that precision. Deep priors shrink ``Q``: for the limit
+        :math:`\log \bar V_{DD}^2 \sim N(-aD, 2a)`, so float32 (smallest ``1.2e-38``,
+        :math:`e^{-87}`) loses ``Q``'s last direction from :math:`aD \approx 87`, float64 from
+        :math:`aD \approx 708`. With ``noise_variance > 0`` the likelihood stays finite (the
+        labels are then explained by noise alone along that direction)."""
+        from deeplinear._precision import PrecisionWarning
+
+        mean = self.expected_log_last_diagonal()
+        floor = float(np.log(np.finfo(dtype).tiny))
+        if mean is not None and mean < floor:
+            import warnings
+
+            warnings.warn(
+                f"{self!r}: the typical squared last diagonal of Vbar is exp({mean:.4g}), below the smallest "
+                f"{np.dtype(dtype).name} number exp({floor:.0f}), so draws of Q are singular or zero in this "
+                "precision. Use float64 (jax.config.update('jax_enable_x64', True)) or a shallower prior.",
+                PrecisionWarning,
+                stacklevel=stacklevel,
+            )
+
     # -- sampling ---------------------------------------------------------------
     def sample_latents(self, key: KeyLike, sample_shape=(), dtype=None) -> dict[str, jax.Array]:
         """Draw the latents with an explicit PRNG ``key``; shapes ``sample_shape + event``."""
@@ -110,6 +139,7 @@ class VbarPrior(abc.ABC):
         r"""Exact draws of :math:`\bar V`, shape ``sample_shape + (D, D)``."""
         dtype = check_dtype(dtype)
         sample_shape = check_sample_shape(sample_shape)
+        self.warn_if_underflows(dtype)
         latents = self.sample_latents(key, sample_shape, dtype)
         vbar = self.vbar_from_latents(latents)
         return jnp.broadcast_to(vbar, sample_shape + vbar.shape[-2:]).astype(dtype)
@@ -232,6 +262,14 @@ class FiniteWidthPrior(VbarPrior):
         """Number of hidden layers ``L``."""
         return len(self.widths)
 
+    def expected_log_last_diagonal(self) -> float:
+        r""":math:`\sum_l [\psi((N_l - D + 1)/2) + \log(2/N_l)]`, the mean of
+        :math:`\log \bar V_{DD}^2` (a sum of log Gamma variables)."""
+        from scipy.special import digamma
+
+        n = np.asarray(self.widths, np.float64)
+        return float(np.sum(digamma((n - self.num_outputs + 1) / 2) + np.log(2 / n)))
+
     def latent_distributions(self, dtype=None):
         dtype = check_dtype(dtype)
         D = self.num_outputs
@@ -319,7 +357,11 @@ class ProportionalLimitPrior(VbarPrior):
         num_outputs = check_positive_int("num_outputs", self.num_outputs)
         steps = (1 if num_outputs == 1 else DEFAULT_LIMIT_STEPS) if self.num_steps is None else self.num_steps
         object.__setattr__(self, "num_outputs", num_outputs)
-        object.__setattr__(self, "num_steps", check_positive_int("num_steps", steps))
+        steps = check_positive_int(
+            "num_steps", steps, maximum=MAX_LIMIT_STEPS,
+            why=" (every draw holds (num_steps, D) latents; the weak error is O(ratio / num_steps))",
+        )
+        object.__setattr__(self, "num_steps", steps)
 
     def __eq__(self, other):
         if not isinstance(other, ProportionalLimitPrior):
@@ -333,6 +375,12 @@ class ProportionalLimitPrior(VbarPrior):
     def __hash__(self):
         ratio = float(np.asarray(self.ratio)) if is_concrete(self.ratio) else id(self.ratio)
         return hash((ProportionalLimitPrior, ratio, self.num_outputs, self.num_steps))
+
+    def expected_log_last_diagonal(self) -> float | None:
+        r""":math:`-aD`, the mean of :math:`\log \bar V_{DD}^2 \sim N(-aD, 2a)` (exact for every ``K``)."""
+        if not is_concrete(self.ratio):
+            return None
+        return -float(np.asarray(self.ratio)) * self.num_outputs
 
     def latent_distributions(self, dtype=None):
         dtype = check_dtype(dtype)

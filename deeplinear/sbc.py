@@ -263,6 +263,7 @@ def simulation_based_calibration(
     """
     spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio)
     spec.check_data(data)
+    spec.prior.warn_if_underflows(data.dtype, stacklevel=3)
     _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, target_accept_prob, max_tree_depth,
                     progress_bar)
     rng_key = raw_key(key)
@@ -302,9 +303,11 @@ def simulation_based_calibration(
 
         def thinned(carry, _):
             s, div = carry
-            s, div = jax.lax.fori_loop(
-                0, thin, lambda _, c: (sample_kernel(c[0], model_kwargs=kw), c[1] + c[0].diverging), (s, div)
-            )
+            def step(_, c):
+                s_next = sample_kernel(c[0], model_kwargs=kw)
+                return s_next, c[1] + s_next.diverging  # the transition just made, not the one before
+
+            s, div = jax.lax.fori_loop(0, thin, step, (s, div))
             return (s, div), s.z
 
         (state, div), zs = jax.lax.scan(thinned, (state, jnp.zeros((), jnp.int32)), None, length=num_draws)
