@@ -210,7 +210,9 @@ def check_real_matrix(value, name: str, layout: str):
     if not isinstance(value, (np.ndarray, jax.Array)):
         raise TypeError(f"{name} must be an array of shape {layout}, got {describe(value)}")
     if np.issubdtype(value.dtype, np.complexfloating):
-        raise TypeError(f"{name} must hold real numbers, got complex dtype {value.dtype} (the imaginary part would be lost)")
+        raise TypeError(
+            f"{name} must hold real numbers, got complex dtype {value.dtype} (the imaginary part would be lost)"
+        )
     if value.dtype == object or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
     if value.ndim != 2:

@@ -44,7 +44,9 @@ from deeplinear._validation import (
 
 __all__ = ["KernelEigenbasis", "RegressionData", "PredictionKernel", "check_regression_data"]
 
-_RESCALE_INPUTS = "rescale the inputs (e.g. standardize the columns) or use float64 (jax_enable_x64 and dtype='float64')"
+_RESCALE_INPUTS = (
+    "rescale the inputs (e.g. standardize the columns) or use float64 (jax_enable_x64 and dtype='float64')"
+)
 _RESCALE_GRAM = "rescale the Gram matrix or use float64 (jax_enable_x64 and dtype='float64')"
 _RESCALE_LABELS = "rescale the labels (e.g. standardize them) or use float64 (jax_enable_x64 and dtype='float64')"
 _RESCALE_TEST = "scale the test inputs as the training inputs were, or use float64"
