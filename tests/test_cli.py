@@ -136,7 +136,8 @@ def test_fit_errors_are_one_line(tmp_path, capsys, monkeypatch):
         (["compare", "--data", "train.csv", *LINNERUD, "--prior", "nngp"], "against the NNGP"),
         (["fit", "--data", "train.csv"], "required"),
         (["fit", "--data", "train.csv", *LINNERUD, "--model", "missing.json"], "no such file"),
-        (["fit", "--data", "train.csv", *LINNERUD, "--posterior", "same.out", "--predictions", "same.out"],
+        (["fit", "--data", "train.csv", *LINNERUD, "--test", "test.csv", "--posterior", "same.out",
+          "--predictions", "same.out"],
          "different names"),
     ]
     for args, fragment in cases:

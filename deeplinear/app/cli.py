@@ -16,6 +16,7 @@ Counts: ``--samples`` (posterior draws per chain), ``--warmup``, ``--chains``; `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import sys
 from pathlib import Path
@@ -68,26 +69,30 @@ def _build_parser():
     return parser
 
 
-def _output_dir(args, names):
+def _outputs(args, names):
+    """The figure files of a demo step, claimed in ``--output`` (:class:`~deeplinear.app.outputs.OutputFiles`)."""
+    from deeplinear.app.outputs import OutputFiles
+
     out = args.output
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("deeplinear-output") / stamp
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not args.overwrite:
-        raise ValueError(f"--output {out} already holds {existing[0]}; choose another folder or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return OutputFiles(out, names, overwrite=args.overwrite, hint="choose another folder")
 
 
 def _simulate(args):
+    with contextlib.ExitStack() as stack:
+        outputs = None if args.no_plots else stack.enter_context(_outputs(args, _SIM_FIGURES))
+        return _simulate_into(args, outputs)
+
+
+def _simulate_into(args, outputs):
     import jax
 
     from deeplinear.app.figures import plot_lognormal_convergence, plot_offdiagonal_variance
     from deeplinear.app.prior_laws import lognormal_convergence, offdiagonal_variance
 
     figures = _SIM_FIGURES
-    out = None if args.no_plots else _output_dir(args, figures)
     key = jax.random.key(args.seed)
     k1, k2 = jax.random.split(key)
 
@@ -109,7 +114,7 @@ def _simulate(args):
         print(f"{name} {r.depth:4d} | {r.mc:8.4f} {r.mc_se:7.4f} | {exact}")
     print("(E[Q_12^2] is heavy-tailed: MC estimates fluctuate well beyond their SE at large a.)")
 
-    if out is not None:
+    if outputs is not None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -117,12 +122,12 @@ def _simulate(args):
 
         axes = plot_lognormal_convergence(rows1)
         axes[0].figure.tight_layout()
-        axes[0].figure.savefig(out / figures[0], dpi=120)
         ax = plot_offdiagonal_variance(rows2)
         ax.figure.tight_layout()
-        ax.figure.savefig(out / figures[1], dpi=120)
+        for fig, name in ((axes[0].figure, figures[0]), (ax.figure, figures[1])):
+            outputs.write(name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=120))
         plt.close("all")
-        print(f"\nFigures written to {out}/")
+        print(f"\nFigures written to {outputs.folder}/")
     return 0
 
 
@@ -131,11 +136,16 @@ _SIM_FIGURES = ["lognormal_convergence.png", "offdiagonal_variance.png"]
 
 
 def _infer(args):
+    with contextlib.ExitStack() as stack:
+        outputs = None if args.no_plots else stack.enter_context(_outputs(args, _INFER_FIGURES))
+        return _infer_into(args, outputs)
+
+
+def _infer_into(args, outputs):
     import pandas as pd
 
     from deeplinear.app.demo import correlation_table, inference_demo
 
-    out = None if args.no_plots else _output_dir(args, _INFER_FIGURES)
     print("Posterior inference on the Linnerud data (theory.md §4)")
     demo = inference_demo(num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains, key=args.seed)
     inferred, baseline = demo.inferred, demo.baseline
@@ -166,7 +176,7 @@ def _infer(args):
     for name, f in demo.fits.items():
         if f.num_divergences:
             print(f"warning: {name}: {f.num_divergences} divergent transitions")
-    if out is not None:
+    if outputs is not None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -175,9 +185,9 @@ def _infer(args):
         from deeplinear.app.figures import plot_demo
 
         for fig, name in zip(plot_demo(demo), _INFER_FIGURES):
-            fig.savefig(out / name, dpi=120)
+            outputs.write(name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=120))
         plt.close("all")
-        print(f"\nFigures written to {out}/")
+        print(f"\nFigures written to {outputs.folder}/")
     return 0
 
 
@@ -206,6 +216,9 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, OSError) as err:
         print(f"deeplinear: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # files being written were removed on the way out; nothing else changed
+        print("deeplinear: interrupted; no partial files were left", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

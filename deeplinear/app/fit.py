@@ -63,12 +63,16 @@ class _Prepared:
     """The training (and test) columns of the files, standardized; rows are observations."""
 
     def __init__(self, args):
-        from deeplinear.app.tables import Standardizer, read_table, select_columns
+        from deeplinear.app.tables import Standardizer, column_indices, read_table, select_columns
 
         table = read_table(args.data)
         X = select_columns(table, args.inputs, "inputs", args.data)
         Y = select_columns(table, args.outputs, "outputs", args.data)
-        self.output_names = [s.strip() for s in args.outputs.split(",") if s.strip()]
+        both = set(column_indices(table, args.inputs, "inputs")) & set(column_indices(table, args.outputs, "outputs"))
+        if both:
+            cols = ", ".join(repr(table.columns[i]) for i in sorted(both))
+            raise ValueError(f"--inputs and --outputs share the column(s) {cols}: a label cannot also be an input")
+        self.output_names = [table.columns[i] for i in column_indices(table, args.outputs, "outputs")]
         self.X_test = self.Y_test = None
         if args.test is not None:
             test = read_table(args.test)
@@ -78,6 +82,8 @@ class _Prepared:
         fit = Standardizer.identity if args.no_standardize else Standardizer.fit
         self.sx, self.sy = fit(X), fit(Y)
         self.X, self.Y = self.sx.transform(X), self.sy.transform(Y)
+        if not args.no_standardize and not np.any(self.X):
+            raise ValueError(f"every input column ({args.inputs}) is constant in {args.data}: nothing to learn from")
         if self.X_test is not None:
             self.X_test = self.sx.transform(self.X_test)
         if self.Y_test is not None:
@@ -123,17 +129,6 @@ def _fit_one(args, prep, spec):
                key=args.seed, output_names=prep.output_names)
 
 
-def _check_targets(args, names):
-    if len(set(names)) != len(names):
-        raise ValueError(f"the output files {names} must have different names (one would overwrite the other)")
-    args.output.mkdir(parents=True, exist_ok=True)
-    paths = [args.output / n for n in names]
-    existing = [p for p in paths if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{existing[0]} already exists; choose another --output or pass --overwrite")
-    return paths
-
-
 def _diagnostics(result):
     d = result.diagnostics()
     if not d.variables:
@@ -144,47 +139,70 @@ def _diagnostics(result):
 def run_fit(args) -> int:
     import pandas as pd
 
+    from deeplinear.app.outputs import OutputFiles
     from deeplinear.io import save_fit
 
     prep = _Prepared(args)
     spec = model_spec(args, prep.Y.shape[1])
-    posterior_path, predictions_path = _check_targets(args, [args.posterior, args.predictions])
-    print(f"data: {args.data} — {prep.X.shape[0]} rows, inputs {args.inputs}, outputs {args.outputs}"
-          f"{'' if args.no_standardize else ' (standardized)'}; model {spec.describe()}")
-    result = _fit_one(args, prep, spec)
-    with pd.option_context("display.width", 160, "display.max_columns", 20), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # R-hat of constant draws (exact NNGP) is NaN
-        print(result.summary().to_string())
-    print(_diagnostics(result))
-    result.datatree.attrs["deeplinear_standardization"] = json.dumps({
-        "inputs": {"mean": prep.sx.mean.tolist(), "scale": prep.sx.scale.tolist()},
-        "outputs": {"mean": prep.sy.mean.tolist(), "scale": prep.sy.scale.tolist()},
-    })
-    save_fit(result, posterior_path, overwrite=args.overwrite)
-    print(f"posterior written to {posterior_path}")
-    if prep.X_test is not None:
-        pm = result.predict(prep.X_test)
-        mean = prep.sy.inverse_mean(np.asarray(pm.mean, np.float64))  # (P*, D)
-        cov = prep.sy.inverse_cov(np.asarray(pm.covariance(include_noise=True), np.float64))  # (P*, D, D)
-        cols = {}
-        names = prep.output_names
-        for d, n in enumerate(names):
-            cols[f"mean_{n}"] = mean[:, d]
-            cols[f"sd_{n}"] = np.sqrt(cov[:, d, d])
-        for i in range(len(names)):
-            for j in range(i):
-                cols[f"corr_{names[j]}_{names[i]}"] = cov[:, i, j] / np.sqrt(cov[:, i, i] * cov[:, j, j])
-        pd.DataFrame(cols).to_csv(predictions_path, index_label="row")
-        print(f"predictions (original units, for new labels) written to {predictions_path}")
-        if prep.Y_test is not None:
-            print(f"held-out log predictive density (standardized units): "
-                  f"{float(pm.log_predictive_density(prep.Y_test)):.3f}")
+    names = [args.posterior] + ([args.predictions] if prep.X_test is not None else [])
+    with OutputFiles(args.output, names, overwrite=args.overwrite) as outputs:
+        print(f"data: {args.data} — {prep.X.shape[0]} rows, inputs {args.inputs}, outputs {args.outputs}"
+              f"{'' if args.no_standardize else ' (standardized)'}; model {spec.describe()}")
+        result = _fit_one(args, prep, spec)
+        with pd.option_context("display.width", 160, "display.max_columns", 20), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # R-hat of constant draws (exact NNGP) is NaN
+            print(result.summary().to_string())
+        print(_diagnostics(result))
+        result.datatree.attrs["deeplinear_standardization"] = json.dumps({
+            "inputs": {"mean": prep.sx.mean.tolist(), "scale": prep.sx.scale.tolist()},
+            "outputs": {"mean": prep.sy.mean.tolist(), "scale": prep.sy.scale.tolist()},
+        })
+        path = outputs.write(args.posterior, lambda tmp: save_fit(result, tmp, overwrite=True))
+        print(f"posterior written to {path}")
+        if prep.X_test is not None:
+            pm = result.predict(prep.X_test)
+            table = _prediction_table(pm, prep)
+            path = outputs.write(args.predictions, lambda tmp: table.to_csv(tmp, index_label="row"))
+            print(f"predictions (original units, for new labels) written to {path}")
+            if prep.Y_test is not None:
+                print(f"held-out log predictive density (standardized units): "
+                      f"{float(pm.log_predictive_density(prep.Y_test)):.3f}")
     return 0
+
+
+def _prediction_table(pm, prep):
+    """Predictive means, standard deviations and cross-output correlations in original units,
+    checked finite (a scale near the float64 limit is refused, not written as ``inf``)."""
+    import pandas as pd
+
+    mean_std = np.asarray(pm.mean, np.float64)  # (P*, D)
+    cov_std = np.asarray(pm.covariance(include_noise=True), np.float64)  # (P*, D, D), standardized
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = prep.sy.inverse_mean(mean_std)
+        sd = prep.sy.inverse_sd(cov_std)
+    sd_std = np.sqrt(np.diagonal(cov_std, axis1=-2, axis2=-1))
+    cols = {}
+    names = prep.output_names
+    for d, n in enumerate(names):
+        cols[f"mean_{n}"] = mean[:, d]
+        cols[f"sd_{n}"] = sd[:, d]
+    for i in range(len(names)):
+        for j in range(i):
+            cols[f"corr_{names[j]}_{names[i]}"] = cov_std[:, i, j] / (sd_std[:, i] * sd_std[:, j])
+    table = pd.DataFrame(cols)
+    bad = [c for c in table.columns if not np.all(np.isfinite(table[c].to_numpy()))]
+    if bad:
+        raise ValueError(
+            f"the predictions in original units are not finite in column {bad[0]!r} (the outputs' scale is "
+            "beyond float64); rescale the output columns in the file (e.g. divide by a power of ten)"
+        )
+    return table
 
 
 def run_compare(args) -> int:
     import pandas as pd
 
+    from deeplinear.app.outputs import OutputFiles
     from deeplinear.comparison import compare_models
     from deeplinear.models import ModelSpec
     from deeplinear.plotting import plot_predictive_correlations
@@ -195,29 +213,31 @@ def run_compare(args) -> int:
     spec = model_spec(args, D)
     if isinstance(spec.prior, NNGPPrior):
         raise ValueError("compare sets a prior against the NNGP; choose --prior finite or limit")
-    table_path, figure_path = _check_targets(args, ["comparison.csv", "comparison.png"])
-    nngp = ModelSpec(NNGPPrior(D), spec.lambda_star, spec.noise_variance)
-    name = {"FiniteWidthPrior": "finite", "ProportionalLimitPrior": "limit"}[type(spec.prior).__name__]
-    fits = {name: _fit_one(args, prep, spec), "nngp": _fit_one(args, prep, nngp)}
-    comp = compare_models(fits, prep.X_test, prep.Y_test)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(comp.table.to_string(float_format=lambda v: f"{v:.3f}"))
-        print()
-        print(comp.loo.to_string(float_format=lambda v: f"{v:.3f}"))
-    for name, f in fits.items():
-        print(f"{name}: {_diagnostics(f)}")
-    comp.table.to_csv(table_path)
-    print(f"table written to {table_path}")
-    if comp.predictive and D > 1:
-        import matplotlib
+    with_figure = prep.X_test is not None and D > 1
+    names = ["comparison.csv"] + (["comparison.png"] if with_figure else [])
+    with OutputFiles(args.output, names, overwrite=args.overwrite) as outputs:
+        nngp = ModelSpec(NNGPPrior(D), spec.lambda_star, spec.noise_variance)
+        name = {"FiniteWidthPrior": "finite", "ProportionalLimitPrior": "limit"}[type(spec.prior).__name__]
+        fits = {name: _fit_one(args, prep, spec), "nngp": _fit_one(args, prep, nngp)}
+        comp = compare_models(fits, prep.X_test, prep.Y_test)
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(comp.table.to_string(float_format=lambda v: f"{v:.3f}"))
+            print()
+            print(comp.loo.to_string(float_format=lambda v: f"{v:.3f}"))
+        for name, f in fits.items():
+            print(f"{name}: {_diagnostics(f)}")
+        path = outputs.write("comparison.csv", lambda tmp: comp.table.to_csv(tmp))
+        print(f"table written to {path}")
+        if with_figure:
+            import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
 
-        ax = plot_predictive_correlations(comp, label_corr=float(np.corrcoef(prep.Y, rowvar=False)[0, 1]))
-        ax.set_title(f"predictive corr({prep.output_names[0]}, {prep.output_names[1]}) at test rows")
-        ax.figure.tight_layout()
-        ax.figure.savefig(figure_path, dpi=120)
-        plt.close("all")
-        print(f"figure written to {figure_path}")
+            ax = plot_predictive_correlations(comp, label_corr=float(np.corrcoef(prep.Y, rowvar=False)[0, 1]))
+            ax.set_title(f"predictive corr({prep.output_names[0]}, {prep.output_names[1]}) at test rows")
+            ax.figure.tight_layout()
+            path = outputs.write("comparison.png", lambda tmp: ax.figure.savefig(tmp, format="png", dpi=120))
+            plt.close("all")
+            print(f"figure written to {path}")
     return 0

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Table", "read_table", "select_columns", "Standardizer"]
+__all__ = ["Table", "read_table", "select_columns", "column_indices", "Standardizer"]
 
 
 class Table(NamedTuple):
@@ -36,8 +36,12 @@ def read_table(path) -> Table:
             arr = np.load(path, allow_pickle=False)
         except ValueError as err:
             raise ValueError(f"{path}: not a numeric .npy array ({err})") from None
-        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"{path}: expected a 2-D numeric array, got dtype {arr.dtype} and shape {arr.shape}")
+        real = np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+        if arr.ndim != 2 or not real:
+            raise ValueError(
+                f"{path}: expected a 2-D array of real numbers, got dtype {arr.dtype} and shape {arr.shape}"
+                + (" (complex values: the imaginary part would be lost)" if np.iscomplexobj(arr) else "")
+            )
         return Table([str(i) for i in range(arr.shape[1])], arr.astype(np.float64))
     if suffix == ".csv":
         import pandas as pd
@@ -48,23 +52,27 @@ def read_table(path) -> Table:
             raise ValueError(f"{path}: cannot be read as CSV ({err})") from None
         if df.shape[0] == 0:
             raise ValueError(f"{path}: no data rows")
-        return Table([str(c).strip() for c in df.columns], df.to_numpy())
+        header = _header(path)
+        duplicates = sorted({h for h in header if header.count(h) > 1})
+        if duplicates:
+            raise ValueError(f"{path}: the header names {', '.join(map(repr, duplicates))} more than once; "
+                             "column names must be unique")
+        return Table(header, df.to_numpy())
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv or .npy")
+
+
+def _header(path) -> list[str]:
+    """The CSV header as written (pandas renames duplicates to ``a.1``, which would hide them)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return [h.strip() for h in next(csv.reader(f), [])]
 
 
 def select_columns(table: Table, spec: str, what: str, path="") -> np.ndarray:
     """Columns named (or indexed) in the comma-separated ``spec``, as ``(rows, len(spec))`` float64."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        raise ValueError(f"--{what} needs at least one column name")
-    idx = []
-    for n in names:
-        if n in table.columns:
-            idx.append(table.columns.index(n))
-        elif n.isdigit() and int(n) < len(table.columns):
-            idx.append(int(n))
-        else:
-            raise ValueError(f"--{what}: no column {n!r} in {path}; columns are {', '.join(table.columns)}")
+    idx = column_indices(table, spec, what, path)
     block = table.values[:, idx]
     try:
         block = block.astype(np.float64)
@@ -77,6 +85,24 @@ def select_columns(table: Table, spec: str, what: str, path="") -> np.ndarray:
     return block
 
 
+def column_indices(table: Table, spec: str, what: str, path="") -> list[int]:
+    """Indices of the columns named (or indexed) in the comma-separated ``spec``; each once."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"--{what} needs at least one column name")
+    idx = []
+    for n in names:
+        if n in table.columns:
+            idx.append(table.columns.index(n))
+        elif n.isdigit() and int(n) < len(table.columns):
+            idx.append(int(n))
+        else:
+            raise ValueError(f"--{what}: no column {n!r} in {path}; columns are {', '.join(table.columns)}")
+    if len(set(idx)) != len(idx):
+        raise ValueError(f"--{what} names a column more than once: {spec}")
+    return idx
+
+
 class Standardizer(NamedTuple):
     """Per-column mean and scale of a ``(observations, columns)`` array."""
 
@@ -85,10 +111,23 @@ class Standardizer(NamedTuple):
 
     @classmethod
     def fit(cls, A: np.ndarray) -> Standardizer:
-        """Column means and standard deviations (a constant column keeps scale 1)."""
-        scale = A.std(axis=0)
+        """Column means and standard deviations (a constant column keeps scale 1).
+
+        Computed on the columns divided by their largest magnitude, so columns near the float64
+        limit (1e307) neither overflow to ``inf`` nor get silently zeroed. Needs two rows or more.
+        """
+        if A.shape[0] < 2:
+            raise ValueError(
+                f"standardizing needs at least 2 rows, got {A.shape[0]} (one row has no spread); "
+                "add rows or pass --no-standardize"
+            )
+        peak = np.abs(A).max(axis=0)
+        peak = np.where(peak > 0, peak, 1.0)
+        B = A / peak
+        mean = B.mean(axis=0)
+        scale = (B - mean).std(axis=0) * peak
         scale = np.where(scale > 0, scale, 1.0)
-        return cls(A.mean(axis=0), scale)
+        return cls(mean * peak, scale)
 
     @classmethod
     def identity(cls, A: np.ndarray) -> Standardizer:
@@ -96,12 +135,18 @@ class Standardizer(NamedTuple):
         return cls(np.zeros(A.shape[1]), np.ones(A.shape[1]))
 
     def transform(self, A):
-        """(A - mean) / scale, column by column."""
-        return (A - self.mean) / self.scale
+        """(A - mean) / scale, column by column (halved first -- exact in binary -- so that the
+        difference of two values near +-1e308 does not overflow)."""
+        return (A / 2 - self.mean / 2) / self.scale * 2
 
     def inverse_mean(self, M):
         """Means ``(..., D)`` back to original units."""
         return M * self.scale + self.mean
+
+    def inverse_sd(self, C):
+        """Standard deviations ``(..., D)`` in original units from standardized covariances
+        ``(..., D, D)`` (``sqrt(C_dd) * s_d``: no product of two large scales)."""
+        return np.sqrt(np.diagonal(C, axis1=-2, axis2=-1)) * self.scale
 
     def inverse_cov(self, C):
         """``(..., D, D)`` covariances back to original units."""

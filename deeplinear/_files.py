@@ -1,0 +1,100 @@
+"""Files written without losing anything: atomic, exclusive, cleaned up on failure.
+
+Every file deeplinear writes (:func:`deeplinear.save_fit`, the command line's tables and figures)
+goes through :func:`atomic_write`:
+
+1. the content is written to a fresh temporary file in the target folder (``mkstemp``: a unique
+   name, so no file of the user's -- not even ``name.partial`` -- is touched);
+2. it is published under the final name in one step: without ``overwrite`` by a hard link, which
+   fails if the name exists (an *exclusive* claim: two writers racing for one name cannot both
+   win, and neither destroys the other's file); with ``overwrite`` by ``os.replace`` (atomic:
+   readers see the old file or the new one, never half of one);
+3. on any failure -- an error, a full disk, Ctrl-C -- the temporary file is removed, and the error
+   names the user's path, not the temporary one.
+
+:func:`claim` reserves a name before long work (an empty file created exclusively), so a
+second run aiming at the same file fails at once instead of after sampling; :func:`release`
+removes a claim that was not used.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["atomic_write", "claim", "release"]
+
+
+def _refuse_existing(path: Path):
+    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+
+
+def atomic_write(path, writer: Callable[[str], object], *, overwrite: bool = False) -> Path:
+    """Write a file at ``path`` by calling ``writer(temporary_path)``; publish it atomically.
+
+    Without ``overwrite`` an existing ``path`` raises ``FileExistsError`` (checked before and,
+    exclusively, after writing). Errors while writing are re-raised as ``OSError`` naming ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name")
+    if not overwrite and path.exists():
+        _refuse_existing(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: no such folder {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
+    os.close(fd)
+    try:
+        try:
+            writer(tmp)
+        except OSError as err:
+            raise OSError(f"could not write {path}: {err.strerror or err}") from err
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_exclusively(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # published (a hard link remains) or failed: the temporary goes
+    return path
+
+
+def _publish_exclusively(tmp: str, path: Path):
+    try:
+        os.link(tmp, path)  # fails if path exists: an exclusive claim of the name
+    except FileExistsError:
+        _refuse_existing(path)
+    except OSError:  # a file system without hard links: claim the name exclusively, then replace the claim
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            _refuse_existing(path)
+        os.close(fd)
+        os.replace(tmp, path)
+
+
+def claim(path) -> int:
+    """Create ``path`` as an empty file, exclusively (``FileExistsError`` if it exists); returns its
+    inode, for :func:`release`."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        _refuse_existing(path)
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def release(path, inode: int) -> None:
+    """Remove a claim made by :func:`claim` -- only if ``path`` is still that empty file."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    if st.st_ino == inode and st.st_size == 0:
+        path.unlink(missing_ok=True)
