@@ -325,14 +325,21 @@ def check_draw_hyperparameters(lambda_star, noise_variance, num_draws: int, data
     return tuple(out)
 
 
-def check_noise_for_data(noise_variance, data, name: str = "noise_variance"):
-    """``sigma^2 >= 0``, a scalar; ``sigma^2 = 0`` (interpolation) needs a full-rank kernel."""
+def check_noise_for_data(noise_variance, data, name: str = "noise_variance", lambda_star=None):
+    r"""``sigma^2 >= 0``, a scalar; ``sigma^2 = 0`` (interpolation) needs a full-rank kernel.
+
+    The likelihood's quadratic form :math:`\sum_p \tilde y_p^\top C_p^{-1} \tilde y_p` must not
+    overflow the data's precision: it is at most :math:`\|Y\|_F^2/\sigma^2`, or, for
+    :math:`\sigma^2 = 0` and a fixed ``lambda_star``, about :math:`\|Y\|_F^2/(\lambda_*\kappa_{\min})`
+    (at :math:`Q = I`)."""
     check_positive_scalar(name, noise_variance, allow_zero=True)
     if is_concrete(noise_variance):
         check_representable(
             name, noise_variance, data.dtype, positive=True,
             remedy="rescale the labels (e.g. standardize them) or use float64 (jax_enable_x64)",
         )
+    if is_concrete(noise_variance) and is_concrete(data.labels):
+        _check_quadratic_form(name, float(noise_variance), data, lambda_star)
     if is_concrete(noise_variance) and float(noise_variance) == 0 and data.basis.num_null > 0:
         raise ValueError(
             f"{name} = 0 (interpolation) needs an invertible kernel K, but K has rank "
@@ -408,3 +415,22 @@ def check_rtol(rtol, name: str = "rtol") -> float | None:
             f"{name} must be in [0, 1) (eigenvalues below {name} * the largest count as zero), got {v}"
         )
     return v
+
+
+def _check_quadratic_form(name: str, noise_variance: float, data, lambda_star) -> None:
+    energy = float(np.sum(np.asarray(data.labels, np.float64) ** 2))
+    if noise_variance > 0:
+        variance, what = noise_variance, name
+    elif isinstance(lambda_star, numbers.Real) and not isinstance(lambda_star, bool):
+        kappa_min = float(np.min(np.asarray(data.basis.eigenvalues, np.float64)))
+        variance, what = float(lambda_star) * kappa_min, "lambda_star * min(kappa)"
+    else:
+        return
+    bound = energy / variance
+    limit = float(np.finfo(data.dtype).max) * 1e-3
+    if bound > limit:
+        raise ValueError(
+            f"{name} = {noise_variance:.3g} is too small for these labels in {np.dtype(data.dtype).name}: "
+            f"||Y||^2 / ({what}) = {bound:.3g} overflows (limit {limit:.2g}); rescale the labels (e.g. "
+            f"standardize them), use a larger {name}, or float64"
+        )

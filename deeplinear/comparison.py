@@ -92,6 +92,7 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
     shapes = {(f.data.num_obs, f.data.num_outputs) for f in fits.values()}
     if len(shapes) > 1:
         raise ValueError(f"all fits must be on the same data; got (P, D) = {sorted(shapes)}")
+    _check_same_data(fits)
     has_test = X_test is not None or cross_gram is not None
     if Y_test is not None and not has_test:
         raise ValueError("Y_test needs test inputs (X_test, or cross_gram and test_gram)")
@@ -135,3 +136,31 @@ def _offdiag(mats):
 def _mean_offdiag(mats):
     off = _offdiag(mats)
     return off.mean(-1) if off.shape[-1] else np.zeros(mats.shape[:-2])
+
+
+def _check_same_data(fits: dict) -> None:
+    """Every fit was made on the same data: same kernel kind, labels and kernel eigenvalues (to
+    the rounding of the coarser precision) -- LOO and held-out densities of different data sets
+    cannot be compared."""
+    (first_name, first), *rest = fits.items()
+    for name, f in rest:
+        a, b = first.data, f.data
+        rtol = 10 * max(np.finfo(a.dtype).eps, np.finfo(b.dtype).eps) ** 0.5
+        differs = None
+        if a.kernel_kind != b.kernel_kind:
+            differs = f"kernels ({a.kernel_kind} and {b.kernel_kind})"
+        elif not _close(a.labels, b.labels, rtol):
+            differs = "labels"
+        elif a.basis.rank != b.basis.rank or not _close(a.basis.eigenvalues, b.basis.eigenvalues, rtol):
+            differs = "kernels (their eigenvalues differ)"
+        if differs:
+            raise ValueError(
+                f"all fits must be on the same data, but fits[{first_name!r}] and fits[{name!r}] have different "
+                f"{differs}"
+            )
+
+
+def _close(x, y, rtol: float) -> bool:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    scale = max(float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)), np.finfo(np.float64).tiny)
+    return x.shape == y.shape and bool(np.all(np.abs(x - y) <= rtol * scale))

@@ -303,6 +303,7 @@ class RegressionData:
             else:
                 hint = f"X is {X64.shape} and Y is {Y64.shape}"
             raise ValueError(f"X must be (P, N0) and Y (P, D), one observation per row, with the same P; {hint}")
+        check_representable("Y", Y64, dtype, _RESCALE_LABELS, positive=True)
         basis = KernelEigenbasis.linear(X64, dtype, rtol)
         return cls._build(basis, Y64, dtype, inputs=jnp.asarray(X64, dtype))
 
@@ -312,12 +313,12 @@ class RegressionData:
         dtype = check_dtype(dtype)
         K = check_gram(K, "K")
         Y64 = check_labels(Y, num_obs=K.shape[0])
+        check_representable("Y", Y64, dtype, _RESCALE_LABELS, positive=True)
         basis = KernelEigenbasis.from_gram(K, dtype, rtol)
         return cls._build(basis, Y64, dtype)
 
     @classmethod
     def _build(cls, basis, Y64, dtype, inputs=None):
-        check_representable("Y", Y64, dtype, _RESCALE_LABELS, positive=True)
         U = np.asarray(basis.eigenvectors, np.float64)
         rotated = U.T @ Y64
         null = np.sum((Y64 - U @ rotated) ** 2) if basis.num_null else 0.0

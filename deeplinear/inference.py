@@ -143,13 +143,27 @@ class PosteriorFit:
         )
 
     def summary(self, var_names=None, **kwargs):
-        """``arviz.summary`` of the posterior (default variables: ``Q`` and hyperparameters)."""
+        """``arviz.summary`` of the posterior (default variables: ``Q`` and the inferred
+        hyperparameters that vary; the NNGP's constant ``Q = I`` has no R-hat or ESS, so it is
+        left out when anything else is inferred)."""
         import arviz_stats
 
+        varying = self._varying_variables()
         if var_names is None:
-            post = self.datatree["posterior"]
-            var_names = [v for v in ("Q", "ratio", "lambda_star", "noise_variance") if v in post.data_vars]
-        return arviz_stats.summary(self.datatree, var_names=var_names, **kwargs)
+            var_names = list(varying) or ["Q"]
+        with warnings.catch_warnings():
+            if not varying:  # the exact NNGP: R-hat and ESS of constant draws are NaN, as they should be
+                warnings.simplefilter("ignore", RuntimeWarning)
+            return arviz_stats.summary(self.datatree, var_names=var_names, **kwargs)
+
+    def _varying_variables(self) -> tuple[str, ...]:
+        """``Q`` and the inferred hyperparameters whose draws vary (over chains and draws, entry
+        by entry: the NNGP's ``Q = I`` holds 0s and 1s but never varies)."""
+        post = self.datatree["posterior"]
+        return tuple(
+            v for v in ("Q", "ratio", "lambda_star", "noise_variance")
+            if v in post.data_vars and np.max(np.ptp(post[v].values, axis=(0, 1))) > 0
+        )
 
     def diagnostics(self) -> Diagnostics:
         """Divergences, max R-hat and min bulk ESS over ``Q`` and the inferred hyperparameters
@@ -158,10 +172,7 @@ class PosteriorFit:
         import arviz_stats
 
         post = self.datatree["posterior"]
-        names = tuple(
-            v for v in ("Q", "ratio", "lambda_star", "noise_variance")
-            if v in post.data_vars and np.ptp(post[v].values) > 0
-        )
+        names = self._varying_variables()
         rhat = ess = np.nan
         if names:
             with warnings.catch_warnings():

@@ -205,7 +205,8 @@ class ModelSpec:
                 "columns (outputs); they must agree"
             )
         if not isinstance(self.noise_variance, dist.Distribution):
-            check_noise_for_data(self.noise_variance, data)
+            lam = None if isinstance(self.lambda_star, dist.Distribution) else self.lambda_star
+            check_noise_for_data(self.noise_variance, data, lambda_star=lam)
         return data
 
     def model(self, data: RegressionData, *, observed: bool = True, labels=None):
