@@ -8,6 +8,14 @@ theory.md and the paper write the transposes: their :math:`X` is ``N0 x P`` and 
 :math:`K = X^\top X/N_0` of theory.md is ``X @ X.T / N0`` here, its :math:`\tilde y_p = (YU)_{:,p}`
 is row ``p`` of ``U.T @ Y``, and every formula holds unchanged with this substitution.
 
+Orientation is never guessed. An array whose shape cannot be ``(P, N0)``/``(P, D)`` together
+with the others (``X`` with ``N0 != P`` passed transposed) is an error naming the array to
+transpose. A square array (``N0 = P``, or ``D = P``) fits both readings; it is always read with
+rows as observations, like every other array, so its meaning does not depend on its shape --
+check ``repr(data)``, which states ``P`` and ``D``. Masked arrays with masked entries, complex
+arrays and magnitudes the working precision cannot hold (see
+:func:`deeplinear._validation.check_representable`) are refused.
+
 Given ``Q``, the labels have covariance :math:`\lambda_* Q \otimes K + \sigma^2 I`. With
 :math:`K = U \operatorname{diag}(\kappa) U^\top` the rotated labels :math:`\tilde y_p` (rows of
 :math:`\tilde Y = U_R^\top Y`, ``(R, D)``) are independent,

@@ -279,10 +279,19 @@ def test_a_float64_fit_is_not_silently_loaded_as_float32(tmp_path):
         assert dl.load_fit(path).data.dtype == np.float64
 
 
-def test_loaded_hyperpriors_are_rebuilt_and_can_be_rerun(tmp_path):
+@pytest.fixture(scope="module")
+def inferred_noise_nngp():
+    """An NNGP fit with an inferred noise variance: 2 chains, so R-hat is defined."""
     spec = dl.ModelSpec(dl.NNGPPrior(2), noise_variance=dist.HalfNormal(0.7))
-    fit = dl.fit(DATA, spec, num_warmup=20, num_samples=20, num_chains=1, progress_bar=False)
-    loaded = dl.load_fit(_saved(tmp_path, fit))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "invalid value" from R-hat of a constant
+        warnings.simplefilter("ignore", dl.ConvergenceWarning)
+        return dl.fit(DATA, spec, num_warmup=30, num_samples=30, num_chains=2, chain_method="sequential",
+                      progress_bar=False)
+
+
+def test_loaded_hyperpriors_are_rebuilt_and_can_be_rerun(inferred_noise_nngp, tmp_path):
+    loaded = dl.load_fit(_saved(tmp_path, inferred_noise_nngp))
     assert isinstance(loaded.spec.noise_variance, dist.HalfNormal)
     assert float(loaded.spec.noise_variance.scale) == pytest.approx(0.7)
     again = dl.fit(loaded.data, loaded.spec, num_warmup=20, num_samples=20, num_chains=1, progress_bar=False)
@@ -292,12 +301,24 @@ def test_loaded_hyperpriors_are_rebuilt_and_can_be_rerun(tmp_path):
 # --- item 2: hostile values that are valid give finite results, or warn ------------------------
 
 
-def test_deep_limit_prior_runs_and_warns_where_q_underflows():
-    with pytest.warns(dl.PrecisionWarning, match="underflow|smallest float32"):
-        fit = dl.fit(DATA, dl.ProportionalLimitPrior(50.0, 2, num_steps=8), noise_variance=0.5,
-                     num_warmup=30, num_samples=30, num_chains=1, progress_bar=False)
-    assert np.all(np.isfinite(fit.draws("Q")))
-    assert np.all(np.isfinite(np.asarray(fit.predict(X[:2]).covariance())))
+def test_deep_limit_prior_gives_a_finite_model_and_warns_where_q_underflows():
+    """Ratio 50 in float32: Q's last direction underflows (a warning), yet the model's log
+    density -- what NUTS evaluates -- is finite with argument validation on (it failed NumPyro's
+    exact positive-definiteness test before)."""
+    import numpyro
+    from numpyro.infer.util import log_density
+
+    prior = dl.ProportionalLimitPrior(50.0, 2, num_steps=8)
+    with pytest.warns(dl.PrecisionWarning, match="smallest float32"):
+        latents = prior.sample_latents(0, ())
+        vbar = prior.sample_vbar(0, 4)
+    q = vbar @ np.swapaxes(vbar, -1, -2)
+    assert np.linalg.eigvalsh(np.asarray(q, np.float64)).min() < 1e-30  # singular in float32
+    like = dl.KroneckerNormal(q, 1.0, 0.5, DATA, root=vbar, validate_args=True)
+    assert np.all(np.isfinite(np.asarray(like.log_prob(DATA.labels))))
+    with numpyro.validation_enabled():
+        logp, _ = log_density(dl.ModelSpec(prior, noise_variance=0.5).model, (DATA,), {}, latents)
+    assert np.isfinite(float(logp))
     with pytest.warns(dl.PrecisionWarning, match="singular or zero"):
         dl.ProportionalLimitPrior(1e4, 2).sample_q(0, 3)
     with warnings.catch_warnings():
@@ -339,15 +360,11 @@ def test_standardizer_keeps_columns_near_the_float64_limit():
 # --- item 4: diagnostics -----------------------------------------------------------------------
 
 
-def test_nngp_with_inferred_hyperparameters_has_a_finite_rhat():
-    spec = dl.ModelSpec(dl.NNGPPrior(2), noise_variance=dist.HalfNormal(1.0))
+def test_nngp_with_inferred_hyperparameters_has_a_finite_rhat(inferred_noise_nngp):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no "invalid value" from R-hat of a constant
-        warnings.simplefilter("ignore", dl.ConvergenceWarning)
-        fit = dl.fit(DATA, spec, num_warmup=30, num_samples=30, num_chains=2, chain_method="sequential",
-                     progress_bar=False)
-        diag = fit.diagnostics()
-        table = fit.summary()
+        diag = inferred_noise_nngp.diagnostics()
+        table = inferred_noise_nngp.summary()
     assert diag.variables == ("noise_variance",) and np.isfinite(diag.max_rhat)
     assert list(table.index) == ["noise_variance"]
 
