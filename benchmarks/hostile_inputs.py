@@ -43,7 +43,7 @@ def cli(argv, files=None, prepare=None, inspect=None):
             (tmp / name).write_text(text)
         if prepare:
             prepare(tmp)
-        before = {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file()}
+        before = {str(p.relative_to(tmp)): p.read_bytes() for p in tmp.rglob("*") if p.is_file()}
         cwd = os.getcwd()
         os.chdir(tmp)
         err = io.StringIO()
@@ -101,7 +101,7 @@ def two_runs_case():
 def huge_column_case(column):
     A = RNG.normal(size=(15, 5))
     A[:, column] *= 1e307
-    text = "a,b,c,y1,y2\n" + "".join(",".join(repr(v) for v in r) + "\n" for r in A)
+    text = "a,b,c,y1,y2\n" + "".join(",".join(repr(float(v)) for v in r) + "\n" for r in A)
     return cli(["fit", "--data", "train.csv", "--test", "test.csv", "--inputs", "a,b,c", "--outputs", "y1,y2",
                 *FAST], files={"train.csv": text, "test.csv": text}, inspect=_predictions)
 
@@ -109,6 +109,8 @@ def huge_column_case(column):
 def _predictions(folder):
     import pandas as pd
 
+    if not (folder / "predictions.csv").exists():
+        return "no predictions.csv"
     pred = pd.read_csv(folder / "predictions.csv")
     sd = pred[[c for c in pred.columns if c.startswith("sd_")]].to_numpy()
     finite = bool(np.all(np.isfinite(pred.to_numpy())))
