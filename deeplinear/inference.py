@@ -360,6 +360,11 @@ def _add_loo_group(result: PosteriorFit):
     noise = jnp.asarray(result.draws("noise_variance"), data.dtype)
 
     ll = np.asarray(loo_log_likelihood_draws(q, lam, noise, data)).reshape(C, S, data.num_obs)
+    if not np.all(np.isfinite(ll)):
+        raise FloatingPointError(
+            "the leave-one-input-out log-likelihood terms are not finite in this precision; rescale the inputs "
+            "and labels, use a larger noise_variance, float64 (jax_enable_x64), or log_likelihood=False"
+        )
     ds = xr.Dataset(
         {"Y": (("chain", "draw", "obs"), ll)},
         coords={"chain": post["chain"].values, "draw": post["draw"].values, "obs": np.arange(data.num_obs)},

@@ -128,6 +128,16 @@ def _all_draws(q, lam, noise, data, test, batch_size):
     return jax.lax.map(lambda a: fn(*a), (q, lam, noise), batch_size=batch_size)
 
 
+def _check_finite(what: str, *arrays) -> None:
+    """Results are finite before they are returned (the argument checks make this the rule; a
+    failure here names the quantity and the remedy rather than returning NaN)."""
+    if all(is_concrete(a) for a in arrays) and not all(bool(jnp.all(jnp.isfinite(a))) for a in arrays):
+        raise FloatingPointError(
+            f"{what} are not finite in this precision; rescale the inputs and labels (e.g. standardize "
+            "them), use a larger noise_variance, or float64 (jax_enable_x64)"
+        )
+
+
 def correlation_matrix(cov):
     r"""Correlations :math:`\Sigma_{de} / \sqrt{\Sigma_{dd}\Sigma_{ee}}` of covariance
     matrices ``(..., D, D)`` (e.g. draws of ``Q``); a NumPy array in, a NumPy array out (its
@@ -152,6 +162,11 @@ class PredictiveMixture:
         Kernel quantities at the test inputs (:meth:`RegressionData.prediction_kernel`).
     batch_size : int, default 256
         Draws processed at once (memory bound).
+
+    Raises ``FloatingPointError`` (naming the quantity and the remedy) rather than returning a
+    non-finite mean, covariance or log density; the argument checks of
+    :class:`~deeplinear.data.RegressionData` and :meth:`~deeplinear.data.RegressionData.prediction_kernel`
+    refuse, before any compilation, the magnitudes that would cause one.
     """
 
     def __init__(self, q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, batch_size=256):
@@ -187,9 +202,11 @@ class PredictiveMixture:
 
     def _compute(self):
         if self._draw_means is None:
-            self._draw_means, self._draw_covs = _all_draws(
+            means, covs = _all_draws(
                 self.q, self.lambda_star, self.noise_variance, self.data, self.test, self.batch_size
             )
+            _check_finite("the predictive means and covariances", means, covs)
+            self._draw_means, self._draw_covs = means, covs
         return self._draw_means, self._draw_covs
 
     @property
@@ -288,8 +305,9 @@ class PredictiveMixture:
             return gaussian_logpdf(Y_test - mean, jnp.linalg.cholesky(cov + noise * eye))
 
         lp = jax.lax.map(per_draw, (self.q, self.lambda_star, self.noise_variance), batch_size=self.batch_size)
-        lpd = jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(self.num_draws)
-        return jnp.sum(lpd)
+        lpd = jnp.sum(jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(self.num_draws))
+        _check_finite("the held-out log predictive density", lpd)
+        return lpd
 
     def __repr__(self):
         return (

@@ -343,6 +343,17 @@ def test_interpolation_with_nearly_collinear_inputs_warns():
         dl.fit(data, dl.NNGPPrior(2), noise_variance=0.0, num_samples=2, num_chains=1)
 
 
+def test_non_finite_predictions_are_an_error_not_a_nan():
+    """Draws of Q far beyond the data's scale overflow float32 inside the predictive: an error
+    naming the quantity and the remedy, never a NaN returned."""
+    from deeplinear.predictive import PredictiveMixture
+
+    q = np.broadcast_to(np.eye(2) * 1e30, (3, 2, 2))
+    mixture = PredictiveMixture(q, 1e10, 0.5, DATA, DATA.prediction_kernel(X[:2]))
+    with pytest.raises(FloatingPointError, match="predictive means and covariances are not finite.*rescale"):
+        mixture.covariance()
+
+
 def test_joint_gram_matrices_of_one_kernel_are_accepted():
     pk = gram_prediction(F @ F_TEST.T, F_TEST @ F_TEST.T)
     assert np.all(np.asarray(pk.residual_gram) >= -1e-5)
