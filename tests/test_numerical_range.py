@@ -8,6 +8,7 @@ agree with float64 to the accuracy measured by benchmarks/numerical_range.py (wo
 """
 
 import warnings
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -33,25 +34,31 @@ def _latents(prior):
         return {k: np.asarray(v) for k, v in prior.sample_latents(jax.random.key(1), (NUM_DRAWS,), jnp.float64).items()}
 
 
+@partial(jax.jit, static_argnums=(0, 1))
+def _logp_and_grad(prior, noise, data, latents):
+    """The model's log density and its gradient per draw (compiled once per precision and noise;
+    the data are an argument, so the label scales share the compilation)."""
+
+    def logp(latent):
+        return log_density(dl.deep_linear_model, (data, prior), {"noise_variance": noise}, latent)[0]
+
+    return jax.vmap(logp)(latents), jax.vmap(jax.grad(logp))(latents)
+
+
 def _evaluate(prior, latents, scale, noise, dtype):
     rng = np.random.default_rng(0)
     D = prior.num_outputs
     X, Xt = rng.normal(size=(N0, P)).T, rng.normal(size=(N0, 2)).T
     data = dl.RegressionData.linear(X, scale * rng.normal(size=(D, P)).T, dtype=dtype)
     lat = {k: jnp.asarray(v, dtype) for k, v in latents.items()}
-
-    def logp(latent):
-        return log_density(dl.deep_linear_model, (data, prior), {"noise_variance": noise}, latent)[0]
-
+    logp, grad = _logp_and_grad(prior, noise, data, lat)
     vbar = jax.vmap(prior.vbar_from_latents)(lat)
     q = vbar @ jnp.swapaxes(vbar, -1, -2)
     ones, noises = jnp.ones(NUM_DRAWS, dtype), jnp.full(NUM_DRAWS, noise, dtype)
     pm = dl.PredictiveMixture(q, ones, noises, data, data.prediction_kernel(Xt))
     return {
-        "logp": np.asarray(jax.vmap(logp)(lat), float),
-        "grad": np.concatenate(
-            [np.asarray(g, float).reshape(NUM_DRAWS, -1) for g in jax.vmap(jax.grad(logp))(lat).values()], 1
-        ),
+        "logp": np.asarray(logp, float),
+        "grad": np.concatenate([np.asarray(g, float).reshape(NUM_DRAWS, -1) for g in grad.values()], 1),
         "mean": np.asarray(pm.mean, float),
         "cov": np.asarray(pm.covariance(), float),
         "loo": np.asarray(loo_log_likelihood_draws(q, ones, noises, data), float),
