@@ -68,37 +68,84 @@ def _joint_psd_tolerance(dtype) -> float:
     return max(1e-8, 100 * float(np.finfo(dtype).eps))
 
 
+MAX_JOINT_ENTRIES = 2**28  # entries of a dense (P*, P*) or (P* D, P* D) matrix built on request (1-2 GB)
+
+
 @pytree_dataclass(eq=False)
 class PredictionKernel:
     r"""Kernel quantities at test inputs (a pytree; build it with :meth:`RegressionData.prediction_kernel`).
+
+    Per-input predictions need only ``O(P* R)`` numbers: the rotated cross-kernel and two
+    diagonals. The dense ``P* x P*`` matrices of joint predictions are built only on request
+    (:attr:`test_gram`, :attr:`residual_gram`), from a factor for the linear kernel.
 
     Attributes
     ----------
     rotated_cross : array ``(P*, R)``
         :math:`\tilde k = U_R^\top k_*`, one test input per row (:math:`k_* = K(X, X_*)`).
-    test_gram : array ``(P*, P*)``
-        :math:`k_{**}`, the test-test Gram matrix.
-    residual_gram : array ``(P*, P*)``
-        The part of :math:`k_{**}` the training inputs do not explain,
-        :math:`k_\perp = k_{**} - \tilde k \operatorname{diag}(\kappa)^{-1} \tilde k^\top` (the
+    test_diag : array ``(P*,)``
+        :math:`k(x_*, x_*)`, the diagonal of the test-test Gram matrix :math:`k_{**}`.
+    residual_diag : array ``(P*,)``
+        The diagonal of :math:`k_\perp = k_{**} - \tilde k \operatorname{diag}(\kappa)^{-1}
+        \tilde k^\top`, the part of :math:`k_{**}` the training inputs do not explain (the
         Schur complement; zero for test inputs in the span of the training inputs).
+    test_root, residual_root : arrays ``(P*, N0)`` or None
+        Linear kernel: factors with :math:`k_{**} = ` ``test_root @ test_root.T`` (``X_test/sqrt(N0)``)
+        and :math:`k_\perp = ` ``residual_root @ residual_root.T`` (:math:`x_\perp/\sqrt{N_0}`).
+    test_dense, residual_dense : arrays ``(P*, P*)`` or None
+        User Gram matrix given in full: :math:`k_{**}` and :math:`k_\perp`.
 
     :math:`k_\perp` is computed in float64, so the predictive covariance never subtracts nearly
-    equal numbers in float32. Linear kernel: as :math:`x_\perp x'^\top_\perp / N_0` with
-    :math:`x_\perp` the component of :math:`x_*` outside the span of the training inputs (a
-    squared norm: accurate to float64 even from float32-stored data). User Gram matrix: as the
-    difference above, from the stored eigenpairs (with a float32 ``RegressionData`` its error is
-    ~1e-7 of :math:`k_{**}`).
+    equal numbers in float32. Linear kernel: from :math:`x_\perp`, the component of :math:`x_*`
+    outside the span of the training inputs (a squared norm: accurate to float64 even from
+    float32-stored data). User Gram matrix: as the difference above, from the stored eigenpairs
+    (with a float32 ``RegressionData`` its error is ~1e-7 of :math:`k_{**}`).
     """
 
     rotated_cross: Array
-    test_gram: Array
-    residual_gram: Array
+    test_diag: Array
+    residual_diag: Array
+    test_root: Array | None = None
+    residual_root: Array | None = None
+    test_dense: Array | None = None
+    residual_dense: Array | None = None
 
     @property
     def num_test(self) -> int:
         """``P*``, the number of test inputs."""
-        return self.test_gram.shape[0]
+        return self.test_diag.shape[0]
+
+    @property
+    def test_gram(self) -> Array:
+        """:math:`k_{**}`, ``(P*, P*)``, built on request (joint predictions only)."""
+        return self._dense(self.test_root, self.test_dense, "test_gram")
+
+    @property
+    def residual_gram(self) -> Array:
+        r""":math:`k_\perp`, ``(P*, P*)``, built on request (joint predictions only)."""
+        return self._dense(self.residual_root, self.residual_dense, "residual_gram")
+
+    def _dense(self, root, dense, name):
+        if dense is not None:
+            return dense
+        if root is None:
+            raise ValueError(
+                f"joint predictions need the full test Gram matrix: pass test_gram as a (P*, P*) matrix, "
+                f"not only its diagonal ({name} is unavailable)"
+            )
+        check_joint_size(self.num_test)
+        return root @ root.T
+
+
+def check_joint_size(num_test: int, num_outputs: int = 1) -> None:
+    """Refuse a dense joint quantity over ``P* D`` rows beyond ``MAX_JOINT_ENTRIES`` entries."""
+    n = num_test * num_outputs
+    if n * n > MAX_JOINT_ENTRIES:
+        raise ValueError(
+            f"a joint covariance over P* = {num_test} test inputs (x D = {num_outputs}) has {n * n:.3g} entries, "
+            f"more than {MAX_JOINT_ENTRIES:.3g}; use the per-input covariance() and log_predictive_density(), "
+            "or fewer test inputs at once"
+        )
 
 
 @pytree_dataclass(eq=False)
@@ -203,12 +250,18 @@ class KernelEigenbasis:
         span, _ = np.linalg.qr(proj)  # orthonormal basis of the training inputs' span
         outside = X_test - (X_test @ span) @ span.T  # x_perp, one per row
         scaled = X_test / np.sqrt(n0)
-        test_gram = scaled @ scaled.T
-        check_representable("the test Gram matrix X_test X_test^T / N0", test_gram, dtype, _RESCALE_TEST)
-        return _prediction_kernel(X_test @ proj, test_gram, (outside / np.sqrt(n0)) @ (outside / np.sqrt(n0)).T, dtype)
+        test_diag = np.sum(scaled**2, axis=1)
+        check_representable("the test Gram matrix X_test X_test^T / N0", test_diag, dtype, _RESCALE_TEST)
+        outside = outside / np.sqrt(n0)
+        return PredictionKernel(
+            jnp.asarray(X_test @ proj, dtype), jnp.asarray(test_diag, dtype),
+            jnp.asarray(np.sum(outside**2, axis=1), dtype),
+            test_root=jnp.asarray(scaled, dtype), residual_root=jnp.asarray(outside, dtype),
+        )
 
     def prediction_kernel_gram(self, cross_gram, test_gram, dtype) -> PredictionKernel:
-        """User kernel: ``cross_gram`` :math:`K(X, X_*)` ``(P, P*)``, ``test_gram`` ``(P*, P*)`` (validated)."""
+        """User kernel: ``cross_gram`` :math:`K(X, X_*)` ``(P, P*)``; ``test_gram`` ``(P*, P*)``, or its
+        diagonal ``(P*,)`` for per-input predictions only (validated)."""
         U = np.asarray(self.eigenvectors, np.float64)
         kappa = np.asarray(self.eigenvalues, np.float64)
         cross_gram = np.asarray(cross_gram, np.float64)
@@ -216,9 +269,11 @@ class KernelEigenbasis:
         check_representable("test_gram", test_gram, dtype, _RESCALE_GRAM)
         check_representable("cross_gram", cross_gram, dtype, _RESCALE_GRAM)
         cross = cross_gram.T @ U  # (P*, R)
+        test_diag = test_gram if test_gram.ndim == 1 else np.diagonal(test_gram)
         # [[K, k*], [k*^T, k**]] is PSD iff k* lies in the span of K and the Schur complement is PSD
         tol = _joint_psd_tolerance(dtype)
-        scale = np.sqrt(kappa.max() * max(float(np.abs(np.diagonal(test_gram)).max()), np.finfo(np.float64).tiny))
+        top = max(float(np.abs(test_diag).max()), np.finfo(np.float64).tiny)
+        scale = np.sqrt(kappa.max() * top)
         outside = np.abs(cross_gram - U @ cross.T).max() if self.num_null else 0.0
         if outside > tol * scale:
             raise ValueError(
@@ -227,13 +282,14 @@ class KernelEigenbasis:
                 "matrix [[K, cross_gram], [cross_gram^T, test_gram]] is not positive semi-definite; compute "
                 "all three with the same kernel function"
             )
-        resid = test_gram - (cross / kappa) @ cross.T
-        resid = (resid + resid.T) / 2
-        # the diagonal always (O(P*)); every eigenvalue up to JOINT_PSD_CHECK_MAX test inputs (O(P*^3))
-        lowest = float(np.diagonal(resid).min())
-        if resid.shape[0] <= JOINT_PSD_CHECK_MAX:
-            lowest = min(lowest, float(np.linalg.eigvalsh(resid).min()))
-        top = max(float(np.abs(np.diagonal(test_gram)).max()), np.finfo(np.float64).tiny)
+        resid_diag = test_diag - np.sum(cross**2 / kappa, axis=1)
+        lowest = float(resid_diag.min())  # the diagonal always (O(P* R))
+        resid = None
+        if test_gram.ndim == 2:
+            resid = test_gram - (cross / kappa) @ cross.T
+            resid = (resid + resid.T) / 2
+            if resid.shape[0] <= JOINT_PSD_CHECK_MAX:  # every eigenvalue: O(P*^3)
+                lowest = min(lowest, float(np.linalg.eigvalsh(resid).min()))
         if lowest < -tol * top:
             raise ValueError(
                 "cross_gram and test_gram cannot come from one kernel with the training Gram matrix K: the "
@@ -242,15 +298,15 @@ class KernelEigenbasis:
                 "[[K, cross_gram], [cross_gram^T, test_gram]] is not positive semi-definite; compute all three "
                 "with the same kernel function"
             )
-        np.fill_diagonal(resid, np.maximum(np.diagonal(resid), 0.0))  # rounding below zero
-        return _prediction_kernel(cross, test_gram, resid, dtype)
-
-
-def _prediction_kernel(rotated_cross, test_gram, residual_gram, dtype) -> PredictionKernel:
-    """Cast the float64 test-kernel quantities to ``dtype`` (their magnitudes were checked)."""
-    return PredictionKernel(
-        jnp.asarray(rotated_cross, dtype), jnp.asarray(test_gram, dtype), jnp.asarray(residual_gram, dtype)
-    )
+        resid_diag = np.maximum(resid_diag, 0.0)  # rounding below zero
+        if resid is not None:
+            np.fill_diagonal(resid, resid_diag)
+        dense = {} if resid is None else {
+            "test_dense": jnp.asarray(test_gram, dtype), "residual_dense": jnp.asarray(resid, dtype)
+        }
+        return PredictionKernel(
+            jnp.asarray(cross, dtype), jnp.asarray(test_diag, dtype), jnp.asarray(resid_diag, dtype), **dense
+        )
 
 
 @pytree_dataclass(eq=False)
@@ -340,7 +396,8 @@ class RegressionData:
 
     def prediction_kernel(self, X_test=None, *, cross_gram=None, test_gram=None) -> PredictionKernel:
         r"""Kernel quantities at test inputs: ``X_test`` (``(P*, N0)``) for the linear kernel, or
-        ``cross_gram`` :math:`K(X, X_*)` (``(P, P*)``) and ``test_gram`` (``(P*, P*)``).
+        ``cross_gram`` :math:`K(X, X_*)` (``(P, P*)``) and ``test_gram`` (``(P*, P*)``, or only its
+        diagonal ``(P*,)``: enough for per-input predictions, in ``O(P* R)`` memory).
 
         The three Gram matrices must come from one kernel: ``cross_gram`` may have no part in the
         null space of ``K``, and the Schur complement :math:`k_{**} - k_*^\top K^+ k_*` may have no
@@ -354,12 +411,18 @@ class RegressionData:
             return self.basis.prediction_kernel_linear(X_test, dtype)
         if X_test is not None or cross_gram is None or test_gram is None:
             raise ValueError(
-                "this data uses a user-supplied Gram matrix: pass cross_gram (P, P*) and test_gram (P*, P*)"
+                "this data uses a user-supplied Gram matrix: pass cross_gram (P, P*) and test_gram (P*, P*) "
+                "or its diagonal (P*,)"
             )
         cross = check_gram(cross_gram, "cross_gram", symmetric=False)
         if cross.shape[0] != self.num_obs:
             raise ValueError(f"cross_gram must have shape (P, P*) with P = {self.num_obs}, got {cross.shape}")
-        test = check_gram(test_gram, "test_gram", shape=(cross.shape[1],) * 2)
+        if np.ndim(test_gram) == 1:  # the diagonal k(x*, x*) only: per-input predictions in O(P* R)
+            test = check_gram(np.asarray(test_gram)[:, None], "test_gram", symmetric=False)[:, 0]
+            if test.shape[0] != cross.shape[1]:
+                raise ValueError(f"test_gram as a diagonal must have shape ({cross.shape[1]},), got {test.shape}")
+        else:
+            test = check_gram(test_gram, "test_gram", shape=(cross.shape[1],) * 2)
         return self.basis.prediction_kernel_gram(cross, test, dtype)
 
     def __repr__(self):

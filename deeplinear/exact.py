@@ -138,7 +138,7 @@ def exact_posterior_d1(
     test = None
     if X_test is not None or cross_gram is not None:
         tk = data.prediction_kernel(X_test, cross_gram=cross_gram, test_gram=test_gram)
-        test = (np.asarray(tk.rotated_cross, np.float64).T, np.diag(np.asarray(tk.test_gram, np.float64)))
+        test = (np.asarray(tk.rotated_cross, np.float64).T, np.asarray(tk.test_diag, np.float64))
 
     def loglik(s):
         return _loglik(np.atleast_1d(s), lam, noise, kappa, ytil, null, num_null)

@@ -54,7 +54,7 @@ from deeplinear._validation import (
     check_sample_shape,
     is_concrete,
 )
-from deeplinear.data import PredictionKernel, RegressionData, check_regression_data
+from deeplinear.data import PredictionKernel, RegressionData, check_joint_size, check_regression_data
 
 __all__ = ["PredictiveMixture", "conditional_predictive", "correlation_matrix"]
 
@@ -110,13 +110,14 @@ def _conditional(q, lambda_star, noise_variance, data, test, joint=False):
     labels = data.rotated_labels.astype(dtype) @ vecs  # (R, D): W^T y_p per row
     mean = (kt @ (gain * labels)) @ vecs.T  # (P*, D)
     shrink = noise * gain  # (R, D): eigenvalues of sigma^2 lambda Q C_p^-1
-    resid = test.residual_gram.astype(dtype)
     if joint:
+        resid = test.residual_gram.astype(dtype)  # (P*, P*), built on request
         weights = jnp.einsum("jp,kp,pe->jke", kt, kt / kappa, shrink)
         cov = lam * jnp.einsum("jk,de->jdke", resid, q) + jnp.einsum("de,jke,fe->jdkf", vecs, weights, vecs)
     else:
+        resid = test.residual_diag.astype(dtype)  # (P*,): per-input predictions never build P* x P*
         weights = (kt**2 / kappa) @ shrink  # (P*, D)
-        cov = lam * jnp.diagonal(resid)[:, None, None] * q + jnp.einsum("de,je,fe->jdf", vecs, weights, vecs)
+        cov = lam * resid[:, None, None] * q + jnp.einsum("de,je,fe->jdf", vecs, weights, vecs)
     return mean, cov
 
 
@@ -126,6 +127,79 @@ def _all_draws(q, lam, noise, data, test, batch_size):
     module-level so that repeated calls with the same shapes reuse the compiled code."""
     fn = partial(_conditional, data=data, test=test)
     return jax.lax.map(lambda a: fn(*a), (q, lam, noise), batch_size=batch_size)
+
+
+MEMORY_BUDGET_ENTRIES = 2**25  # numbers held per batch of draws (128 MB in float32): bounds b * P* * D^2
+
+
+def _batches(a, batch_size: int):
+    """``(S, ...)`` -> ``(ceil(S / b), b, ...)``, padded by repeating the first draw."""
+    S = a.shape[0]
+    num = -(-S // batch_size)
+    pad = num * batch_size - S
+    if pad:
+        a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)])
+    return a.reshape((num, batch_size) + a.shape[1:])
+
+
+def _draw_weights(S: int, batch_size: int, dtype):
+    """1 for real draws, 0 for the padding of the last batch, shaped like :func:`_batches`."""
+    num = -(-S // batch_size)
+    return (jnp.arange(num * batch_size) < S).astype(dtype).reshape(num, batch_size)
+
+
+@partial(jax.jit, static_argnames="batch_size")
+def _mixture_moments(q, lam, noise, data, test, batch_size):
+    r"""Mixture mean ``(P*, D)``, :math:`E[\Sigma_*]` and :math:`\operatorname{Cov}(m_*)` ``(P*, D, D)``,
+    accumulated over batches of ``batch_size`` draws in two passes (the mean, then the spread
+    about it, exactly as from the stored per-draw arrays): memory ``O(b P* D^2)``, never
+    ``(S, P*, D, D)``."""
+    S = q.shape[0]
+    P, D = test.num_test, data.num_outputs
+    args = (_batches(q, batch_size), _batches(lam, batch_size), _batches(noise, batch_size),
+            _draw_weights(S, batch_size, q.dtype))
+    per_draw = jax.vmap(partial(_conditional, data=data, test=test))
+
+    def sums(acc, a):
+        mean, cov = per_draw(*a[:3])
+        return (acc[0] + jnp.tensordot(a[3], mean, 1), acc[1] + jnp.tensordot(a[3], cov, 1)), None
+
+    zero_cov = jnp.zeros((P, D, D), q.dtype)
+    (sum_mean, sum_cov), _ = jax.lax.scan(sums, (jnp.zeros((P, D), q.dtype), zero_cov), args)
+    mean = sum_mean / S
+
+    def spread(acc, a):
+        dev = per_draw(*a[:3])[0] - mean  # the covariances are not used: compiled away
+        return acc + jnp.einsum("s,sjd,sje->jde", a[3], dev, dev), None
+
+    sum_spread, _ = jax.lax.scan(spread, zero_cov, args)
+    return mean, sum_cov / S, sum_spread / S
+
+
+@partial(jax.jit, static_argnames="batch_size")
+def _pointwise_log_density(q, lam, noise, data, test, Y_test, batch_size):
+    r""":math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s), \Sigma_{*jj}(Q_s) + \sigma_s^2 I)` with a
+    running log-sum-exp over batches of draws: memory ``O(b P* D^2)``, never ``(S, P*)``."""
+    S = q.shape[0]
+    P, D = test.num_test, data.num_outputs
+    args = (_batches(q, batch_size), _batches(lam, batch_size), _batches(noise, batch_size),
+            _draw_weights(S, batch_size, q.dtype))
+    eye = jnp.eye(D, dtype=q.dtype)
+
+    def one(q1, lam1, noise1):
+        mean, cov = _conditional(q1, lam1, noise1, data, test)
+        return gaussian_logpdf(Y_test - mean, jnp.linalg.cholesky(cov + noise1 * eye))  # (P*,)
+
+    def step(carry, a):
+        top, total = carry
+        lp = jnp.where(a[3][:, None] > 0, jax.vmap(one)(*a[:3]), -jnp.inf)  # (b, P*); padding counts 0
+        new_top = jnp.maximum(top, lp.max(axis=0))
+        total = total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(lp - new_top), axis=0)
+        return (new_top, total), None
+
+    start = (jnp.full((P,), -jnp.inf, q.dtype), jnp.zeros((P,), q.dtype))
+    (top, total), _ = jax.lax.scan(step, start, args)
+    return jnp.sum(top + jnp.log(total) - jnp.log(S))
 
 
 def _check_finite(what: str, *arrays) -> None:
@@ -189,6 +263,7 @@ class PredictiveMixture:
         self.batch_size = check_positive_int("batch_size", batch_size)
         self._draw_means = None
         self._draw_covs = None
+        self._moments = None
 
     @property
     def num_draws(self) -> int:
@@ -199,6 +274,21 @@ class PredictiveMixture:
     def num_test(self) -> int:
         """``P*``, the number of test inputs."""
         return self.test.num_test
+
+    def _draw_batch(self) -> int:
+        """Draws per batch: ``batch_size``, lowered so that a batch holds at most
+        ``MEMORY_BUDGET_ENTRIES`` numbers (``b P* D^2``)."""
+        per_draw = max(self.num_test * self.data.num_outputs**2, 1)
+        return max(1, min(self.batch_size, self.num_draws, MEMORY_BUDGET_ENTRIES // per_draw))
+
+    def _mixture(self):
+        if self._moments is None:
+            moments = _mixture_moments(
+                self.q, self.lambda_star, self.noise_variance, self.data, self.test, self._draw_batch()
+            )
+            _check_finite("the predictive means and covariances", *moments)
+            self._moments = moments
+        return self._moments
 
     def _compute(self):
         if self._draw_means is None:
@@ -211,28 +301,29 @@ class PredictiveMixture:
 
     @property
     def draw_means(self):
-        r""":math:`m_*(Q_s)` for every draw, ``(S, P*, D)``."""
+        r""":math:`m_*(Q_s)` for every draw, ``(S, P*, D)`` (stored on first use: ``O(S P* D)`` memory)."""
         return self._compute()[0]
 
     @property
     def draw_covariances(self):
-        r""":math:`\Sigma_*(Q_s)` per test input for every draw, ``(S, P*, D, D)``."""
+        r""":math:`\Sigma_*(Q_s)` per test input for every draw, ``(S, P*, D, D)`` (stored on first
+        use: ``O(S P* D^2)`` memory; :meth:`covariance` does not need it)."""
         return self._compute()[1]
 
     @property
     def mean(self):
-        r"""Predictive mean :math:`E[m_*(Q) \mid Y]`, ``(P*, D)``."""
-        return jnp.mean(self.draw_means, axis=0)
+        r"""Predictive mean :math:`E[m_*(Q) \mid Y]`, ``(P*, D)`` (accumulated over batches of draws)."""
+        return self._mixture()[0]
 
     def covariance(self, include_noise: bool = False):
         r"""Per-input ``D x D`` predictive covariance :math:`E[\Sigma_*] + \operatorname{Cov}(m_*)`,
-        ``(P*, D, D)``; ``include_noise`` adds :math:`E[\sigma^2] I` (new labels, not ``f``)."""
+        ``(P*, D, D)``; ``include_noise`` adds :math:`E[\sigma^2] I` (new labels, not ``f``).
+        Accumulated over batches of draws: memory ``O(b P* D^2)``, time ``O(S P* R D^2)``."""
         include_noise = check_bool("include_noise", include_noise)
-        m = self.draw_means
-        dev = m - m.mean(axis=0)
-        cov = self.draw_covariances.mean(axis=0) + jnp.einsum("sjd,sje->jde", dev, dev) / m.shape[0]
+        _, expected_cov, spread = self._mixture()
+        cov = expected_cov + spread
         if include_noise:
-            cov = cov + jnp.mean(self.noise_variance) * jnp.eye(m.shape[2], dtype=m.dtype)
+            cov = cov + jnp.mean(self.noise_variance) * jnp.eye(cov.shape[-1], dtype=cov.dtype)
         return cov
 
     def correlation(self):
@@ -249,6 +340,7 @@ class PredictiveMixture:
             return (acc[0] + cov, acc[1] + jnp.einsum("jd,ke->jdke", mean, mean)), None
 
         P, D = self.num_test, self.data.num_outputs
+        check_joint_size(P, D)
         zero = jnp.zeros((P, D, P, D), self.q.dtype)
         (sum_cov, sum_mm), _ = jax.lax.scan(step, (zero, zero), (self.q, self.lambda_star, self.noise_variance))
         S = self.num_draws
@@ -266,6 +358,7 @@ class PredictiveMixture:
         sample_shape = check_sample_shape(sample_shape)
         include_noise = check_bool("include_noise", include_noise)
         P, D = self.num_test, self.data.num_outputs
+        check_joint_size(P, D)
         n = math.prod(sample_shape)
         if n == 0:
             return jnp.zeros(sample_shape + (P, D), self.q.dtype)
@@ -294,6 +387,12 @@ class PredictiveMixture:
         P, D = self.num_test, self.data.num_outputs
         Y_test = jnp.asarray(check_labels(Y_test, num_obs=P, num_outputs=D, name="Y_test"), self.q.dtype)
         joint = check_bool("joint", joint)
+        if not joint:
+            lpd = _pointwise_log_density(self.q, self.lambda_star, self.noise_variance, self.data, self.test,
+                                         Y_test, self._draw_batch())
+            _check_finite("the held-out log predictive density", lpd)
+            return lpd
+        check_joint_size(P, D)
         eye = jnp.eye(D, dtype=self.q.dtype)
 
         def per_draw(a):

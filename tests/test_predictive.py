@@ -201,3 +201,99 @@ def test_exact_nngp_evidence_is_scipy_mvn():
         ex = exact_posterior_d1(data, NNGPPrior(1), lambda_star=0.9, noise_variance=0.3)
         ref = stats.multivariate_normal(np.zeros(7), 0.9 * X.T @ X / 3 + 0.3 * np.eye(7)).logpdf(Y[0])
         np.testing.assert_allclose(ex.log_evidence, ref, rtol=1e-12)
+
+
+# --- predictions in bounded memory (issue 13, item 2) ----------------------------------------
+
+
+def _mixture_problem(kind, num_test=7, num_draws=11, seed=3):
+    rng = np.random.default_rng(seed)
+    X, Xt = rng.normal(size=(12, 4)), rng.normal(size=(num_test, 4))
+    Y = rng.normal(size=(12, 2))
+    if kind == "linear":
+        data = RegressionData.linear(X, Y, dtype="float64")
+        test = data.prediction_kernel(Xt)
+    else:
+        F, Ft = np.tanh(X), np.tanh(Xt)  # a user feature map: K = F F^T
+        data = RegressionData.from_gram(F @ F.T, Y, dtype="float64")
+        test = data.prediction_kernel(cross_gram=F @ Ft.T, test_gram=Ft @ Ft.T)
+    A = rng.normal(size=(num_draws, 2, 2))
+    q = A @ np.swapaxes(A, -1, -2) + 0.1 * np.eye(2)
+    return data, test, q, rng.uniform(0.5, 2.0, num_draws), rng.uniform(0.1, 0.5, num_draws), Xt
+
+
+@pytest.mark.parametrize("kind", ["linear", "gram"])
+def test_batched_mixture_moments_equal_the_per_draw_formula(kind):
+    """Mean and covariance accumulated over batches of draws (any batch size) equal
+    E[m*] and E[Sigma*] + Cov(m*) computed from every draw's conditional predictive."""
+    with jax.enable_x64(True):
+        data, test, q, lam, noise, _ = _mixture_problem(kind)
+        per_draw = [conditional_predictive(q[s], lam[s], noise[s], data, test) for s in range(len(q))]
+        means = np.stack([np.asarray(m) for m, _ in per_draw])
+        covs = np.stack([np.asarray(c) for _, c in per_draw])
+        dev = means - means.mean(0)
+        ref_cov = covs.mean(0) + np.einsum("sjd,sje->jde", dev, dev) / len(q)
+        for batch in (1, 3, 11, 256):
+            pm = PredictiveMixture(q, lam, noise, data, test, batch_size=batch)
+            np.testing.assert_allclose(np.asarray(pm.mean), means.mean(0), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(pm.covariance()), ref_cov, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["linear", "gram"])
+def test_streamed_log_density_equals_scipy_logsumexp(kind):
+    """The running log-sum-exp over batches of draws equals scipy's over the stored per-draw
+    Gaussian log densities (scipy.stats.multivariate_normal, an independent evaluation)."""
+    with jax.enable_x64(True):
+        data, test, q, lam, noise, _ = _mixture_problem(kind)
+        Yt = np.random.default_rng(4).normal(size=(test.num_test, 2))
+        lp = np.empty((len(q), test.num_test))
+        for s in range(len(q)):
+            m, c = (np.asarray(a) for a in conditional_predictive(q[s], lam[s], noise[s], data, test))
+            for j in range(test.num_test):
+                lp[s, j] = stats.multivariate_normal(m[j], c[j] + noise[s] * np.eye(2)).logpdf(Yt[j])
+        ref = np.sum(special.logsumexp(lp, axis=0) - np.log(len(q)))
+        for batch in (1, 4, 256):
+            pm = PredictiveMixture(q, lam, noise, data, test, batch_size=batch)
+            assert float(pm.log_predictive_density(Yt)) == pytest.approx(ref, rel=1e-12)
+
+
+def test_gram_kernel_diagonal_is_enough_for_per_input_predictions():
+    with jax.enable_x64(True):
+        data, test, q, lam, noise, Xt = _mixture_problem("gram")
+        F, Ft = np.tanh(np.random.default_rng(3).normal(size=(12, 4))), np.tanh(Xt)
+        diag_only = data.prediction_kernel(cross_gram=F @ Ft.T, test_gram=np.sum(Ft**2, axis=1))
+        full, light = PredictiveMixture(q, lam, noise, data, test), PredictiveMixture(q, lam, noise, data, diag_only)
+        np.testing.assert_allclose(np.asarray(light.covariance()), np.asarray(full.covariance()), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(light.mean), np.asarray(full.mean), rtol=1e-12)
+        with pytest.raises(ValueError, match="full test Gram matrix"):
+            light.joint_covariance()
+
+
+def test_linear_kernel_joint_matrices_come_from_factors():
+    """The linear kernel stores O(P* N0) factors; the dense matrices built on request equal the
+    Schur complement computed directly (dense float64 algebra)."""
+    with jax.enable_x64(True):
+        data, test, *_, Xt = _mixture_problem("linear")
+        assert test.test_dense is None and test.residual_dense is None
+        rng = np.random.default_rng(3)
+        X = rng.normal(size=(12, 4))
+        K, k_cross, k_test = X @ X.T / 4, X @ Xt.T / 4, Xt @ Xt.T / 4
+        schur = k_test - k_cross.T @ np.linalg.pinv(K) @ k_cross
+        np.testing.assert_allclose(np.asarray(test.test_gram), k_test, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(test.residual_gram), schur, atol=1e-10)
+        np.testing.assert_allclose(np.asarray(test.residual_diag), np.diagonal(schur), atol=1e-10)
+
+
+def test_many_test_inputs_per_input_only_and_joint_refused():
+    """40,000 test inputs: per-input moments without any P* x P* matrix (dense ones would take
+    12.8 GB in float32); the joint covariance is refused with a clear error, before any work."""
+    rng = np.random.default_rng(5)
+    data = RegressionData.linear(rng.normal(size=(30, 3)), rng.normal(size=(30, 2)))
+    q = np.broadcast_to(np.eye(2), (4, 2, 2))
+    pm = PredictiveMixture(q, 1.0, 0.5, data, data.prediction_kernel(rng.normal(size=(40_000, 3))))
+    cov = np.asarray(pm.covariance())
+    assert cov.shape == (40_000, 2, 2) and np.all(np.isfinite(cov))
+    with pytest.raises(ValueError, match="joint covariance over P\\* = 40000"):
+        pm.joint_covariance()
+    with pytest.raises(ValueError, match="joint covariance"):
+        pm.sample(0, 2)
