@@ -50,7 +50,9 @@ from deeplinear._validation import (
     check_rtol,
 )
 
-__all__ = ["KernelEigenbasis", "RegressionData", "PredictionKernel", "check_regression_data"]
+__all__ = [
+    "KernelEigenbasis", "RegressionData", "PredictionKernel", "check_regression_data", "linear_prediction_kernel",
+]
 
 _RESCALE_INPUTS = (
     "rescale the inputs (e.g. standardize the columns) or use float64 (jax_enable_x64 and dtype='float64')"
@@ -430,6 +432,33 @@ class RegressionData:
             f"RegressionData(kernel={self.kernel_kind!r}, num_obs={self.num_obs}, "
             f"num_outputs={self.num_outputs}, rank={self.basis.rank}, dtype={self.dtype})"
         )
+
+
+def linear_prediction_kernel(data: RegressionData, X_test) -> PredictionKernel:
+    r"""The linear kernel's :class:`PredictionKernel` at ``X_test`` (``(P*, N0)``) in JAX: pure and
+    jittable (``X_test`` may be traced), for use inside your own ``jit``/``vmap``.
+
+    With :math:`V_R = ` ``input_projection`` :math:`\cdot \sqrt{N_0/\kappa}` the right singular
+    vectors of the training inputs, :math:`\tilde k = X_* \,` ``input_projection``,
+    :math:`x_\perp = x_* - V_R V_R^\top x_*`, ``test_diag`` :math:`= \|x_*\|^2/N_0` and
+    ``residual_diag`` :math:`= \|x_\perp\|^2/N_0`. Computed in the data's precision (the
+    validated :meth:`RegressionData.prediction_kernel` computes in float64 and checks magnitudes;
+    this one does neither, as it may run under a trace).
+    """
+    basis = data.basis
+    if basis.input_projection is None:
+        raise ValueError("linear_prediction_kernel needs data built with RegressionData.linear(X, Y)")
+    dtype = data.dtype
+    X_test = jnp.asarray(X_test, dtype)
+    n0 = basis.input_projection.shape[0]
+    proj = basis.input_projection.astype(dtype)
+    span = proj * jnp.sqrt(n0 / basis.eigenvalues.astype(dtype))  # V_R, orthonormal columns (N0, R)
+    outside = (X_test - (X_test @ span) @ span.T) / jnp.sqrt(jnp.asarray(n0, dtype))
+    scaled = X_test / jnp.sqrt(jnp.asarray(n0, dtype))
+    return PredictionKernel(
+        X_test @ proj, jnp.sum(scaled**2, axis=-1), jnp.sum(outside**2, axis=-1),
+        test_root=scaled, residual_root=outside,
+    )
 
 
 def check_regression_data(data, name: str = "data") -> RegressionData:

@@ -56,7 +56,7 @@ from deeplinear._validation import (
 )
 from deeplinear.data import PredictionKernel, RegressionData, check_joint_size, check_regression_data
 
-__all__ = ["PredictiveMixture", "conditional_predictive", "correlation_matrix"]
+__all__ = ["PredictiveMixture", "conditional_predictive", "correlation_matrix", "predictive_moments"]
 
 
 def _check_prediction_kernel(test, data):
@@ -200,6 +200,28 @@ def _pointwise_log_density(q, lam, noise, data, test, Y_test, batch_size):
     start = (jnp.full((P,), -jnp.inf, q.dtype), jnp.zeros((P,), q.dtype))
     (top, total), _ = jax.lax.scan(step, start, args)
     return jnp.sum(top + jnp.log(total) - jnp.log(S))
+
+
+def predictive_moments(q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, *,
+                       batch_size: int = 256):
+    r"""Mixture mean ``(P*, D)`` and per-input covariance ``(P*, D, D)`` of the predictive over draws
+    ``q`` ``(S, D, D)``: :math:`E[m_*]` and :math:`E[\Sigma_*] + \operatorname{Cov}(m_*)` (of ``f``,
+    without noise), as :meth:`PredictiveMixture.mean` and :meth:`PredictiveMixture.covariance`.
+
+    Pure and jittable: with :func:`deeplinear.data.linear_prediction_kernel` the whole prediction
+    can run inside your own ``jit`` (arguments are validated when concrete, not under a trace).
+    ``batch_size`` draws at a time; memory ``O(batch_size P* D^2)``.
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    check_regression_data(data)
+    _check_prediction_kernel(test, data)
+    q = jnp.asarray(q, data.dtype)
+    D = data.num_outputs
+    if q.ndim != 3 or q.shape[1:] != (D, D):
+        raise ValueError(f"q must have shape (S, D, D) with D = {D}, got {q.shape}")
+    lam, noise = check_draw_hyperparameters(lambda_star, noise_variance, q.shape[0], data)
+    mean, expected_cov, spread = _mixture_moments(q, lam, noise, data, test, min(batch_size, q.shape[0]))
+    return mean, expected_cov + spread
 
 
 def _check_finite(what: str, *arrays) -> None:

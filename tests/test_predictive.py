@@ -297,3 +297,22 @@ def test_many_test_inputs_per_input_only_and_joint_refused():
         pm.joint_covariance()
     with pytest.raises(ValueError, match="joint covariance"):
         pm.sample(0, 2)
+
+
+def test_functional_prediction_runs_inside_users_jit():
+    """linear_prediction_kernel + predictive_moments under jax.jit (test inputs traced) equal
+    the validated PredictiveMixture (float64 NumPy kernel) to round-off."""
+    from deeplinear.data import linear_prediction_kernel
+    from deeplinear.predictive import predictive_moments
+
+    with jax.enable_x64(True):
+        data, test, q, lam, noise, Xt = _mixture_problem("linear")
+
+        @jax.jit
+        def predict(X_test):
+            return predictive_moments(q, lam, noise, data, linear_prediction_kernel(data, X_test), batch_size=4)
+
+        mean, cov = predict(Xt)
+        pm = PredictiveMixture(q, lam, noise, data, test)
+        np.testing.assert_allclose(np.asarray(mean), np.asarray(pm.mean), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(cov), np.asarray(pm.covariance()), rtol=1e-10, atol=1e-12)
