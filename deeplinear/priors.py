@@ -26,6 +26,7 @@ both go through that map, so what NUTS explores is exactly what the sampler draw
 from __future__ import annotations
 
 import abc
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -136,18 +137,24 @@ class VbarPrior(abc.ABC):
         return {name: d.sample(k, sample_shape) for k, (name, d) in zip(keys, dists.items())}
 
     def sample_vbar(self, key: KeyLike, sample_shape=(), dtype=None) -> jax.Array:
-        r"""Exact draws of :math:`\bar V`, shape ``sample_shape + (D, D)``."""
+        r"""Exact draws of :math:`\bar V`, shape ``sample_shape + (D, D)``.
+
+        Validated here, then drawn by one compiled function per prior structure, sample shape
+        and precision (the ratio of the limit prior is an argument, not a constant)."""
         dtype = check_dtype(dtype)
         sample_shape = check_sample_shape(sample_shape)
+        key = check_key(key)
         self.warn_if_underflows(dtype)
-        latents = self.sample_latents(key, sample_shape, dtype)
-        vbar = self.vbar_from_latents(latents)
-        return jnp.broadcast_to(vbar, sample_shape + vbar.shape[-2:]).astype(dtype)
+        return _sample_vbar(self, key, sample_shape, np.dtype(dtype))
 
     def sample_q(self, key: KeyLike, sample_shape=(), dtype=None) -> jax.Array:
-        r"""Draws of :math:`Q = \bar V \bar V^\top`, shape ``sample_shape + (D, D)``."""
-        vbar = self.sample_vbar(key, sample_shape, dtype)
-        return vbar @ jnp.swapaxes(vbar, -1, -2)
+        r"""Draws of :math:`Q = \bar V \bar V^\top`, shape ``sample_shape + (D, D)`` (compiled, as
+        :meth:`sample_vbar`)."""
+        dtype = check_dtype(dtype)
+        sample_shape = check_sample_shape(sample_shape)
+        key = check_key(key)
+        self.warn_if_underflows(dtype)
+        return _sample_q(self, key, sample_shape, np.dtype(dtype))
 
     def sample_outputs(self, key: KeyLike, X, sample_shape=(), lambda_star=1.0, dtype=None) -> jax.Array:
         r"""Draws of the network outputs :math:`f(X)` from the mixture representation.
@@ -176,11 +183,8 @@ class VbarPrior(abc.ABC):
         X = jnp.asarray(check_inputs(X), dtype)
         sample_shape = check_sample_shape(sample_shape)
         check_positive_scalar("lambda_star", lambda_star)
-        k_vbar, k_g = jax.random.split(key)
-        vbar = self.sample_vbar(k_vbar, sample_shape, dtype)
-        g = jax.random.normal(k_g, sample_shape + (self.num_outputs, X.shape[1]), dtype)
-        scale = jnp.sqrt(jnp.asarray(lambda_star, dtype) / X.shape[1])
-        return scale * ((X @ jnp.swapaxes(g, -1, -2)) @ jnp.swapaxes(vbar, -1, -2))
+        self.warn_if_underflows(dtype)
+        return _sample_outputs(self, key, X, jnp.asarray(lambda_star, dtype), sample_shape, np.dtype(dtype))
 
     # -- NumPyro ----------------------------------------------------------------
     def numpyro_vbar(self, prefix: str = "") -> jax.Array:
@@ -195,6 +199,30 @@ class VbarPrior(abc.ABC):
             name: numpyro.sample(prefix + name, d) for name, d in self.latent_distributions().items()
         }
         return self.vbar_from_latents(latents)
+
+
+@partial(jax.jit, static_argnames=("sample_shape", "dtype"))
+def _sample_vbar(prior, key, sample_shape, dtype):
+    """Compiled :meth:`VbarPrior.sample_vbar` (arguments validated by the caller); the prior is a
+    pytree argument, so its static fields select the compiled program and a ratio is data."""
+    latents = prior.sample_latents(key, sample_shape, dtype)
+    vbar = prior.vbar_from_latents(latents)
+    return jnp.broadcast_to(vbar, sample_shape + vbar.shape[-2:]).astype(dtype)
+
+
+@partial(jax.jit, static_argnames=("sample_shape", "dtype"))
+def _sample_q(prior, key, sample_shape, dtype):
+    vbar = _sample_vbar(prior, key, sample_shape, dtype)
+    return vbar @ jnp.swapaxes(vbar, -1, -2)
+
+
+@partial(jax.jit, static_argnames=("sample_shape", "dtype"))
+def _sample_outputs(prior, key, X, lambda_star, sample_shape, dtype):
+    k_vbar, k_g = jax.random.split(key)
+    vbar = _sample_vbar(prior, k_vbar, sample_shape, dtype)
+    g = jax.random.normal(k_g, sample_shape + (prior.num_outputs, X.shape[1]), dtype)
+    scale = jnp.sqrt(lambda_star / X.shape[1])
+    return scale * ((X @ jnp.swapaxes(g, -1, -2)) @ jnp.swapaxes(vbar, -1, -2))
 
 
 def bartlett_diag_gamma(widths, num_outputs: int, dtype):

@@ -1,0 +1,62 @@
+"""Compile once per structure (issue 13): repeating a computation with new values of the same
+shapes triggers no new XLA compilation (counted with ``jax.monitoring``, never timed)."""
+
+import contextlib
+
+import jax
+import numpy as np
+
+import deeplinear as dl
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def count_compilations():
+    count = [0]
+
+    def listener(event, duration, **kwargs):
+        if event == COMPILE_EVENT:
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_prior_sampling_compiles_once_per_structure():
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    finite = dl.FiniteWidthPrior((4, 5), 2)
+    limit = dl.ProportionalLimitPrior(0.5, 2, num_steps=8)
+    for prior in (finite, limit):  # first calls compile
+        prior.sample_vbar(0, 16)
+        prior.sample_q(0, 16)
+        prior.sample_outputs(0, X, 16)
+    with count_compilations() as count:
+        finite.sample_q(1, 16)
+        finite.sample_outputs(2, X * 2.0, 16, lambda_star=3.0)
+        dl.ProportionalLimitPrior(1.7, 2, num_steps=8).sample_q(3, 16)  # a new ratio is data, not code
+        dl.FiniteWidthPrior((4, 5), 2).sample_vbar(4, 16)  # an equal prior selects the same program
+    assert count[0] == 0
+
+
+def test_predictions_compile_once_per_shape():
+    rng = np.random.default_rng(1)
+
+    def mixture(seed):
+        r = np.random.default_rng(seed)
+        data = dl.RegressionData.linear(r.normal(size=(9, 3)), r.normal(size=(9, 2)))
+        A = r.normal(size=(6, 2, 2))
+        q = A @ np.swapaxes(A, -1, -2) + 0.1 * np.eye(2)
+        return dl.PredictiveMixture(q, 1.0, 0.3, data, data.prediction_kernel(r.normal(size=(4, 3)))), r
+
+    pm, r = mixture(0)
+    pm.covariance()
+    pm.log_predictive_density(rng.normal(size=(4, 2)))
+    with count_compilations() as count:
+        pm2, _ = mixture(1)  # new data, draws and test inputs of the same shapes
+        pm2.covariance()
+        pm2.log_predictive_density(rng.normal(size=(4, 2)))
+    assert count[0] == 0
