@@ -17,7 +17,8 @@ model against the NNGP, :func:`exact_posterior_d1` gives exact ``D = 1`` referen
 
 Rows are observations: inputs ``X`` are ``(P, N0)``, labels ``Y`` are ``(P, D)``.
 Importing deeplinear changes no global JAX state; for float64 run
-``jax.config.update("jax_enable_x64", True)`` yourself (or use ``jax.enable_x64()``).
+``jax.config.update("jax_enable_x64", True)`` yourself (or use ``jax.enable_x64()``), and for
+JAX's persistent compilation cache call :func:`enable_compilation_cache`.
 The command line and the demonstrations live in :mod:`deeplinear.app`, which the library
 never imports.
 """
@@ -28,6 +29,7 @@ repair_lazy_numpyro()  # arviz_base lazy-loads numpyro; see deeplinear/_compat.p
 
 from deeplinear import moments  # noqa: E402
 from deeplinear._precision import PrecisionWarning  # noqa: E402
+from deeplinear.cache import enable_compilation_cache  # noqa: E402
 from deeplinear.comparison import compare_models, loo  # noqa: E402
 from deeplinear.data import PredictionKernel, RegressionData  # noqa: E402
 from deeplinear.exact import exact_posterior_d1  # noqa: E402
@@ -57,6 +59,7 @@ __all__ = [
     "compare_models",
     "correlation_matrix",
     "deep_linear_model",
+    "enable_compilation_cache",
     "exact_posterior_d1",
     "fit",
     "load_fit",

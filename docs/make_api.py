@@ -27,6 +27,7 @@ MODULES = [
     "deeplinear.sbc",
     "deeplinear.plotting",
     "deeplinear.datasets",
+    "deeplinear.cache",
     "deeplinear.app.prior_laws",
 ]
 OUT = Path(__file__).with_name("api.md")

@@ -1,6 +1,12 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
+
+# The command line switches on JAX's persistent compilation cache in the user's cache folder;
+# the tests (in-process runs of main() and subprocesses alike) leave the user's folders alone.
+os.environ["DEEPLINEAR_COMPILATION_CACHE"] = "off"
 
 
 @pytest.fixture(params=["float32", "float64"])

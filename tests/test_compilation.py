@@ -2,6 +2,7 @@
 shapes triggers no new XLA compilation (counted with ``jax.monitoring``, never timed)."""
 
 import contextlib
+import os
 
 import jax
 import numpy as np
@@ -60,3 +61,35 @@ def test_predictions_compile_once_per_shape():
         pm2.covariance()
         pm2.log_predictive_density(rng.normal(size=(4, 2)))
     assert count[0] == 0
+
+
+def test_persistent_cache_only_when_asked(tmp_path):
+    """Importing deeplinear leaves JAX's cache setting alone; enable_compilation_cache stores
+    compiled programs in the folder given (a fresh process, since it is a process-wide setting)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, jax.numpy as jnp, pathlib, sys\n"
+        "before = jax.config.jax_compilation_cache_dir\n"
+        "import deeplinear as dl\n"
+        "assert jax.config.jax_compilation_cache_dir == before, 'import changed the cache setting'\n"
+        "folder = dl.enable_compilation_cache(sys.argv[1], min_compile_time_secs=0.0)\n"
+        "assert jax.config.jax_compilation_cache_dir == str(folder)\n"
+        "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()\n"
+        "print(len([p for p in pathlib.Path(sys.argv[1]).rglob('*') if p.is_file()]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DEEPLINEAR_COMPILATION_CACHE"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) > 0
+
+
+def test_bad_cache_arguments():
+    import pytest
+
+    with pytest.raises(TypeError, match="directory"):
+        dl.enable_compilation_cache(3)
+    with pytest.raises(ValueError, match="min_compile_time_secs"):
+        dl.enable_compilation_cache(None, min_compile_time_secs=-1.0)

@@ -21,7 +21,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from deeplinear.app.cli_args import positive_int, seed
+from deeplinear.app.cli_args import add_cache_flag, positive_int, seed
 
 __all__ = ["main"]
 
@@ -52,6 +52,7 @@ def _build_parser():
     add_parsers(sub)
     for p in (parser, sim, inf):
         p.add_argument("--seed", type=seed, default=0, help="PRNG seed (same seed, same numbers)")
+        add_cache_flag(p)
         p.add_argument(
             "--output",
             type=Path,
@@ -191,6 +192,20 @@ def _infer_into(args, outputs):
     return 0
 
 
+def _compilation_cache(args) -> None:
+    """Switch on JAX's persistent compilation cache (:func:`deeplinear.enable_compilation_cache`)
+    unless ``--no-compilation-cache`` or ``DEEPLINEAR_COMPILATION_CACHE=off``; the variable may
+    also name the folder (default: the user's cache folder)."""
+    import os
+
+    from deeplinear.cache import ENVIRONMENT_VARIABLE, enable_compilation_cache
+
+    setting = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+    if getattr(args, "no_compilation_cache", False) or setting.lower() in ("off", "0", "no", "false"):
+        return
+    enable_compilation_cache(setting or None)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``deeplinear`` program; returns the exit code."""
     parser = _build_parser()
@@ -199,6 +214,7 @@ def main(argv=None) -> int:
     except SystemExit as stop:  # --help (0) or a bad argument (2, message already printed)
         return int(stop.code or 0)
     try:
+        _compilation_cache(args)
         if args.command == "simulate":
             return _simulate(args)
         if args.command == "infer":

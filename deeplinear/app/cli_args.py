@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["positive_int", "seed"]
+__all__ = ["positive_int", "seed", "add_cache_flag"]
 
 
 def seed(text):
@@ -26,3 +26,12 @@ def positive_int(text):
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def add_cache_flag(parser):
+    """``--no-compilation-cache``: do not switch on JAX's persistent compilation cache."""
+    parser.add_argument(
+        "--no-compilation-cache", action="store_true",
+        help="do not keep compiled programs in the user's cache folder (also: DEEPLINEAR_COMPILATION_CACHE=off; "
+        "the variable may instead name the folder)",
+    )

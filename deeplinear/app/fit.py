@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplinear.app.cli_args import positive_int, seed
+from deeplinear.app.cli_args import add_cache_flag, positive_int, seed
 
 __all__ = ["add_parsers", "run_fit", "run_compare"]
 
@@ -45,6 +45,7 @@ def _add_common(p):
     p.add_argument("--no-standardize", action="store_true", help="use the raw columns (default: z-score)")
     p.add_argument("--output", type=Path, default=Path("."), help="folder for the files written (default .)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing existing output files")
+    add_cache_flag(p)
 
 
 def add_parsers(sub):
