@@ -30,14 +30,15 @@ def default_cache_directory() -> Path:
     return base / "deeplinear" / "jax"
 
 
-def enable_compilation_cache(directory=None, *, min_compile_time_secs: float = 0.5) -> Path:
+def enable_compilation_cache(directory=None, *, min_compile_time_secs: float = 0.0) -> Path:
     """Switch on JAX's persistent compilation cache in ``directory`` (default
     :func:`default_cache_directory`); returns the folder.
 
     This changes JAX's global configuration for the whole process (``jax_compilation_cache_dir``
     and ``jax_persistent_cache_min_compile_time_secs``): programs that took at least
-    ``min_compile_time_secs`` to compile are stored and, in later runs, loaded instead of compiled.
-    Results are unchanged. Remove the folder to clear the cache.
+    ``min_compile_time_secs`` to compile are stored and, in later runs, loaded instead of compiled
+    (the default 0 stores every program: a fit compiles hundreds of small ones, which together
+    cost more than the sampler's loop). Results are unchanged. Remove the folder to clear it.
 
     Examples
     --------
