@@ -67,11 +67,7 @@ def _publish_exclusively(tmp: str, path: Path):
     except FileExistsError:
         _refuse_existing(path)
     except OSError:  # a file system without hard links: claim the name exclusively, then replace the claim
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            _refuse_existing(path)
-        os.close(fd)
+        claim(path)
         os.replace(tmp, path)
 
 

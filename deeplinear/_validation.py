@@ -418,7 +418,8 @@ def check_rtol(rtol, name: str = "rtol") -> float | None:
 
 
 def _check_quadratic_form(name: str, noise_variance: float, data, lambda_star) -> None:
-    energy = float(np.sum(np.asarray(data.labels, np.float64) ** 2))
+    # ||Y||_F^2 = ||U_R^T Y||_F^2 + the null-space energy: O(R D) from the set-up, not O(P D)
+    energy = float(data.null_energy) + float(np.sum(np.asarray(data.rotated_labels, np.float64) ** 2))
     if noise_variance > 0:
         variance, what = noise_variance, name
     elif isinstance(lambda_star, numbers.Real) and not isinstance(lambda_star, bool):

@@ -141,20 +141,21 @@ class VbarPrior(abc.ABC):
 
         Validated here, then drawn by one compiled function per prior structure, sample shape
         and precision (the ratio of the limit prior is an argument, not a constant)."""
-        dtype = check_dtype(dtype)
-        sample_shape = check_sample_shape(sample_shape)
-        key = check_key(key)
-        self.warn_if_underflows(dtype)
-        return _sample_vbar(self, key, sample_shape, np.dtype(dtype))
+        key, sample_shape, dtype = self._sampling_args(key, sample_shape, dtype)
+        return _sample_vbar(self, key, sample_shape, dtype)
 
     def sample_q(self, key: KeyLike, sample_shape=(), dtype=None) -> jax.Array:
         r"""Draws of :math:`Q = \bar V \bar V^\top`, shape ``sample_shape + (D, D)`` (compiled, as
         :meth:`sample_vbar`)."""
+        key, sample_shape, dtype = self._sampling_args(key, sample_shape, dtype)
+        return _sample_q(self, key, sample_shape, dtype)
+
+    def _sampling_args(self, key, sample_shape, dtype, stacklevel: int = 4):
+        """Validated ``key``, ``sample_shape`` and ``dtype`` of the direct samplers, after the
+        underflow warning (:meth:`warn_if_underflows`)."""
         dtype = check_dtype(dtype)
-        sample_shape = check_sample_shape(sample_shape)
-        key = check_key(key)
-        self.warn_if_underflows(dtype)
-        return _sample_q(self, key, sample_shape, np.dtype(dtype))
+        self.warn_if_underflows(dtype, stacklevel=stacklevel)
+        return check_key(key), check_sample_shape(sample_shape), np.dtype(dtype)
 
     def sample_outputs(self, key: KeyLike, X, sample_shape=(), lambda_star=1.0, dtype=None) -> jax.Array:
         r"""Draws of the network outputs :math:`f(X)` from the mixture representation.
@@ -178,13 +179,10 @@ class VbarPrior(abc.ABC):
         -------
         array, shape ``sample_shape + (P, D)``
         """
-        key = check_key(key)
-        dtype = check_dtype(dtype)
+        key, sample_shape, dtype = self._sampling_args(key, sample_shape, dtype)
         X = jnp.asarray(check_inputs(X), dtype)
-        sample_shape = check_sample_shape(sample_shape)
         check_positive_scalar("lambda_star", lambda_star)
-        self.warn_if_underflows(dtype)
-        return _sample_outputs(self, key, X, jnp.asarray(lambda_star, dtype), sample_shape, np.dtype(dtype))
+        return _sample_outputs(self, key, X, jnp.asarray(lambda_star, dtype), sample_shape, dtype)
 
     # -- NumPyro ----------------------------------------------------------------
     def numpyro_vbar(self, prefix: str = "") -> jax.Array:

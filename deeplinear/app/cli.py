@@ -70,14 +70,16 @@ def _build_parser():
     return parser
 
 
+def _default_output_folder() -> Path:
+    """A new ``deeplinear-output/<timestamp>`` folder name."""
+    return Path("deeplinear-output") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def _outputs(args, names):
     """The figure files of a demo step, claimed in ``--output`` (:class:`~deeplinear.app.outputs.OutputFiles`)."""
     from deeplinear.app.outputs import OutputFiles
 
-    out = args.output
-    if out is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("deeplinear-output") / stamp
+    out = args.output if args.output is not None else _default_output_folder()
     return OutputFiles(out, names, overwrite=args.overwrite, hint="choose another folder")
 
 
@@ -224,8 +226,7 @@ def main(argv=None) -> int:
 
             return run_fit(args) if args.command == "fit" else run_compare(args)
         if args.output is None and not args.no_plots:  # one folder for the whole demonstration
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            args.output = Path("deeplinear-output") / stamp
+            args.output = _default_output_folder()
         _infer(args)
         print("\n" + "=" * 78 + "\n")
         return _simulate(args)
