@@ -1,10 +1,12 @@
 r"""Fitting: NUTS on the prior's latents, results as an ArviZ ``xarray.DataTree``.
 
-:func:`fit` validates everything, runs NumPyro's NUTS on :func:`~deeplinear.models.deep_linear_model`
-(several chains, a progress bar in interactive use, a seed), and returns a
-:class:`PosteriorFit` holding the DataTree made by ``arviz_base.from_numpyro``: named
+:func:`fit` validates everything, runs NUTS on :func:`~deeplinear.models.deep_linear_model`
+(NumPyro's NUTS kernel in the compiled driver of :mod:`deeplinear.sampler`, compiled once per
+model structure; several chains in one program, a progress bar in interactive use, a seed),
+and returns a :class:`PosteriorFit` holding a DataTree with named
 dims (``obs``, ``output``, ``output_bis``, ``layer``/``step``, ``offdiag``; observed ``Y`` is
-``(obs, output)``), ``Q`` as a deterministic, sample stats with divergences, and a
+``(obs, output)``), ``Q`` as a deterministic, ``sample_stats`` (``diverging``, ``energy``,
+``lp``, ``acceptance_rate``, ``n_steps``, ``step_size``), and a
 ``log_likelihood`` group with the exact pointwise leave-one-input-out terms
 :math:`\log p(y_i\mid Y_{-i}, \theta)` (``y_i`` the labels of input ``i``)
 (:func:`~deeplinear.likelihood.loo_log_likelihood`), so ``az.loo``/``az.compare`` rank
@@ -20,12 +22,10 @@ import sys
 import warnings
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import xarray as xr
-from numpyro.infer import MCMC, NUTS, init_to_median
 
 from deeplinear._precision import warn_if_interpolation_ill_conditioned, warn_if_unresolvable_in_float32
 from deeplinear._types import KeyLike
@@ -41,10 +41,10 @@ from deeplinear.likelihood import loo_log_likelihood_draws
 from deeplinear.models import ModelSpec
 from deeplinear.predictive import PredictiveMixture
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
+from deeplinear.sampler import CHAIN_METHODS, run_nuts
 
 __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
 
-_CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
 RHAT_THRESHOLD = 1.01
 MAX_STORED_DRAWS = 10**8  # num_chains * num_samples above this cannot be stored; refuse up front
 
@@ -99,18 +99,15 @@ class PosteriorFit:
         The model that was fitted (prior and hyperparameters).
     data : RegressionData
         The training data.
-    mcmc : numpyro.infer.MCMC or None
-        The sampler (``None`` for the exact NNGP with fixed hyperparameters, and for loaded fits).
     """
 
-    def __init__(self, datatree, spec: ModelSpec, data: RegressionData, mcmc=None):
+    def __init__(self, datatree, spec: ModelSpec, data: RegressionData):
         if not isinstance(spec, ModelSpec):
             raise TypeError(f"spec must be a deeplinear.ModelSpec, got {type(spec).__name__}")
         spec.check_data(data)
         self.datatree = datatree
         self.spec = spec
         self.data = data
-        self.mcmc = mcmc
 
     @property
     def prior(self):
@@ -220,8 +217,8 @@ def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target
             f"num_chains * num_samples = {num_chains * num_samples:.3g} draws exceeds {MAX_STORED_DRAWS:.0e}; "
             "they could not be stored -- use fewer draws (thin, or fewer chains)"
         )
-    if chain_method not in _CHAIN_METHODS:
-        raise ValueError(f"chain_method must be one of {_CHAIN_METHODS}, got {chain_method!r}")
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}")
 
 
 def fit(
@@ -261,9 +258,12 @@ def fit(
         Prior over ``a`` (proportional limit only).
     num_warmup, num_samples, num_chains : int
         NumPyro's words: warmup steps and posterior draws per chain, and chains.
-    chain_method : {"auto", "sequential", "parallel", "vectorized"}
-        ``"auto"``: ``"parallel"`` when there are at least ``num_chains`` JAX devices,
-        else ``"sequential"``.
+    chain_method : {"auto", "vectorized", "sequential", "parallel"}
+        ``"vectorized"``: all chains in one compiled program (``vmap``); ``"sequential"``: the
+        same program for one chain, run ``num_chains`` times (less memory; a chain's draws do not
+        depend on the method); ``"parallel"``: the chains split over the local JAX devices.
+        ``"auto"``: ``"parallel"`` when there are several devices and ``num_chains`` is a
+        multiple of their number (up to ``num_chains`` devices), else ``"vectorized"``.
     key : PRNG key or int, default 0
         A JAX PRNG key or an integer seed in ``[0, 2**32)``, which is the whole of
         ``jax.random.key(seed)`` (no integer outside that range is accepted, so two seeds never
@@ -305,37 +305,32 @@ def fit(
 
     if not spec.has_latent_sites:
         dt = _exact_nngp_tree(data, num_chains, num_samples, dims, coords)
-        mcmc = None
     else:
-        if chain_method == "auto":
-            chain_method = "parallel" if jax.local_device_count() >= num_chains else "sequential"
-        if progress_bar is None:
-            progress_bar = _interactive()
-        kernel = NUTS(
-            spec.model,
-            target_accept_prob=target_accept_prob,
-            max_tree_depth=max_tree_depth,
-            init_strategy=init_to_median(num_samples=15),
+        run = run_nuts(
+            spec.model_arguments(data), rng_key, num_chains=num_chains, num_warmup=num_warmup,
+            num_samples=num_samples, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+            chain_method=chain_method, progress_bar=_interactive() if progress_bar is None else progress_bar,
         )
-        mcmc = MCMC(
-            kernel,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            num_chains=num_chains,
-            chain_method=chain_method,
-            progress_bar=progress_bar,
-        )
-        mcmc.run(rng_key, data, extra_fields=("diverging",))
-        import arviz_base
+        dt = _sampled_tree(run, data, dims, coords)
 
-        dt = arviz_base.from_numpyro(mcmc, dims=dims, coords=coords, log_likelihood=False)
-
-    result = PosteriorFit(dt, spec, data, mcmc)
+    result = PosteriorFit(dt, spec, data)
     if log_likelihood:
         _add_loo_group(result)
-    if mcmc is not None:
+    if spec.has_latent_sites:
         _warn_on_convergence(result)
     return result
+
+
+def _sampled_tree(run, data, dims, coords):
+    """DataTree of a NUTS run: ``posterior`` (latents, hyperparameters, ``Q``), ``sample_stats``
+    and ``observed_data``."""
+    import arviz_base
+
+    return arviz_base.from_dict(
+        {"posterior": run.samples, "sample_stats": run.sample_stats,
+         "observed_data": {"Y": np.asarray(data.labels)}},
+        dims=dims, coords=coords,
+    )
 
 
 def _exact_nngp_tree(data, num_chains, num_samples, dims, coords):

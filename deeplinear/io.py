@@ -81,7 +81,7 @@ def save_fit(result: PosteriorFit, path, *, overwrite: bool = False) -> Path:
 
 
 def load_fit(path) -> PosteriorFit:
-    """Read a fit written by :func:`save_fit`. The result has ``mcmc=None``.
+    """Read a fit written by :func:`save_fit`.
 
     The file is validated before anything is built from it: a file that is empty, truncated,
     corrupt or not written by :func:`save_fit`, a missing group or variable, an unreadable model
@@ -129,7 +129,7 @@ def load_fit(path) -> PosteriorFit:
     del tree["constant_data"]
     for key in _ATTRS:
         tree.attrs.pop(key, None)
-    return PosteriorFit(tree, spec, data, mcmc=None)
+    return PosteriorFit(tree, spec, data)
 
 
 def _stored_dtype(path, name):

@@ -212,19 +212,20 @@ class ModelSpec:
     def model(self, data: RegressionData, *, observed: bool = True, labels=None):
         """Run the NumPyro model (see :func:`deep_linear_model`) for this specification."""
         self.check_data(data)
-        dtype = data.dtype
         if labels is not None and jnp.shape(labels) != data.labels.shape:
             raise ValueError(f"labels must have the shape of data.labels {data.labels.shape}, got {jnp.shape(labels)}")
-        prior = self.prior
-        if self.ratio is not None:
-            prior = prior.replace(ratio=numpyro.sample("ratio", self.ratio))
-        lam = _hyper("lambda_star", self.lambda_star, dtype)
-        noise = _hyper("noise_variance", self.noise_variance, dtype)
-        vbar = prior.numpyro_vbar().astype(dtype)
-        q = numpyro.deterministic("Q", vbar @ vbar.T)
-        likelihood = KroneckerNormal(q, lam, noise, data, root=vbar, labels_are_data=labels is None and observed)
-        obs = (data.labels if labels is None else labels) if observed else None
-        numpyro.sample("Y", likelihood, obs=obs)
+        model_body(self.prior, self.lambda_star, self.noise_variance, self.ratio, data, observed=observed,
+                   labels=labels)
+
+    def model_arguments(self, data: RegressionData) -> tuple:
+        """The pytree ``(prior, lambda_star, noise_variance, ratio, data)`` that :func:`model_body`
+        takes, fixed hyperparameters as arrays of the data's precision: everything that may change
+        without changing the compiled sampler (:mod:`deeplinear.sampler`) is a leaf."""
+        self.check_data(data)
+        fixed = {h: jnp.asarray(getattr(self, h), data.dtype) for h in ("lambda_star", "noise_variance")
+                 if not isinstance(getattr(self, h), dist.Distribution)}
+        return (self.prior, fixed.get("lambda_star", self.lambda_star),
+                fixed.get("noise_variance", self.noise_variance), self.ratio, data)
 
     # -- written form --------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -291,6 +292,22 @@ def _writable(value) -> bool:
     except ValueError:
         return False
     return True
+
+
+def model_body(prior, lambda_star, noise_variance, ratio, data, *, observed=True, labels=None):
+    r"""The model's sites, with no argument checks (so that every argument may be traced):
+    ``ratio`` (if a distribution), ``lambda_star``/``noise_variance`` (if distributions), the
+    prior's latents, ``Q`` and ``Y``. Call it through :meth:`ModelSpec.model`, which validates."""
+    dtype = data.dtype
+    if ratio is not None:
+        prior = prior.replace(ratio=numpyro.sample("ratio", ratio))
+    lam = _hyper("lambda_star", lambda_star, dtype)
+    noise = _hyper("noise_variance", noise_variance, dtype)
+    vbar = prior.numpyro_vbar().astype(dtype)
+    q = numpyro.deterministic("Q", vbar @ vbar.T)
+    likelihood = KroneckerNormal(q, lam, noise, data, root=vbar, labels_are_data=labels is None and observed)
+    obs = (data.labels if labels is None else labels) if observed else None
+    numpyro.sample("Y", likelihood, obs=obs)
 
 
 def _hyper(name, value, dtype):

@@ -93,3 +93,29 @@ def test_bad_cache_arguments():
         dl.enable_compilation_cache(3)
     with pytest.raises(ValueError, match="min_compile_time_secs"):
         dl.enable_compilation_cache(None, min_compile_time_secs=-1.0)
+
+
+def _quick_fit(seed, prior, progress_bar=False, **kwargs):
+    r = np.random.default_rng(seed)
+    data = dl.RegressionData.linear(r.normal(size=(12, 3)), r.normal(size=(12, 2)))
+    return dl.fit(data, prior, num_warmup=30, num_samples=20, num_chains=2, key=seed, progress_bar=progress_bar,
+                  **kwargs)
+
+
+def test_repeat_fit_compiles_nothing():
+    """A second fit of the same structure -- new labels, new inputs, a new ratio, new fixed and
+    prior hyperparameter values, a progress bar -- reuses every compiled program, the LOO terms,
+    the DataTree and the diagnostics included."""
+    import warnings
+
+    import numpyro.distributions as dist
+
+    warnings.simplefilter("ignore")  # short chains: convergence warnings are expected here
+    _quick_fit(0, dl.ProportionalLimitPrior(0.5, 2, num_steps=8), lambda_star=2.0,
+               noise_variance=dist.HalfNormal(1.0))
+    with count_compilations() as count:
+        res = _quick_fit(1, dl.ProportionalLimitPrior(1.5, 2, num_steps=8), lambda_star=0.7,
+                         noise_variance=dist.HalfNormal(3.0), progress_bar=True)
+        res.diagnostics()
+    assert count[0] == 0
+    assert res.draws("Q").shape == (40, 2, 2)
