@@ -39,7 +39,7 @@ from numpyro.infer.util import ParamInfo, initialize_model
 
 from deeplinear.models import model_body
 
-__all__ = ["SamplerRun", "run_nuts", "CHAIN_METHODS"]
+__all__ = ["SamplerRun", "run_nuts", "nuts_kernel", "CHAIN_METHODS"]
 
 CHAIN_METHODS = ("auto", "vectorized", "sequential", "parallel")
 
@@ -58,35 +58,41 @@ class SamplerRun(NamedTuple):
     sample_stats: dict
 
 
-def _model(args):
+def _model(args, labels=None):
     """The model as a function of one pytree ``(prior, lambda_star, noise_variance, ratio, data)``
-    (:func:`deeplinear.models.model_arguments`; the body is :func:`deeplinear.models.model_body`)."""
-    model_body(*args)
+    (:meth:`deeplinear.models.ModelSpec.model_arguments`; the body is
+    :func:`deeplinear.models.model_body`), conditioned on ``labels`` when given (simulation-based
+    calibration), else on ``data``'s labels."""
+    model_body(*args, labels=labels)
 
 
-def _kernel(model_args, key, num_warmup, target_accept_prob, max_tree_depth, init_params=None):
+def nuts_kernel(model_args, key, num_warmup, target_accept_prob, max_tree_depth, init_params=None, labels=None):
     """NumPyro's NUTS functions for :func:`_model` and, for one chain, its initial state.
 
-    Without ``init_params`` the chain starts from ``init_to_median``; with them (a state's
-    ``ParamInfo``) the initial state is only built to set up ``sample_kernel`` (the adaptation
-    schedule lives in ``hmc``'s closure) and the caller discards it."""
+    Returns ``(state, sample, postprocess)``: ``sample(state)`` is one NUTS transition (with
+    windowed adaptation during the first ``num_warmup``), ``postprocess(z)`` the constrained
+    sites and ``Q``. Without ``init_params`` the chain starts from ``init_to_median``; with
+    them (a state's ``ParamInfo``) the initial state is only built to set up ``sample`` (the
+    adaptation schedule lives in ``hmc``'s closure) and the caller discards it."""
     k_init, k_kernel = jax.random.split(key)
+    kwargs = {"labels": labels}
     info, potential_gen, postprocess_gen, _ = initialize_model(
         k_init, _model, init_strategy=init_to_median(num_samples=INIT_MEDIAN_SAMPLES), dynamic_args=True,
-        model_args=(model_args,),
+        model_args=(model_args,), model_kwargs=kwargs,
     )
     init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
     state = init_kernel(
         info if init_params is None else init_params, num_warmup, target_accept_prob=target_accept_prob,
-        max_tree_depth=max_tree_depth, model_args=(model_args,), rng_key=k_kernel,
+        max_tree_depth=max_tree_depth, model_args=(model_args,), model_kwargs=kwargs, rng_key=k_kernel,
     )
-    return state, sample_kernel, postprocess_gen(model_args)
+    return (state, lambda st: sample_kernel(st, model_args=(model_args,), model_kwargs=kwargs),
+            postprocess_gen(model_args, **kwargs))
 
 
 @partial(jax.jit, static_argnames=("num_warmup", "max_tree_depth"))
 def _initial_states(keys, model_args, target_accept_prob, *, num_warmup, max_tree_depth):
     """NUTS's initial state for each chain (``keys`` ``(C,)``)."""
-    return jax.vmap(lambda k: _kernel(model_args, k, num_warmup, target_accept_prob, max_tree_depth)[0])(keys)
+    return jax.vmap(lambda k: nuts_kernel(model_args, k, num_warmup, target_accept_prob, max_tree_depth)[0])(keys)
 
 
 def _empty_buffers(states, num_samples):
@@ -117,13 +123,13 @@ def _advance(states, buffers, start, stop, model_args, target_accept_prob, *, nu
 
     def chain_kernel(state):
         info = ParamInfo(state.z, state.potential_energy, state.z_grad)
-        return _kernel(model_args, state.rng_key, num_warmup, target_accept_prob, max_tree_depth, info)[1]
+        return nuts_kernel(model_args, state.rng_key, num_warmup, target_accept_prob, max_tree_depth, info)[1]
 
     sample_kernel = chain_kernel(jax.tree_util.tree_map(lambda x: x[0], states))
 
     def step(i, carry):
         st, (z_buf, stat_buf) = carry
-        st = jax.vmap(lambda s: sample_kernel(s, model_args=(model_args,)))(st)
+        st = jax.vmap(sample_kernel)(st)
         j = jnp.maximum(i - num_warmup, 0)
         keep = i >= num_warmup
 
@@ -142,7 +148,7 @@ def _constrain(states, z, model_args, *, num_warmup, max_tree_depth):
     """Constrained draws and deterministic sites (``Q``) from unconstrained draws ``(C, S, ...)``."""
     first = jax.tree_util.tree_map(lambda x: x[0], states)
     info = ParamInfo(first.z, first.potential_energy, first.z_grad)
-    postprocess = _kernel(model_args, first.rng_key, num_warmup, 0.8, max_tree_depth, info)[2]
+    postprocess = nuts_kernel(model_args, first.rng_key, num_warmup, 0.8, max_tree_depth, info)[2]
     return jax.vmap(jax.vmap(postprocess))(z)
 
 

@@ -17,9 +17,10 @@ leave every marginal calibrated.
 
 Uniformity is judged by the ECDF of ``u`` against simultaneous bands
 (``arviz_stats``' simulation method; Säilynoja et al. 2022) and by a chi-square test on
-a rank histogram. The fits are batched: one NUTS driver, compiled once, is ``vmap``-ed over
-simulated data sets (labels enter the model as an argument; see ``labels`` in
-:func:`~deeplinear.models.deep_linear_model`).
+a rank histogram. The fits are batched: one NUTS driver (:func:`deeplinear.sampler.nuts_kernel`)
+is ``vmap``-ed over simulated data sets, compiled once per model structure and batch size and
+reused across calls (labels, inputs, ratio and hyperparameter values are arguments; see
+``labels`` in :func:`~deeplinear.models.deep_linear_model`).
 """
 
 from __future__ import annotations
@@ -31,17 +32,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
-from numpyro.infer import Predictive, init_to_median
-from numpyro.infer.hmc import hmc
-from numpyro.infer.util import initialize_model
+from numpyro.infer import Predictive
 from scipy import stats
 
 from deeplinear._types import KeyLike
 from deeplinear._validation import check_positive_int, check_probability, raw_key
 from deeplinear.inference import _interactive, check_sampler_settings
 from deeplinear.likelihood import KroneckerNormal
-from deeplinear.models import ModelSpec
+from deeplinear.models import ModelSpec, model_body
 from deeplinear.priors import NNGPPrior
+from deeplinear.sampler import nuts_kernel
 
 __all__ = ["simulation_based_calibration", "SBCResult"]
 
@@ -54,26 +54,67 @@ def _quantity_names(spec: ModelSpec):
     return names + list(spec.inferred) + ["log_likelihood"]
 
 
-def _quantities(draws, labels, data, spec: ModelSpec):
-    """Test quantities ``(..., k)`` from (constrained) draws with leading batch dims."""
+def _quantities(draws, labels, model_args, inferred):
+    """Test quantities ``(..., k)`` from (constrained) draws with leading batch dims (the order of
+    :func:`_quantity_names`); ``model_args`` is :meth:`ModelSpec.model_arguments`."""
+    prior, fixed_lam, fixed_noise, _, data = model_args
     q = draws["Q"]
     batch = q.shape[:-2]
     dtype = q.dtype
     cols = []
-    if not isinstance(spec.prior, NNGPPrior):
-        rows, cols_ = np.tril_indices(spec.num_outputs)
+    if not isinstance(prior, NNGPPrior):
+        rows, cols_ = np.tril_indices(prior.num_outputs)
         order = np.lexsort((cols_, rows))  # row-major over the lower triangle
         cols.append(q[..., rows[order], cols_[order]])
-    for h in spec.inferred:
+    for h in inferred:
         cols.append(draws[h].reshape(batch + (1,)))
-    lam = draws["lambda_star"] if "lambda_star" in draws else jnp.full(batch, spec.lambda_star, dtype)
-    noise = draws["noise_variance"] if "noise_variance" in draws else jnp.full(batch, spec.noise_variance, dtype)
+    lam = draws["lambda_star"] if "lambda_star" in draws else jnp.broadcast_to(fixed_lam, batch)
+    noise = draws["noise_variance"] if "noise_variance" in draws else jnp.broadcast_to(fixed_noise, batch)
     flat = lambda x: x.reshape((-1,) + x.shape[len(batch):])  # noqa: E731
     loglik = jax.vmap(lambda qq, ll, nn: KroneckerNormal(qq, ll, nn, data).log_prob(labels))(
         flat(q), flat(lam), flat(noise)
     ).reshape(batch + (1,))
     cols.append(loglik)
     return jnp.concatenate([c.astype(dtype) for c in cols], axis=-1)
+
+
+@partial(jax.jit, static_argnames=("num_simulations", "inferred"))
+def _simulate(key, model_args, *, num_simulations, inferred):
+    """Draws of everything from the prior predictive (``Y`` included) and their test quantities."""
+    truth = Predictive(_model, num_samples=num_simulations)(key, model_args, observed=False)
+    labels = truth["Y"]
+    draws = {k: v for k, v in truth.items() if k != "Y"}
+    return labels, jax.vmap(lambda d, y: _quantities(d, y, model_args, inferred))(draws, labels)
+
+
+def _model(args, observed=True, labels=None):
+    model_body(*args, observed=observed, labels=labels)
+
+
+@partial(jax.jit, static_argnames=("num_warmup", "thin", "num_draws", "max_tree_depth", "inferred"))
+def _run_simulations(keys, labels, model_args, target_accept_prob, *, num_warmup, thin, num_draws, max_tree_depth,
+                     inferred):
+    """NUTS on each simulated data set (``vmap`` over ``keys``/``labels``): ``num_warmup`` adaptation
+    steps, then ``num_draws`` draws ``thin`` transitions apart; their test quantities and the
+    divergent transitions of the sampling phase."""
+
+    def one_simulation(key, y):
+        state, sample, postprocess = nuts_kernel(model_args, key, num_warmup, target_accept_prob, max_tree_depth,
+                                                 labels=y)
+        state = jax.lax.fori_loop(0, num_warmup, lambda _, s: sample(s), state)
+
+        def thinned(carry, _):
+            def step(_, c):
+                s_next = sample(c[0])
+                return s_next, c[1] + s_next.diverging  # the transition just made, not the one before
+
+            carry = jax.lax.fori_loop(0, thin, step, carry)
+            return carry, carry[0].z
+
+        (state, div), zs = jax.lax.scan(thinned, (state, jnp.zeros((), jnp.int32)), None, length=num_draws)
+        return _quantities(jax.vmap(postprocess)(zs), y, model_args, inferred), div
+
+    return jax.vmap(one_simulation)(keys, labels)
 
 
 class SBCResult:
@@ -275,46 +316,16 @@ def simulation_based_calibration(
     if progress_bar is None:
         progress_bar = _interactive()
     names = _quantity_names(spec)
-    model = partial(spec.model, data)
     num_draws = num_samples // thin
     batch_size = min(num_simulations, 100) if batch_size is None else min(batch_size, num_simulations)
+    model_args = spec.model_arguments(data)
+    inferred = spec.inferred
 
-    k_prior, k_init, k_runs, k_ties = jax.random.split(rng_key, 4)
-    truth = Predictive(model, num_samples=num_simulations)(k_prior, observed=False)
-    labels = truth["Y"]
-    true_q = jax.jit(jax.vmap(lambda d, y: _quantities(d, y, data, spec)))(
-        {k: v for k, v in truth.items() if k != "Y"}, labels
-    )
-
-    param_info, potential_gen, postprocess_gen, _ = initialize_model(
-        k_init, model, init_strategy=init_to_median(num_samples=15), dynamic_args=True,
-        model_kwargs={"labels": labels[0]},
-    )
-    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
-    z0 = param_info.z
-
-    def one_simulation(rng_key, y):
-        kw = {"labels": y}
-        state = init_kernel(
-            z0, num_warmup, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
-            model_kwargs=kw, rng_key=rng_key,
-        )
-        state = jax.lax.fori_loop(0, num_warmup, lambda _, s: sample_kernel(s, model_kwargs=kw), state)
-
-        def thinned(carry, _):
-            s, div = carry
-            def step(_, c):
-                s_next = sample_kernel(c[0], model_kwargs=kw)
-                return s_next, c[1] + s_next.diverging  # the transition just made, not the one before
-
-            s, div = jax.lax.fori_loop(0, thin, step, (s, div))
-            return (s, div), s.z
-
-        (state, div), zs = jax.lax.scan(thinned, (state, jnp.zeros((), jnp.int32)), None, length=num_draws)
-        constrained = jax.vmap(postprocess_gen(labels=y))(zs)
-        return _quantities(constrained, y, data, spec), div
-
-    run_batch = jax.jit(jax.vmap(one_simulation))
+    k_prior, _, k_runs, k_ties = jax.random.split(rng_key, 4)
+    labels, true_q = _simulate(k_prior, model_args, num_simulations=num_simulations, inferred=inferred)
+    accept = jnp.asarray(target_accept_prob, data.dtype)
+    settings = {"num_warmup": num_warmup, "thin": thin, "num_draws": num_draws, "max_tree_depth": max_tree_depth,
+                "inferred": inferred}
     keys = jax.random.split(k_runs, num_simulations)
     num_batches = math.ceil(num_simulations / batch_size)
     batches = range(num_batches)
@@ -325,7 +336,7 @@ def simulation_based_calibration(
     draws, divergences = [], []
     for b in batches:
         idx = np.arange(b * batch_size, (b + 1) * batch_size) % num_simulations  # pad the last batch
-        qs, div = run_batch(keys[idx], labels[idx])
+        qs, div = _run_simulations(keys[idx], labels[idx], model_args, accept, **settings)
         keep = num_simulations - b * batch_size
         draws.append(np.asarray(qs)[:keep])
         divergences.append(np.asarray(div)[:keep])

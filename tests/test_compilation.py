@@ -102,20 +102,29 @@ def _quick_fit(seed, prior, progress_bar=False, **kwargs):
                   **kwargs)
 
 
-def test_repeat_fit_compiles_nothing():
-    """A second fit of the same structure -- new labels, new inputs, a new ratio, new fixed and
-    prior hyperparameter values, a progress bar -- reuses every compiled program, the LOO terms,
-    the DataTree and the diagnostics included."""
+def test_repeat_fit_compare_and_sbc_compile_nothing():
+    """A second round of the same structures -- new labels, new inputs, a new ratio, new fixed and
+    prior hyperparameter values, a progress bar -- reuses every compiled program: the fits (LOO
+    terms, DataTree and diagnostics included), compare_models with predictions, and SBC."""
     import warnings
 
     import numpyro.distributions as dist
 
     warnings.simplefilter("ignore")  # short chains: convergence warnings are expected here
-    _quick_fit(0, dl.ProportionalLimitPrior(0.5, 2, num_steps=8), lambda_star=2.0,
-               noise_variance=dist.HalfNormal(1.0))
+
+    def round_(seed, ratio, lam, scale, progress_bar):
+        limit = _quick_fit(seed, dl.ProportionalLimitPrior(ratio, 2, num_steps=8), lambda_star=lam,
+                           noise_variance=dist.HalfNormal(scale), progress_bar=progress_bar)
+        nngp = _quick_fit(seed, dl.NNGPPrior(2), noise_variance=scale)
+        limit.diagnostics()
+        r = np.random.default_rng(seed)
+        dl.compare_models({"limit": limit, "nngp": nngp}, r.normal(size=(5, 3)), r.normal(size=(5, 2)))
+        sbc = dl.simulation_based_calibration(limit.data, limit.spec, num_simulations=3, num_warmup=10,
+                                              num_samples=8, thin=4, key=seed, progress_bar=progress_bar)
+        return limit, sbc
+
+    round_(0, 0.5, 2.0, 1.0, False)
     with count_compilations() as count:
-        res = _quick_fit(1, dl.ProportionalLimitPrior(1.5, 2, num_steps=8), lambda_star=0.7,
-                         noise_variance=dist.HalfNormal(3.0), progress_bar=True)
-        res.diagnostics()
+        res, sbc = round_(1, 1.5, 0.7, 3.0, True)
     assert count[0] == 0
-    assert res.draws("Q").shape == (40, 2, 2)
+    assert res.draws("Q").shape == (40, 2, 2) and sbc.num_draws == 2
