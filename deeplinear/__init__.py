@@ -30,17 +30,19 @@ repair_lazy_numpyro()  # arviz_base lazy-loads numpyro; see deeplinear/_compat.p
 from deeplinear import moments  # noqa: E402
 from deeplinear._precision import PrecisionWarning  # noqa: E402
 from deeplinear.cache import enable_compilation_cache  # noqa: E402
-from deeplinear.comparison import compare_models, loo  # noqa: E402
+from deeplinear.comparison import compare_models  # noqa: E402
 from deeplinear.data import PredictionKernel, RegressionData  # noqa: E402
 from deeplinear.exact import exact_posterior_d1  # noqa: E402
 from deeplinear.inference import ConvergenceWarning, PosteriorFit, fit  # noqa: E402
 from deeplinear.io import load_fit, save_fit  # noqa: E402
 from deeplinear.likelihood import KroneckerNormal  # noqa: E402
+from deeplinear.loo import loo  # noqa: E402
 from deeplinear.models import ModelSpec, deep_linear_model, numpyro_q  # noqa: E402
 from deeplinear.network import sample_network_outputs  # noqa: E402
 from deeplinear.predictive import PredictiveMixture, correlation_matrix  # noqa: E402
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior  # noqa: E402
 from deeplinear.sbc import simulation_based_calibration  # noqa: E402
+from deeplinear.streaming import ArrayChunks, LinearStatistics  # noqa: E402
 
 __version__ = "0.2.0"
 
@@ -64,6 +66,8 @@ __all__ = [
     "fit",
     "load_fit",
     "loo",
+    "ArrayChunks",
+    "LinearStatistics",
     "moments",
     "numpyro_q",
     "sample_network_outputs",

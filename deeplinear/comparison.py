@@ -6,7 +6,8 @@ not depend on the labels; under a finite-width or proportional-limit prior
 the models side by side:
 
 * PSIS-LOO from the exact pointwise leave-one-input-out terms
-  (:func:`~deeplinear.likelihood.loo_log_likelihood`), ranked by ``arviz.compare``;
+  (:func:`~deeplinear.likelihood.loo_log_likelihood`), subsampled beyond a memory budget
+  (:func:`~deeplinear.loo.loo`), ranked by ``arviz.compare``;
 * the held-out log predictive density of test labels,
   :math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s), \Sigma_{*jj}(Q_s) + \sigma_s^2 I)`;
 * predictive means, variances and cross-output correlations at the test inputs.
@@ -18,33 +19,12 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-import xarray as xr
 
 from deeplinear.inference import PosteriorFit
+from deeplinear.loo import loo
 from deeplinear.predictive import correlation_matrix
 
-__all__ = ["loo", "compare_models", "ModelComparison"]
-
-
-def loo(result: PosteriorFit):
-    r"""PSIS-LOO (``arviz.loo``) of a fit from its ``log_likelihood`` group.
-
-    When nothing in the posterior is random (the NNGP with fixed hyperparameters) the
-    leave-one-out terms are exact and identical across draws (detected from the draws); PSIS cannot smooth constant
-    weights, so uniform weights with Pareto ``k = 0`` are passed explicitly.
-    """
-    import arviz_stats
-
-    if not isinstance(result, PosteriorFit):
-        raise TypeError(f"result must be a PosteriorFit, got {type(result).__name__}")
-    if "log_likelihood" not in result.datatree.children:
-        raise ValueError("this fit has no log_likelihood group; refit with log_likelihood=True")
-    ll = result.datatree["log_likelihood"]["Y"]
-    if float((ll.max(("chain", "draw")) - ll.min(("chain", "draw"))).max()) > 0:
-        return arviz_stats.loo(result.datatree)
-    log_weights = xr.zeros_like(ll) - np.log(ll.sizes["chain"] * ll.sizes["draw"])
-    pareto_k = xr.zeros_like(ll.isel(chain=0, draw=0, drop=True))
-    return arviz_stats.loo(result.datatree, log_weights=log_weights, pareto_k=pareto_k)
+__all__ = ["compare_models", "ModelComparison"]
 
 
 class ModelComparison(NamedTuple):
@@ -70,7 +50,8 @@ class ModelComparison(NamedTuple):
     q_correlation: dict
 
 
-def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, test_gram=None) -> ModelComparison:
+def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, test_gram=None, rows=None,
+                   loo_seed: int = 0) -> ModelComparison:
     r"""Compare fitted models (e.g. ``{"limit a=1": fit1, "NNGP": fit0}``) on the same data.
 
     Parameters
@@ -80,6 +61,9 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
         Test inputs, one per row (linear kernel); or ``cross_gram``/``test_gram`` for a user kernel.
     Y_test : array ``(P*, D)``, optional
         Held-out labels for the log predictive density.
+    rows, loo_seed
+        Passed to :func:`~deeplinear.loo.loo` (``rows``: the training rows again, for data set up by
+        streaming; ``loo_seed``: the subsample, the same for every fit, when LOO is subsampled).
     """
     import arviz_stats
     import pandas as pd
@@ -99,7 +83,7 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
 
     with warnings.catch_warnings():  # high Pareto k is reported in the table instead
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
-        loos = {name: loo(f) for name, f in fits.items()}
+        loos = {name: loo(f, rows=rows, seed=loo_seed) for name, f in fits.items()}
     rows, predictive, q_correlation = [], {}, {}
     for name, f in fits.items():
         qcorr = q_correlation[name] = correlation_matrix(f.draws("Q")).mean(0)
@@ -149,7 +133,10 @@ def _check_same_data(fits: dict) -> None:
         differs = None
         if a.kernel_kind != b.kernel_kind:
             differs = f"kernels ({a.kernel_kind} and {b.kernel_kind})"
-        elif not _close(a.labels, b.labels, rtol):
+        elif a.has_rows != b.has_rows:
+            differs = "set-ups (one streamed, one in memory)"
+        elif not (_close(a.labels, b.labels, rtol) if a.has_rows else
+                  _close(a.rotated_labels, b.rotated_labels, rtol) and _close(a.null_energy, b.null_energy, rtol)):
             differs = "labels"
         elif a.basis.rank != b.basis.rank or not _close(a.basis.eigenvalues, b.basis.eigenvalues, rtol):
             differs = "kernels (their eigenvalues differ)"

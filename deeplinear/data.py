@@ -38,7 +38,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from deeplinear._pytree import pytree_dataclass
+from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._types import Array
 from deeplinear._validation import (
     check_dtype,
@@ -60,6 +60,13 @@ _RESCALE_INPUTS = (
 _RESCALE_GRAM = "rescale the Gram matrix or use float64 (jax_enable_x64 and dtype='float64')"
 _RESCALE_LABELS = "rescale the labels (e.g. standardize them) or use float64 (jax_enable_x64 and dtype='float64')"
 _RESCALE_TEST = "scale the test inputs as the training inputs were, or use float64"
+
+
+def canonical_signs(v: np.ndarray) -> np.ndarray:
+    """``(R,)`` signs that make the largest-magnitude entry of each column of ``v`` positive."""
+    idx = np.argmax(np.abs(v), axis=0)
+    signs = np.sign(v[idx, np.arange(v.shape[1])])
+    return np.where(signs == 0, 1.0, signs)
 
 
 JOINT_PSD_CHECK_MAX = 2000  # test inputs up to which the Schur complement's every eigenvalue is checked
@@ -158,21 +165,43 @@ class KernelEigenbasis:
     ----------
     eigenvalues : array ``(R,)``
         :math:`\kappa_1..\kappa_R > 0`, the nonzero eigenvalues (``R = rank K``).
-    eigenvectors : array ``(P, R)``
-        :math:`U_R`, orthonormal columns.
+    eigenvectors : array ``(P, R)`` or None
+        :math:`U_R`, orthonormal columns; ``None`` when set up by streaming (then ``num_rows``
+        holds ``P``).
     input_projection : array ``(N0, R)`` or None
         Linear kernel only: :math:`X^\top U_R / N_0`, so that the rotated cross-kernel is
         :math:`\tilde k = ` ``X_test @ input_projection`` (one test input per row).
+    num_rows : int or None
+        ``P`` when ``eigenvectors`` is ``None`` (static).
+
+    Signs: each singular direction is oriented so that the largest-magnitude entry of its right
+    singular vector (the column of ``input_projection``) is positive (linear kernel), so the
+    in-memory and the streamed set-up give the same eigenbasis, not one up to signs.
     """
 
     eigenvalues: Array
-    eigenvectors: Array
+    eigenvectors: Array | None
     input_projection: Array | None = None
+    num_rows: int | None = static_field(default=None)
 
     @property
     def num_obs(self) -> int:
         """``P``, the number of training inputs."""
-        return self.eigenvectors.shape[0]
+        return self.eigenvectors.shape[0] if self.eigenvectors is not None else self.num_rows
+
+    @property
+    def has_rows(self) -> bool:
+        """False for a basis built from streamed statistics (:mod:`deeplinear.streaming`), which
+        keeps no per-row eigenvectors."""
+        return self.eigenvectors is not None
+
+    def require_rows(self, what: str) -> None:
+        """A ``ValueError`` naming ``what`` when this basis has no per-row eigenvectors."""
+        if not self.has_rows:
+            raise ValueError(
+                f"{what} needs the per-row eigenvectors U_R (P x R), which data set up by streaming "
+                "(RegressionData.from_chunks / from_statistics) do not keep"
+            )
 
     @property
     def rank(self) -> int:
@@ -196,12 +225,13 @@ class KernelEigenbasis:
         rtol = check_rtol(rtol)
         p, n0 = X.shape
         check_representable("X", X, dtype, _RESCALE_INPUTS, squared=False)
-        w, s, _ = np.linalg.svd(X, full_matrices=False)
+        w, s, vt = np.linalg.svd(X, full_matrices=False)
         rtol = max(n0, p) * np.finfo(np.float64).eps if rtol is None else rtol
         keep = s > rtol * s.max() if s.max() > 0 else np.zeros_like(s, bool)
         if not keep.any():
             raise ValueError("X is zero: the linear kernel X X^T / N0 has rank 0")
-        s, w = s[keep], w[:, keep]
+        s, w, v = s[keep], w[:, keep], vt[keep].T
+        w = w * canonical_signs(v)
         kappa = (s / np.sqrt(n0)) ** 2
         check_representable("the eigenvalues of the linear kernel X X^T / N0", kappa, dtype, _RESCALE_INPUTS,
                             positive=True)
@@ -236,6 +266,7 @@ class KernelEigenbasis:
     def rotate(self, Y):
         r"""Return :math:`\tilde Y = U_R^\top Y` ``(..., R, D)`` and the null-space energy
         :math:`\|Y - U_R \tilde Y\|_F^2` ``(...)`` of labels ``Y`` ``(..., P, D)``."""
+        self.require_rows("rotating other labels")
         U = self.eigenvectors.astype(Y.dtype)
         rotated = jnp.swapaxes(U, 0, 1) @ Y
         if self.num_null == 0:
@@ -264,6 +295,7 @@ class KernelEigenbasis:
     def prediction_kernel_gram(self, cross_gram, test_gram, dtype) -> PredictionKernel:
         """User kernel: ``cross_gram`` :math:`K(X, X_*)` ``(P, P*)``; ``test_gram`` ``(P*, P*)``, or its
         diagonal ``(P*,)`` for per-input predictions only (validated)."""
+        self.require_rows("a user kernel's cross_gram")
         U = np.asarray(self.eigenvectors, np.float64)
         kappa = np.asarray(self.eigenvalues, np.float64)
         cross_gram = np.asarray(cross_gram, np.float64)
@@ -331,7 +363,7 @@ class RegressionData:
     """
 
     basis: KernelEigenbasis
-    labels: Array
+    labels: Array | None
     rotated_labels: Array
     null_energy: Array
     inputs: Array | None = None
@@ -339,27 +371,43 @@ class RegressionData:
     @property
     def num_outputs(self) -> int:
         """``D``."""
-        return self.labels.shape[1]
+        return self.rotated_labels.shape[1]
 
     @property
     def num_obs(self) -> int:
         """``P``."""
-        return self.labels.shape[0]
+        return self.basis.num_obs
 
     @property
     def num_features(self) -> int | None:
         """``N0`` for the linear kernel, else ``None``."""
-        return None if self.inputs is None else self.inputs.shape[1]
+        return None if self.basis.input_projection is None else self.basis.input_projection.shape[0]
 
     @property
     def dtype(self):
         """Floating dtype of the stored arrays; the precision of every computation on this data."""
-        return self.labels.dtype
+        return self.rotated_labels.dtype
 
     @property
     def kernel_kind(self) -> str:
         """``"linear"`` or ``"gram"``."""
-        return "linear" if self.inputs is not None else "gram"
+        return "linear" if self.basis.input_projection is not None else "gram"
+
+    @property
+    def has_rows(self) -> bool:
+        """True when the per-row labels and eigenvectors are kept (in-memory set-up); False after a
+        streamed set-up (:meth:`from_chunks`), which keeps only what the likelihood and the
+        linear kernel's predictions need. LOO then needs the rows again
+        (:func:`deeplinear.loo.loo` with ``rows=``)."""
+        return self.labels is not None and self.basis.has_rows
+
+    def require_rows(self, what: str) -> None:
+        """A ``ValueError`` naming ``what`` when this data keeps no per-row labels and eigenvectors."""
+        if not self.has_rows:
+            raise ValueError(
+                f"{what} needs the per-row labels and eigenvectors, which data set up by streaming "
+                "(RegressionData.from_chunks / from_statistics) do not keep"
+            )
 
     @classmethod
     def linear(cls, X, Y, dtype=None, rtol: float | None = None) -> RegressionData:
@@ -388,6 +436,54 @@ class RegressionData:
         check_representable("Y", Y64, dtype, _RESCALE_LABELS, positive=True)
         basis = KernelEigenbasis.from_gram(K, dtype, rtol)
         return cls._build(basis, Y64, dtype)
+
+    @classmethod
+    def from_statistics(cls, stats, dtype=None, rtol: float | None = None) -> RegressionData:
+        r"""Linear-kernel data from streamed sufficient statistics
+        (:class:`~deeplinear.streaming.LinearStatistics`), equal to :meth:`linear` on the same rows
+        to round-off, without keeping any per-row array (``has_rows`` is False).
+
+        With :math:`R_{11} = U_r S V^\top` (the leading ``N0 x N0`` block of ``R``):
+        :math:`\kappa = s^2/N_0`, :math:`\tilde Y = U_r^\top R_{12}`, input projection
+        :math:`V S/N_0`, null-space energy :math:`\|R_{22}\|_F^2 + \|R_{12} - U_r\tilde Y\|_F^2`
+        (:mod:`deeplinear.streaming`). ``rtol`` as in :meth:`KernelEigenbasis.linear`."""
+        from deeplinear.streaming import LinearStatistics
+
+        dtype = check_dtype(dtype)
+        check_instance("stats", stats, LinearStatistics, "LinearStatistics.accumulate(chunks)")
+        rtol = check_rtol(rtol)
+        n0, P = stats.num_features, stats.num_rows
+        check_representable("X", np.asarray(stats.input_range), dtype, _RESCALE_INPUTS, squared=False)
+        check_representable("Y", np.asarray(stats.label_range), dtype, _RESCALE_LABELS, positive=True)
+        r = stats.r_factor
+        r11, r12, r22 = r[:n0, :n0], r[:n0, n0:], r[n0:, n0:]
+        u, s, vt = np.linalg.svd(r11)
+        rtol = max(n0, P) * np.finfo(np.float64).eps if rtol is None else rtol
+        keep = s > rtol * s.max() if s.max() > 0 else np.zeros_like(s, bool)
+        if not keep.any():
+            raise ValueError("X is zero: the linear kernel X X^T / N0 has rank 0")
+        s, u, v = s[keep], u[:, keep], vt[keep].T
+        signs = canonical_signs(v)
+        u, v = u * signs, v * signs
+        kappa = (s / np.sqrt(n0)) ** 2
+        check_representable("the eigenvalues of the linear kernel X X^T / N0", kappa, dtype, _RESCALE_INPUTS,
+                            positive=True)
+        rotated = u.T @ r12
+        null = np.sum(r22**2) + np.sum((r12 - u @ rotated) ** 2) if P > len(s) else 0.0
+        basis = KernelEigenbasis(jnp.asarray(kappa, dtype), None, jnp.asarray(v * s / n0, dtype), num_rows=P)
+        return cls(basis, None, jnp.asarray(rotated, dtype), jnp.asarray(null, dtype))
+
+    @classmethod
+    def from_chunks(cls, chunks, dtype=None, rtol: float | None = None) -> RegressionData:
+        """Linear-kernel data in one streaming pass over ``chunks``, an iterable of ``(X_chunk, Y_chunk)``
+        pairs (rows are observations), e.g. :class:`~deeplinear.streaming.ArrayChunks` over memmaps:
+        :meth:`from_statistics` of :meth:`~deeplinear.streaming.LinearStatistics.accumulate`. Memory:
+        one chunk."""
+        from deeplinear.streaming import LinearStatistics
+
+        dtype = check_dtype(dtype)
+        rtol = check_rtol(rtol)
+        return cls.from_statistics(LinearStatistics.accumulate(chunks), dtype, rtol)
 
     @classmethod
     def _build(cls, basis, Y64, dtype, inputs=None):
@@ -428,9 +524,10 @@ class RegressionData:
         return self.basis.prediction_kernel_gram(cross, test, dtype)
 
     def __repr__(self):
+        streamed = "" if self.has_rows else ", streamed (no per-row arrays)"
         return (
             f"RegressionData(kernel={self.kernel_kind!r}, num_obs={self.num_obs}, "
-            f"num_outputs={self.num_outputs}, rank={self.basis.rank}, dtype={self.dtype})"
+            f"num_outputs={self.num_outputs}, rank={self.basis.rank}, dtype={self.dtype}{streamed})"
         )
 
 

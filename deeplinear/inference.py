@@ -38,6 +38,7 @@ from deeplinear._validation import (
 )
 from deeplinear.data import RegressionData
 from deeplinear.likelihood import loo_log_likelihood_draws
+from deeplinear.loo import LOO_BUDGET_ENTRIES
 from deeplinear.models import ModelSpec
 from deeplinear.predictive import PredictiveMixture
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
@@ -60,7 +61,9 @@ def _interactive() -> bool:
 def _dims_and_coords(prior, data, output_names=None):
     D = data.num_outputs
     outputs = list(output_names) if output_names is not None else list(range(D))
-    coords = {"obs": np.arange(data.num_obs), "output": outputs, "output_bis": outputs}
+    coords = {"output": outputs, "output_bis": outputs}
+    if data.has_rows:
+        coords["obs"] = np.arange(data.num_obs)
     dims = {"Q": ["output", "output_bis"], "Y": ["obs", "output"]}
     if D > 1:
         rows, cols = np.tril_indices(D, k=-1)
@@ -211,7 +214,8 @@ def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target
                        progress_bar, log_likelihood):
     check_sampler_settings(num_warmup, num_samples, target_accept_prob, max_tree_depth, progress_bar)
     check_positive_int("num_chains", num_chains)
-    check_bool("log_likelihood", log_likelihood)
+    if log_likelihood is not None:
+        check_bool("log_likelihood", log_likelihood)
     if num_samples * num_chains > MAX_STORED_DRAWS:
         raise ValueError(
             f"num_chains * num_samples = {num_chains * num_samples:.3g} draws exceeds {MAX_STORED_DRAWS:.0e}; "
@@ -236,7 +240,7 @@ def fit(
     progress_bar: bool | None = None,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
-    log_likelihood: bool = True,
+    log_likelihood: bool | None = None,
     output_names=None,
 ) -> PosteriorFit:
     r"""Sample the posterior of a deep linear network with NUTS.
@@ -270,8 +274,11 @@ def fit(
         alias); same key, same draws (on the same device).
     progress_bar : bool, optional
         Default: on in Jupyter or a terminal, off otherwise.
-    log_likelihood : bool, default True
-        Store the pointwise leave-one-input-out terms (``O(S P R D^2)``).
+    log_likelihood : bool, optional
+        Store the pointwise leave-one-input-out terms (``S x P`` numbers, ``O(S P R D^2)`` time) as
+        the ``log_likelihood`` group. Default: when the data keep their rows and
+        ``S P <= LOO_BUDGET_ENTRIES`` (2^25); beyond that :func:`~deeplinear.loo.loo` subsamples.
+        ``True`` where that is impossible is an error (before sampling).
     output_names : list of str, optional
         ``D`` distinct names, the coordinates of the ``output`` dimension (default ``0..D-1``).
 
@@ -295,6 +302,7 @@ def fit(
     _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target_accept_prob, max_tree_depth,
                        progress_bar, log_likelihood)
     rng_key = raw_key(key)
+    log_likelihood = _store_loo_terms(log_likelihood, data, num_chains * num_samples)
     output_names = check_output_names(output_names, data.num_outputs)
     prior = spec.prior
     prior.warn_if_underflows(data.dtype, stacklevel=3)
@@ -321,14 +329,37 @@ def fit(
     return result
 
 
+def _store_loo_terms(log_likelihood, data, num_draws) -> bool:
+    """Whether to store the ``log_likelihood`` group (see :func:`fit`)."""
+    fits = data.num_obs * num_draws <= LOO_BUDGET_ENTRIES
+    if log_likelihood is None:
+        return data.has_rows and fits
+    if log_likelihood and not data.has_rows:
+        raise ValueError(
+            "log_likelihood=True needs the training rows, which data set up by streaming do not keep; leave it "
+            "at None and call deeplinear.loo(result, rows=...) for a subsampled LOO"
+        )
+    if log_likelihood and not fits:
+        raise ValueError(
+            f"log_likelihood=True would store S x P = {num_draws} x {data.num_obs} = {num_draws * data.num_obs:.3g} "
+            f"terms, more than LOO_BUDGET_ENTRIES = {LOO_BUDGET_ENTRIES:.3g}; leave it at None: "
+            "deeplinear.loo(result) subsamples"
+        )
+    return log_likelihood
+
+
+def _groups(data, **groups) -> dict:
+    """``groups`` plus ``observed_data`` (the labels) when the data keep them."""
+    return {**groups, "observed_data": {"Y": np.asarray(data.labels)}} if data.has_rows else groups
+
+
 def _sampled_tree(run, data, dims, coords):
     """DataTree of a NUTS run: ``posterior`` (latents, hyperparameters, ``Q``), ``sample_stats``
     and ``observed_data``."""
     import arviz_base
 
     return arviz_base.from_dict(
-        {"posterior": run.samples, "sample_stats": run.sample_stats,
-         "observed_data": {"Y": np.asarray(data.labels)}},
+        _groups(data, posterior=run.samples, sample_stats=run.sample_stats),
         dims=dims, coords=coords,
     )
 
@@ -340,7 +371,7 @@ def _exact_nngp_tree(data, num_chains, num_samples, dims, coords):
     D = data.num_outputs
     q = np.broadcast_to(np.eye(D), (num_chains, num_samples, D, D)).copy()
     return arviz_base.from_dict(
-        {"posterior": {"Q": q}, "observed_data": {"Y": np.asarray(data.labels)}},
+        _groups(data, posterior={"Q": q}),
         dims={k: v for k, v in dims.items() if k in ("Q", "Y")},
         coords={k: v for k, v in coords.items() if k in ("output", "output_bis", "obs")},
     )

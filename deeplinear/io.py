@@ -46,6 +46,7 @@ def save_fit(result: PosteriorFit, path, *, overwrite: bool = False) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path, got {path!r}")
     overwrite = check_bool("overwrite", overwrite)
+    result.data.require_rows("save_fit")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"path {path} is a directory; give a file name such as fit.nc")

@@ -142,6 +142,8 @@ class KroneckerNormal(dist.Distribution):
 
     def log_prob(self, value):
         r""":math:`\log N(\operatorname{vec} Y^\top; 0, \lambda_* Q\otimes K + \sigma^2 I)` from the block factors."""
+        if self.labels_are_data and self.data.labels is None:  # streamed set-up: only the rotated labels are kept
+            return self.data_log_prob()
         if self.labels_are_data:
             if jnp.shape(value) != self.data.labels.shape:
                 raise ValueError(
@@ -158,9 +160,17 @@ class KroneckerNormal(dist.Distribution):
         # batch of chol (batch, R, D, D) broadcasts against the value's rotated labels (..., R, D)
         return _rotated_log_prob(chol, rotated, null, self.noise_variance, self.data.basis.num_null)
 
+    def data_log_prob(self):
+        r""":meth:`log_prob` of ``data``'s own labels, from their rotation and null-space energy
+        (:math:`O(R D^3)`; the only form for data set up by streaming, which keep no labels)."""
+        chol = self.block_cholesky()
+        return _rotated_log_prob(chol, self.data.rotated_labels, self.data.null_energy, self.noise_variance,
+                                 self.data.basis.num_null)
+
     def sample(self, key, sample_shape=()):
         r""":math:`Y = \sqrt{\lambda_*}\, (U_R \sqrt{\kappa})\, G\, \mathrm{chol}(Q)^\top + \sigma E`,
         ``G`` ``(R, D)``."""
+        self.data.require_rows("sampling labels")
         basis = self.data.basis
         dtype = self.q.dtype
         shape = tuple(sample_shape) + self.batch_shape

@@ -212,6 +212,8 @@ class ModelSpec:
     def model(self, data: RegressionData, *, observed: bool = True, labels=None):
         """Run the NumPyro model (see :func:`deep_linear_model`) for this specification."""
         self.check_data(data)
+        if labels is not None or not observed:
+            data.require_rows("labels= or observed=False")
         if labels is not None and jnp.shape(labels) != data.labels.shape:
             raise ValueError(f"labels must have the shape of data.labels {data.labels.shape}, got {jnp.shape(labels)}")
         model_body(self.prior, self.lambda_star, self.noise_variance, self.ratio, data, observed=observed,
@@ -306,6 +308,9 @@ def model_body(prior, lambda_star, noise_variance, ratio, data, *, observed=True
     vbar = prior.numpyro_vbar().astype(dtype)
     q = numpyro.deterministic("Q", vbar @ vbar.T)
     likelihood = KroneckerNormal(q, lam, noise, data, root=vbar, labels_are_data=labels is None and observed)
+    if observed and labels is None and data.labels is None:  # streamed set-up: the labels' statistics only
+        numpyro.factor("Y", likelihood.data_log_prob())
+        return
     obs = (data.labels if labels is None else labels) if observed else None
     numpyro.sample("Y", likelihood, obs=obs)
 

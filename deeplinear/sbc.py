@@ -304,6 +304,7 @@ def simulation_based_calibration(
     """
     spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio)
     spec.check_data(data)
+    data.require_rows("simulation-based calibration (simulated labels)")
     spec.prior.warn_if_underflows(data.dtype, stacklevel=3)
     _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, target_accept_prob, max_tree_depth,
                     progress_bar)
