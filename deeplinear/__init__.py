@@ -42,11 +42,12 @@ from deeplinear.network import sample_network_outputs  # noqa: E402
 from deeplinear.predictive import PredictiveMixture, correlation_matrix  # noqa: E402
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior  # noqa: E402
 from deeplinear.sbc import simulation_based_calibration  # noqa: E402
-from deeplinear.streaming import ArrayChunks, LinearStatistics  # noqa: E402
+from deeplinear.streaming import ArrayChunks  # noqa: E402
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "ArrayChunks",
     "ConvergenceWarning",
     "FiniteWidthPrior",
     "KroneckerNormal",
@@ -66,8 +67,6 @@ __all__ = [
     "fit",
     "load_fit",
     "loo",
-    "ArrayChunks",
-    "LinearStatistics",
     "moments",
     "numpyro_q",
     "sample_network_outputs",

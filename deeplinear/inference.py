@@ -38,7 +38,6 @@ from deeplinear._validation import (
 )
 from deeplinear.data import RegressionData
 from deeplinear.likelihood import loo_log_likelihood_draws
-from deeplinear.loo import LOO_BUDGET_ENTRIES
 from deeplinear.models import ModelSpec
 from deeplinear.predictive import PredictiveMixture
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
@@ -47,6 +46,7 @@ from deeplinear.sampler import CHAIN_METHODS, run_nuts
 __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
 
 RHAT_THRESHOLD = 1.01
+LOO_BUDGET_ENTRIES = 2**25  # S x P pointwise LOO terms stored at most (128 MiB in float32); deeplinear.loo subsamples
 MAX_STORED_DRAWS = 10**8  # num_chains * num_samples above this cannot be stored; refuse up front
 
 

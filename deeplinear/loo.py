@@ -33,11 +33,11 @@ import numpy as np
 import xarray as xr
 
 from deeplinear._validation import check_positive_int, describe
+from deeplinear.inference import LOO_BUDGET_ENTRIES, PosteriorFit
 from deeplinear.likelihood import _loo_from_terms
 
 __all__ = ["loo", "LOO_BUDGET_ENTRIES"]
 
-LOO_BUDGET_ENTRIES = 2**25  # S x P pointwise terms kept in memory at most (128 MiB in float32)
 DEFAULT_SUBSAMPLE = 2000  # inputs in the subsample, unless the budget allows fewer draws x inputs
 ROW_CHUNK = 2**15  # rows per compiled step of the approximation pass
 
@@ -65,8 +65,6 @@ def loo(result, *, rows=None, observations: int | None = None, seed: int = 0):
     identical across draws; PSIS cannot smooth constant weights, so uniform weights with Pareto
     ``k = 0`` are used.
     """
-    from deeplinear.inference import PosteriorFit
-
     if not isinstance(result, PosteriorFit):
         raise TypeError(f"result must be a PosteriorFit, got {type(result).__name__}")
     data = result.data

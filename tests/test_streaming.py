@@ -12,6 +12,7 @@ import pytest
 
 import deeplinear as dl
 from deeplinear.likelihood import KroneckerNormal
+from deeplinear.streaming import LinearStatistics
 
 ROUND_OFF = 1e-10  # float64: the two set-ups agree to this relative error
 
@@ -69,7 +70,7 @@ def test_merge_order_and_memmap(tmp_path):
         np.save(tmp_path / "Y.npy", Y)
         source = dl.ArrayChunks(np.load(tmp_path / "X.npy", mmap_mode="r"), np.load(tmp_path / "Y.npy", mmap_mode="r"),
                                 chunk_rows=100)
-        parts = [dl.LinearStatistics.from_chunk(x, y) for x, y in source]
+        parts = [LinearStatistics.from_chunk(x, y) for x, y in source]
         while len(parts) > 1:  # pairwise, like a tree reduction
             parts = [parts[i].merge(parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
         tree = dl.RegressionData.from_statistics(parts[0], dtype="float64")
