@@ -1,4 +1,5 @@
-"""Latency of a quick-start-sized fit, with and without JAX's persistent compilation cache.
+"""Latency of a quick-start-sized fit: the compiled sampler against NumPyro's MCMC, with and without
+JAX's persistent compilation cache.
 
 The fit: P = 20, N0 = 5, D = 2, proportional limit (a = 1), sigma^2 inferred (HalfNormal(1)),
 2 chains x (500 warmup + 500 draws), float32, log-likelihood group included.
@@ -6,6 +7,9 @@ The fit: P = 20, N0 = 5, D = 2, proportional limit (a = 1), sigma^2 inferred (Ha
 * (a) a new process (import included): without the cache, and with a warm cache
   (``dl.enable_compilation_cache``; the first process fills it);
 * (b) five fits in one process, each on new data of the same shape: without and with the cache;
+* the same five fits with the sampler ``fit`` used before issue 13 -- NumPyro's ``MCMC(NUTS(model))``
+  with the data in the model's closure, ``chain_method="sequential"``, ``arviz_base.from_numpyro``
+  and the LOO group -- so the ratio is measured in the same run;
 * ``deeplinear infer --no-plots`` (four fits of the demo): without and with a warm cache.
 
 Every configuration runs in fresh processes, one at a time. Writes ``results/latency_cpu.md``.
@@ -21,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from _machine import describe
 
 REPEATS = 5
@@ -34,21 +39,33 @@ if sys.argv[1] != "off":
     dl.enable_compilation_cache(sys.argv[1])
 t_import = time.perf_counter() - t0
 times = []
+spec = dl.ModelSpec(dl.ProportionalLimitPrior(1.0, 2), noise_variance=dist.HalfNormal(1.0))
 for i in range(int(sys.argv[2])):
     rng = np.random.default_rng(i)
     data = dl.RegressionData.linear(rng.normal(size=(20, 5)), rng.normal(size=(20, 2)))
     t = time.perf_counter()
-    dl.fit(data, dl.ProportionalLimitPrior(1.0, 2), noise_variance=dist.HalfNormal(1.0), num_warmup=500,
-           num_samples=500, num_chains=2, progress_bar=False, key=i)
+    if len(sys.argv) > 3:  # the sampler before issue 13
+        import arviz_base, jax
+        from numpyro.infer import MCMC, NUTS, init_to_median
+        from deeplinear.likelihood import loo_log_likelihood_draws
+        mcmc = MCMC(NUTS(spec.model, init_strategy=init_to_median(num_samples=15)), num_warmup=500,
+                    num_samples=500, num_chains=2, chain_method="sequential", progress_bar=False)
+        mcmc.run(jax.random.key(i), data, extra_fields=("diverging",))
+        tree = arviz_base.from_numpyro(mcmc, log_likelihood=False)
+        s = mcmc.get_samples()
+        np.asarray(loo_log_likelihood_draws(s["Q"], 1.0, s["noise_variance"], data))
+    else:
+        dl.fit(data, spec, num_warmup=500, num_samples=500, num_chains=2, progress_bar=False, key=i)
     times.append(time.perf_counter() - t)
 print(json.dumps({"import": t_import, "fits": times, "process": time.perf_counter() - t0}))
 """
 
 
-def child(cache: str, fits: int) -> dict:
+def child(cache: str, fits: int, before: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "DEEPLINEAR_COMPILATION_CACHE"}
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, cache, str(fits)], capture_output=True, text=True, env=env)
+    args = [sys.executable, "-c", CHILD, cache, str(fits)] + (["mcmc"] if before else [])
+    out = subprocess.run(args, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
@@ -77,6 +94,10 @@ def main() -> None:
         warm = child(cache, 1)
         repeat_off = child("off", REPEATS)
         repeat_on = child(cache, REPEATS)
+        before_off = child("off", REPEATS, before=True)
+        before_cache = str(Path(tmp) / "before-cache")
+        child(before_cache, 1, before=True)  # fills it
+        before_on = child(before_cache, REPEATS, before=True)
         infer_off = infer("off")
         infer_cache = str(Path(tmp) / "infer-cache")
         infer(infer_cache)  # fills it
@@ -93,6 +114,10 @@ def main() -> None:
         f"| (a) new process, warm cache | {process(warm)} |",
         f"| (b) {REPEATS} fits in one process, no cache | {fits(repeat_off)} s |",
         f"| (b) {REPEATS} fits in one process, cache on (warm) | {fits(repeat_on)} s |",
+        f"| before: NumPyro MCMC, {REPEATS} fits in one process, no cache | {fits(before_off)} s |",
+        f"| before: NumPyro MCMC, {REPEATS} fits in one process, warm cache | {fits(before_on)} s |",
+        f"| ratio, repeats (median, no cache): before / now | "
+        f"{np.median(before_off['fits'][1:]) / np.median(repeat_off['fits'][1:]):.1f}x |",
         f"| `deeplinear infer --no-plots`, no cache | {infer_off:.1f} s |",
         f"| `deeplinear infer --no-plots`, warm cache | {infer_warm:.1f} s |",
     ]
@@ -100,7 +125,9 @@ def main() -> None:
         "# Latency of a quick-start-sized fit (CPU)\n\n"
         f"Machine: {describe()}\n\nLoad before the run (`uptime`): {load}\n\n"
         "Fit: P = 20, N0 = 5, D = 2, limit prior a = 1, sigma^2 inferred, 2 chains x (500 + 500), float32, "
-        "with the LOO group; each row in fresh processes, one at a time. (b) uses new data of the same shape "
+        "with the LOO group; each row in fresh processes, one at a time. 'before' is the sampler of fit before "
+        "issue 13 (NumPyro MCMC, data in the model's closure, sequential chains), run in the same session. "
+        "(b) uses new data of the same shape "
         "for every fit. Targets of issue 13: (a) warm <= 6 s including import, (b) <= 1.5 s, infer <= 15 s.\n\n"
         "| configuration | time |\n|---|---|\n" + "\n".join(rows) + "\n"
     )

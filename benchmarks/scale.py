@@ -95,7 +95,7 @@ def main() -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     lines = []
     for P in SIZES:
-        with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as folder:
+        with tempfile.TemporaryDirectory() as folder:
             subprocess.run([sys.executable, "-c", WRITE, str(P), str(N0), str(D), folder], check=True)
             size_gb = sum(f.stat().st_size for f in Path(folder).iterdir()) / 2**30
             streamed = run(folder, "streamed")

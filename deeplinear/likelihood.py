@@ -41,13 +41,29 @@ from deeplinear.data import RegressionData, check_regression_data
 __all__ = ["KroneckerNormal", "loo_log_likelihood", "loo_log_likelihood_draws"]
 
 
-def _rotated_log_prob(chol, rotated, null_energy, noise_variance, num_null):
-    """Log density from factors ``(..., R, D, D)`` of the blocks and rotated labels ``(..., R, D)``."""
+def _rotated_log_prob(chol, rotated, null_energy, noise_variance, num_null, relative=False):
+    r"""Log density from factors ``(..., R, D, D)`` of the blocks and rotated labels ``(..., R, D)``.
+
+    With ``relative`` the null-space term :math:`-\tfrac n2 \log(2\pi\sigma^2) - E/(2\sigma^2)`
+    (``n = (P - R) D``, ``E`` the null-space energy) is replaced by
+    :math:`-\tfrac n2 [\log(1 + d) - d/(1 + d)]`, :math:`d = (\sigma^2 - \hat\sigma^2)/\hat\sigma^2`,
+    :math:`\hat\sigma^2 = E/n`: the same function of :math:`\sigma^2` less the data constant
+    :math:`\tfrac n2 (\log 2\pi\hat\sigma^2 + 1)`. At ``P = 10^7`` that constant is ~10^7, whose
+    float32 rounding (~1) would swamp the energy differences NUTS needs; the relative form is
+    ``O(1)`` near the posterior."""
     D = chol.shape[-1]
     lp = jnp.sum(gaussian_logpdf(rotated, chol), axis=-1)
     if num_null:
         noise = jnp.asarray(noise_variance, chol.dtype)
-        lp = lp - 0.5 * null_energy / noise - 0.5 * num_null * D * (LOG_2PI + jnp.log(noise))
+        n = num_null * D
+        absolute = -0.5 * null_energy / noise - 0.5 * n * (LOG_2PI + jnp.log(noise))
+        if relative:
+            has_energy = null_energy > 0
+            scale = jnp.where(has_energy, null_energy / n, 1.0)  # sigma-hat^2 (a safe 1 when E = 0)
+            d = (noise - scale) / scale
+            centred = -0.5 * n * (jnp.log1p(d) - d / (1 + d))
+            absolute = jnp.where(has_energy, centred, absolute)
+        lp = lp + absolute
     return lp
 
 
@@ -80,6 +96,13 @@ class KroneckerNormal(dist.Distribution):
         Declare that ``log_prob`` will be called on ``data.labels`` (``obs=data.labels``), so the
         precomputed rotation is used. A concrete value that differs from ``data.labels`` is then
         an error.
+    relative : bool, default False
+        With ``labels_are_data``: ``log_prob`` leaves out a constant that depends only on the data,
+        :math:`\tfrac n2(\log 2\pi\hat\sigma^2 + 1)` with ``n = (P - R) D`` and
+        :math:`\hat\sigma^2` the null-space energy over ``n`` (see ``_rotated_log_prob``), so the
+        value stays ``O(1)`` near the posterior however large ``P``. The models set it: NUTS needs
+        energy differences of order one, which float32 cannot resolve against a log density of
+        ``-10^7`` (at ``P = 10^7`` the chains stalled with step sizes ~1e-5 and R-hat 2.2).
 
     Examples
     --------
@@ -102,10 +125,11 @@ class KroneckerNormal(dist.Distribution):
     }
     support = constraints.real_matrix
     pytree_data_fields = ("q", "lambda_star", "noise_variance", "data", "root")
+    pytree_aux_fields = ("labels_are_data", "relative")
 
     def __init__(
         self, q, lambda_star, noise_variance, data: RegressionData, *, root=None, labels_are_data: bool = False,
-        validate_args=None,
+        relative: bool = False, validate_args=None,
     ):
         check_regression_data(data)
         check_positive_scalar("lambda_star", lambda_star)
@@ -129,6 +153,7 @@ class KroneckerNormal(dist.Distribution):
         self.noise_variance = jnp.asarray(noise_variance, q.dtype)
         self.data = data
         self.labels_are_data = bool(labels_are_data)
+        self.relative = bool(relative) and self.labels_are_data
         super().__init__(q.shape[:-2], (data.num_obs, D), validate_args=validate_args)
 
     def block_cholesky(self):
@@ -158,14 +183,15 @@ class KroneckerNormal(dist.Distribution):
             rotated, null = self.data.basis.rotate(jnp.asarray(value, self.q.dtype))
         chol = self.block_cholesky()
         # batch of chol (batch, R, D, D) broadcasts against the value's rotated labels (..., R, D)
-        return _rotated_log_prob(chol, rotated, null, self.noise_variance, self.data.basis.num_null)
+        return _rotated_log_prob(chol, rotated, null, self.noise_variance, self.data.basis.num_null, self.relative)
 
     def data_log_prob(self):
         r""":meth:`log_prob` of ``data``'s own labels, from their rotation and null-space energy
-        (:math:`O(R D^3)`; the only form for data set up by streaming, which keep no labels)."""
+        (:math:`O(R D^3)`; the only form for data set up by streaming, which keep no labels);
+        less the data constant when ``relative``."""
         chol = self.block_cholesky()
         return _rotated_log_prob(chol, self.data.rotated_labels, self.data.null_energy, self.noise_variance,
-                                 self.data.basis.num_null)
+                                 self.data.basis.num_null, self.relative)
 
     def sample(self, key, sample_shape=()):
         r""":math:`Y = \sqrt{\lambda_*}\, (U_R \sqrt{\kappa})\, G\, \mathrm{chol}(Q)^\top + \sigma E`,

@@ -307,7 +307,8 @@ def model_body(prior, lambda_star, noise_variance, ratio, data, *, observed=True
     noise = _hyper("noise_variance", noise_variance, dtype)
     vbar = prior.numpyro_vbar().astype(dtype)
     q = numpyro.deterministic("Q", vbar @ vbar.T)
-    likelihood = KroneckerNormal(q, lam, noise, data, root=vbar, labels_are_data=labels is None and observed)
+    own_labels = labels is None and observed
+    likelihood = KroneckerNormal(q, lam, noise, data, root=vbar, labels_are_data=own_labels, relative=own_labels)
     if observed and labels is None and data.labels is None:  # streamed set-up: the labels' statistics only
         numpyro.factor("Y", likelihood.data_log_prob())
         return

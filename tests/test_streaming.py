@@ -172,3 +172,38 @@ def test_fit_beyond_the_budget_keeps_no_pointwise_terms(monkeypatch):
     exact = dl.loo(dl.fit(data, dl.NNGPPrior(2), num_samples=50, num_chains=2, log_likelihood=False),
                    observations=30)  # every input: the difference estimator is exact
     assert sub.subsample_size == 10 and abs(exact.subsampling_se) < 1e-9
+
+
+def test_relative_log_density_resolves_energy_differences_at_huge_P():
+    """The models' likelihood leaves out the data constant n/2 (log 2 pi sigma-hat^2 + 1): in
+    float64 it is exactly that shift; in float32 at P = 10^7 the differences between noise
+    variances near the posterior are right to 0.05, where the absolute form is off by more (its
+    value, ~ -7e6, rounds to multiples of 0.5)."""
+    import dataclasses
+
+    X, Y = _rows(8, 400, 2, 1)
+    P = 10_000_000
+    base = LinearStatistics.from_chunk(X, Y)
+    r = base.r_factor.copy()
+    r[2:, 2:] *= np.sqrt((P - 2) * 0.25 / np.sum(r[2:, 2:] ** 2))  # null-space energy 0.25 per dimension
+    stats = dataclasses.replace(base, r_factor=r, num_rows=P)
+    q = np.eye(1)
+    noises = 0.25 * (1 + np.linspace(0, 3, 13) * np.sqrt(2 / P))  # from the posterior mode to 3 sd from it
+
+    def values(dtype, relative):
+        data = dl.RegressionData.from_statistics(stats, dtype=dtype)
+        return [float(KroneckerNormal(q, 1.0, s, data, labels_are_data=True, relative=relative).data_log_prob())
+                for s in noises]
+
+    with jax.enable_x64(True):
+        exact = values("float64", False)
+        shifted = values("float64", True)
+        n = P - 2
+        constant = n / 2 * (np.log(2 * np.pi * 0.25) + 1)
+        assert abs(exact[0] - (shifted[0] - constant)) < 1e-9 * abs(exact[0])
+    truth = np.subtract(exact, exact[0])  # 0 to -4.5: differences of order one
+    assert np.min(truth) < -4
+    relative32 = np.subtract(values("float32", True), values("float32", True)[0])
+    absolute32 = np.subtract(values("float32", False), values("float32", False)[0])
+    assert np.max(np.abs(relative32 - truth)) < 0.05
+    assert np.max(np.abs(absolute32 - truth)) > 0.1
