@@ -2,8 +2,9 @@
 
 Each configuration runs in a fresh process (peak RSS per configuration): P = 2,000 training
 inputs, N0 = 32, D = 3, S = 1,000 posterior draws of Q, float32; P* test inputs from 8,000 to
-1,000,000. "streamed": ``PredictiveMixture.mean`` and ``covariance()`` (batched over draws, no
-``P* x P*`` matrix). "stored draws": the same moments from ``draw_means``/``draw_covariances``
+1,000,000. "streamed": ``PredictiveMixture.mean`` and ``covariance()`` (from the draws' summaries
+that do not depend on the test inputs, then batched over test inputs: ``O(S R^2 D^2 + P* R^2 D^2)``;
+no ``P* x P*`` matrix). "stored draws": the same moments from ``draw_means``/``draw_covariances``
 (``(S, P*, D, D)`` held at once, which is what every prediction did before, on top of the dense
 ``P* x P*`` test and residual Gram matrices it also built), run only where it fits in memory.
 Writes ``results/prediction_memory_cpu.md``.
