@@ -36,6 +36,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._validation import check_hyperprior, check_noise_for_data, check_positive_scalar, describe
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.likelihood import KroneckerNormal
@@ -224,10 +225,15 @@ class ModelSpec:
         takes, fixed hyperparameters as arrays of the data's precision: everything that may change
         without changing the compiled sampler (:mod:`deeplinear.sampler`) is a leaf."""
         self.check_data(data)
-        fixed = {h: jnp.asarray(getattr(self, h), data.dtype) for h in ("lambda_star", "noise_variance")
-                 if not isinstance(getattr(self, h), dist.Distribution)}
-        return (self.prior, fixed.get("lambda_star", self.lambda_star),
-                fixed.get("noise_variance", self.noise_variance), self.ratio, data)
+
+        def argument(value):
+            if value is None:
+                return None
+            if isinstance(value, dist.Distribution):
+                return HyperpriorArguments.of(value, data.dtype)
+            return jnp.asarray(value, data.dtype)
+
+        return (self.prior, argument(self.lambda_star), argument(self.noise_variance), argument(self.ratio), data)
 
     # -- written form --------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -302,7 +308,7 @@ def model_body(prior, lambda_star, noise_variance, ratio, data, *, observed=True
     prior's latents, ``Q`` and ``Y``. Call it through :meth:`ModelSpec.model`, which validates."""
     dtype = data.dtype
     if ratio is not None:
-        prior = prior.replace(ratio=numpyro.sample("ratio", ratio))
+        prior = prior.replace(ratio=_hyper("ratio", ratio, dtype))
     lam = _hyper("lambda_star", lambda_star, dtype)
     noise = _hyper("noise_variance", noise_variance, dtype)
     vbar = prior.numpyro_vbar().astype(dtype)
@@ -316,7 +322,38 @@ def model_body(prior, lambda_star, noise_variance, ratio, data, *, observed=True
     numpyro.sample("Y", likelihood, obs=obs)
 
 
+@pytree_dataclass
+class HyperpriorArguments:
+    """A hyperprior as a jit argument: its NumPyro class (static) and its parameters (leaves, in a
+    dict, which JAX flattens in sorted key order). Passing the distribution object itself would
+    flatten its parameters in an order that NumPyro takes from a ``set`` -- different in every
+    process (string hashing is randomized) -- so the compiled sampler's persistent-cache key
+    would change from process to process. Distributions that cannot be rebuilt from their
+    ``arg_constraints`` parameters are kept as they are (``distribution``)."""
+
+    family: type = static_field()
+    params: dict | None = None
+    distribution: dist.Distribution | None = None
+
+    @classmethod
+    def of(cls, value: dist.Distribution, dtype) -> HyperpriorArguments:
+        params = {k: getattr(value, k, None) for k in value.arg_constraints}
+        try:
+            rebuilt = type(value)(**params)
+        except Exception:  # any failure: not rebuildable from its parameters
+            rebuilt = None
+        if rebuilt is None or any(p is None for p in params.values()):
+            return cls(type(value), None, value)
+        return cls(type(value), {k: jnp.asarray(v, dtype) for k, v in params.items()})
+
+    def build(self) -> dist.Distribution:
+        """The distribution."""
+        return self.distribution if self.params is None else self.family(**self.params)
+
+
 def _hyper(name, value, dtype):
+    if isinstance(value, HyperpriorArguments):
+        value = value.build()
     if isinstance(value, dist.Distribution):
         return numpyro.sample(name, value)
     return jnp.asarray(value, dtype)
