@@ -46,7 +46,8 @@ def _rotated_log_prob(chol, rotated, null_energy, noise_variance, num_null, rela
 
     With ``relative`` the null-space term :math:`-\tfrac n2 \log(2\pi\sigma^2) - E/(2\sigma^2)`
     (``n = (P - R) D``, ``E`` the null-space energy) is replaced by
-    :math:`-\tfrac n2 [\log(1 + d) - d/(1 + d)]`, :math:`d = (\sigma^2 - \hat\sigma^2)/\hat\sigma^2`,
+    :math:`-\tfrac n2 [\log x + 1/x - 1]`, :math:`x = 1 + d`, :math:`d = (\sigma^2 - \hat\sigma^2)/\hat\sigma^2`
+    (as :math:`\log(1 + d) - d/(1 + d)` for :math:`|d| < 1/2`, free of cancellation),
     :math:`\hat\sigma^2 = E/n`: the same function of :math:`\sigma^2` less the data constant
     :math:`\tfrac n2 (\log 2\pi\hat\sigma^2 + 1)`. At ``P = 10^7`` that constant is ~10^7, whose
     float32 rounding (~1) would swamp the energy differences NUTS needs; the relative form is
@@ -60,8 +61,14 @@ def _rotated_log_prob(chol, rotated, null_energy, noise_variance, num_null, rela
         if relative:
             has_energy = null_energy > 0
             scale = jnp.where(has_energy, null_energy / n, 1.0)  # sigma-hat^2 (a safe 1 when E = 0)
+            ratio = jnp.maximum(noise / scale, jnp.finfo(chol.dtype).tiny)  # x = sigma^2 / sigma-hat^2
             d = (noise - scale) / scale
-            centred = -0.5 * n * (jnp.log1p(d) - d / (1 + d))
+            near = jnp.abs(d) < 0.5
+            d_near = jnp.where(near, d, 0.0)  # safe arguments in both branches (no NaN gradients)
+            ratio_far = jnp.where(near, 2.0, ratio)
+            f = jnp.where(near, jnp.log1p(d_near) - d_near / (1 + d_near),  # log x + 1/x - 1, no cancellation
+                          jnp.log(ratio_far) + 1 / ratio_far - 1)
+            centred = -0.5 * n * f
             absolute = jnp.where(has_energy, centred, absolute)
         lp = lp + absolute
     return lp
