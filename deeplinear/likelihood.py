@@ -254,12 +254,20 @@ def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData):
 
 
 def _loo_data_terms(data: RegressionData, dtype):
-    r"""Draw-independent pieces of the LOO terms: ``U_R``, ``U_R^2``, and for a nonempty null
-    space the leftover weights :math:`1 - \sum_p U_{ip}^2` and residuals :math:`y_i - \sum_p U_{ip}\tilde y_p`."""
-    U = data.basis.eigenvectors.astype(dtype)
+    r"""Draw-independent pieces of the LOO terms for every training row (:func:`loo_row_terms`)."""
+    data.require_rows("the pointwise leave-one-input-out terms")
+    return loo_row_terms(data, data.basis.eigenvectors, data.labels, dtype)
+
+
+def loo_row_terms(data: RegressionData, U, Y, dtype):
+    r"""Draw-independent pieces of the LOO terms of rows with eigenvector rows ``U`` ``(m, R)``
+    (:math:`U_R` restricted to those rows) and labels ``Y`` ``(m, D)``: ``U``, ``U^2``, and for a
+    nonempty null space the leftover weights :math:`1 - \sum_p U_{ip}^2` and residuals
+    :math:`y_i - \sum_p U_{ip}\tilde y_p`."""
+    U = jnp.asarray(U, dtype)
     if not data.basis.num_null:
         return U, U**2, None, None
-    resid = data.labels.astype(dtype) - U @ data.rotated_labels.astype(dtype)  # (P, D)
+    resid = jnp.asarray(Y, dtype) - U @ data.rotated_labels.astype(dtype)  # (m, D)
     return U, U**2, 1 - jnp.sum(U**2, axis=1), resid
 
 
@@ -284,8 +292,9 @@ def _loo_from_terms(q, lambda_star, noise_variance, data, terms):
 
 
 @partial(jax.jit, static_argnames="batch_size")
-def _loo_draws(q, lambda_star, noise_variance, data, batch_size):
-    terms = _loo_data_terms(data, q.dtype)
+def _loo_draws(q, lambda_star, noise_variance, data, batch_size, terms=None):
+    """``(S, m)`` LOO terms of the rows of ``terms`` (:func:`loo_row_terms`; default every training row)."""
+    terms = _loo_data_terms(data, q.dtype) if terms is None else terms
     return jax.lax.map(
         lambda a: _loo_from_terms(*a, data, terms), (q, lambda_star, noise_variance), batch_size=batch_size
     )

@@ -25,8 +25,6 @@ better :math:`\pi` approximates the exact terms (here: very well unless the post
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +32,7 @@ import xarray as xr
 
 from deeplinear._validation import check_positive_int, describe
 from deeplinear.inference import LOO_BUDGET_ENTRIES, PosteriorFit
-from deeplinear.likelihood import _loo_from_terms
+from deeplinear.likelihood import _loo_draws, _loo_from_terms, loo_row_terms
 
 __all__ = ["loo", "LOO_BUDGET_ENTRIES"]
 
@@ -103,17 +101,6 @@ def _psis(datatree, ll: xr.DataArray, pointwise: bool | None = None):
     return arviz_stats.loo(tree, log_weights=log_weights, pareto_k=pareto_k, **kwargs)
 
 
-def _row_terms(data, U, Y):
-    """Per-row pieces of the LOO terms (:func:`deeplinear.likelihood._loo_data_terms`) for rows with
-    eigenvector rows ``U`` ``(m, R)`` and labels ``Y`` ``(m, D)`` (float64 NumPy)."""
-    dtype = data.dtype
-    if not data.basis.num_null:
-        return jnp.asarray(U, dtype), jnp.asarray(U**2, dtype), None, None
-    resid = Y - U @ np.asarray(data.rotated_labels, np.float64)
-    return (jnp.asarray(U, dtype), jnp.asarray(U**2, dtype), jnp.asarray(1 - np.sum(U**2, axis=1), dtype),
-            jnp.asarray(resid, dtype))
-
-
 def _eigenvector_rows(data, X):
     r""":math:`U_R` rows of inputs ``X`` ``(m, N0)``: :math:`X V S^{-1}` = ``X @ input_projection / kappa``."""
     proj = np.asarray(data.basis.input_projection, np.float64)
@@ -145,11 +132,6 @@ def _point_terms(q, lam, noise, data, terms):
     return _loo_from_terms(q, lam, noise, data, terms)
 
 
-@partial(jax.jit, static_argnames="batch_size")
-def _draw_terms(q, lam, noise, data, terms, batch_size):
-    return jax.lax.map(lambda a: _loo_from_terms(*a, data, terms), (q, lam, noise), batch_size=batch_size)
-
-
 def _point_approximation(result, rows):
     r""":math:`\pi_i = \log p(y_i \mid Y_{-i}, \hat\theta)` for every input, ``(P,)`` float64, in chunks
     of ``ROW_CHUNK`` rows (padded, so one compiled program)."""
@@ -164,7 +146,7 @@ def _point_approximation(result, rows):
             u, y = U[start:start + ROW_CHUNK], Y[start:start + ROW_CHUNK]
             n = u.shape[0]
             pad = ROW_CHUNK - n
-            terms = _row_terms(data, np.pad(u, ((0, pad), (0, 0))), np.pad(y, ((0, pad), (0, 0))))
+            terms = loo_row_terms(data, np.pad(u, ((0, pad), (0, 0))), np.pad(y, ((0, pad), (0, 0))), dtype)
             out.append(np.asarray(_point_terms(q, lam, noise, data, terms), np.float64)[:n])
     approx = np.concatenate(out)
     if approx.shape != (data.num_obs,):
@@ -194,8 +176,8 @@ def _subsampled(result, rows, observations, seed):
     approx = _point_approximation(result, rows)
     U, Y = _rows_at(data, rows, indices)
     dtype = data.dtype
-    ll = _draw_terms(jnp.asarray(result.draws("Q"), dtype), jnp.asarray(result.draws("lambda_star"), dtype),
-                     jnp.asarray(result.draws("noise_variance"), dtype), data, _row_terms(data, U, Y), 64)
+    ll = _loo_draws(jnp.asarray(result.draws("Q"), dtype), jnp.asarray(result.draws("lambda_star"), dtype),
+                    jnp.asarray(result.draws("noise_variance"), dtype), data, 64, loo_row_terms(data, U, Y, dtype))
     ll = np.asarray(ll, np.float64).reshape(C, S, m)
     if not (np.all(np.isfinite(ll)) and np.all(np.isfinite(approx))):
         raise FloatingPointError(

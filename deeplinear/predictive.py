@@ -95,8 +95,10 @@ def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData,
     return _conditional(q, lambda_star, noise_variance, data, test, joint)
 
 
-def _conditional(q, lambda_star, noise_variance, data, test, joint=False):
-    """:func:`conditional_predictive` without validation (for use under ``jit``/``map``)."""
+def _eigen_gain(q, lambda_star, noise_variance, data):
+    r"""One draw in the eigenbasis of ``Q = V diag(w) V^T``: ``(lam, noise, kappa, V, gain, labels)``,
+    ``gain`` ``(R, D)`` the eigenvalues of :math:`\lambda Q C_p^{-1}` and ``labels`` the rows
+    :math:`V^\top \tilde y_p`."""
     dtype = q.dtype
     lam = jnp.asarray(lambda_star, dtype)
     noise = jnp.asarray(noise_variance, dtype)
@@ -105,9 +107,16 @@ def _conditional(q, lambda_star, noise_variance, data, test, joint=False):
     w = jnp.clip(w, 0)  # rounding can make tiny eigenvalues negative
     denom = lam * kappa[:, None] * w + noise  # (R, D): eigenvalues of C_p
     positive = denom > 0
-    gain = jnp.where(positive, lam * w / jnp.where(positive, denom, 1), 0)  # eigenvalues of lambda Q C_p^-1
+    gain = jnp.where(positive, lam * w / jnp.where(positive, denom, 1), 0)
+    labels = data.rotated_labels.astype(dtype) @ vecs  # (R, D)
+    return lam, noise, kappa, vecs, gain, labels
+
+
+def _conditional(q, lambda_star, noise_variance, data, test, joint=False):
+    """:func:`conditional_predictive` without validation (for use under ``jit``/``map``)."""
+    dtype = q.dtype
+    lam, noise, kappa, vecs, gain, labels = _eigen_gain(q, lambda_star, noise_variance, data)
     kt = test.rotated_cross.astype(dtype)  # (P*, R)
-    labels = data.rotated_labels.astype(dtype) @ vecs  # (R, D): W^T y_p per row
     mean = (kt @ (gain * labels)) @ vecs.T  # (P*, D)
     shrink = noise * gain  # (R, D): eigenvalues of sigma^2 lambda Q C_p^-1
     if joint:
@@ -186,16 +195,7 @@ def _draw_tensors(q, lambda_star, noise_variance, data):
     * :math:`\lambda Q` ``(D, D)``,
 
     so that :math:`\Sigma_{*j} = k_{\perp,j}\,\lambda Q + \sum_p (\tilde k_{jp}^2/\kappa_p) B_p`."""
-    dtype = q.dtype
-    lam = jnp.asarray(lambda_star, dtype)
-    noise = jnp.asarray(noise_variance, dtype)
-    kappa = data.basis.eigenvalues.astype(dtype)
-    w, vecs = jnp.linalg.eigh((q + q.T) / 2)
-    w = jnp.clip(w, 0)
-    denom = lam * kappa[:, None] * w + noise
-    positive = denom > 0
-    gain = jnp.where(positive, lam * w / jnp.where(positive, denom, 1), 0)
-    labels = data.rotated_labels.astype(dtype) @ vecs
+    lam, noise, _, vecs, gain, labels = _eigen_gain(q, lambda_star, noise_variance, data)
     A = (gain * labels) @ vecs.T
     B = jnp.einsum("de,pe,fe->pdf", vecs, noise * gain, vecs)
     return A, B, lam * q

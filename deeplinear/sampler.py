@@ -39,7 +39,7 @@ from numpyro.infer.util import ParamInfo, initialize_model
 
 from deeplinear.models import model_body
 
-__all__ = ["SamplerRun", "run_nuts", "nuts_kernel", "CHAIN_METHODS"]
+__all__ = ["SamplerRun", "run_nuts", "nuts_kernel", "model_of_arguments", "CHAIN_METHODS"]
 
 CHAIN_METHODS = ("auto", "vectorized", "sequential", "parallel")
 
@@ -58,16 +58,16 @@ class SamplerRun(NamedTuple):
     sample_stats: dict
 
 
-def _model(args, labels=None):
+def model_of_arguments(args, observed=True, labels=None):
     """The model as a function of one pytree ``(prior, lambda_star, noise_variance, ratio, data)``
     (:meth:`deeplinear.models.ModelSpec.model_arguments`; the body is
     :func:`deeplinear.models.model_body`), conditioned on ``labels`` when given (simulation-based
-    calibration), else on ``data``'s labels."""
-    model_body(*args, labels=labels)
+    calibration), else on ``data``'s labels; ``observed=False`` samples the labels."""
+    model_body(*args, observed=observed, labels=labels)
 
 
 def nuts_kernel(model_args, key, num_warmup, target_accept_prob, max_tree_depth, init_params=None, labels=None):
-    """NumPyro's NUTS functions for :func:`_model` and, for one chain, its initial state.
+    """NumPyro's NUTS functions for :func:`model_of_arguments` and, for one chain, its initial state.
 
     Returns ``(state, sample, postprocess)``: ``sample(state)`` is one NUTS transition (with
     windowed adaptation during the first ``num_warmup``), ``postprocess(z)`` the constrained
@@ -77,7 +77,7 @@ def nuts_kernel(model_args, key, num_warmup, target_accept_prob, max_tree_depth,
     k_init, k_kernel = jax.random.split(key)
     kwargs = {"labels": labels}
     info, potential_gen, postprocess_gen, _ = initialize_model(
-        k_init, _model, init_strategy=init_to_median(num_samples=INIT_MEDIAN_SAMPLES), dynamic_args=True,
+        k_init, model_of_arguments, init_strategy=init_to_median(num_samples=INIT_MEDIAN_SAMPLES), dynamic_args=True,
         model_args=(model_args,), model_kwargs=kwargs,
     )
     init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
@@ -186,7 +186,7 @@ def run_nuts(
     model_args, key, *, num_chains: int, num_warmup: int, num_samples: int, target_accept_prob: float,
     max_tree_depth: int, chain_method: str = "auto", progress_bar: bool = False, description: str = "sample",
 ) -> SamplerRun:
-    """Run ``num_chains`` NUTS chains on :func:`_model` ``(model_args)``.
+    """Run ``num_chains`` NUTS chains on :func:`model_of_arguments` ``(model_args)``.
 
     ``model_args`` is the pytree ``(prior, lambda_star, noise_variance, ratio, data)`` of
     :meth:`deeplinear.models.ModelSpec.model_arguments` (validated by the caller); ``key`` a raw

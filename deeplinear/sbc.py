@@ -39,9 +39,9 @@ from deeplinear._types import KeyLike
 from deeplinear._validation import check_positive_int, check_probability, raw_key
 from deeplinear.inference import _interactive, check_sampler_settings
 from deeplinear.likelihood import KroneckerNormal
-from deeplinear.models import ModelSpec, model_body
+from deeplinear.models import ModelSpec
 from deeplinear.priors import NNGPPrior
-from deeplinear.sampler import nuts_kernel
+from deeplinear.sampler import model_of_arguments, nuts_kernel
 
 __all__ = ["simulation_based_calibration", "SBCResult"]
 
@@ -81,14 +81,10 @@ def _quantities(draws, labels, model_args, inferred):
 @partial(jax.jit, static_argnames=("num_simulations", "inferred"))
 def _simulate(key, model_args, *, num_simulations, inferred):
     """Draws of everything from the prior predictive (``Y`` included) and their test quantities."""
-    truth = Predictive(_model, num_samples=num_simulations)(key, model_args, observed=False)
+    truth = Predictive(model_of_arguments, num_samples=num_simulations)(key, model_args, observed=False)
     labels = truth["Y"]
     draws = {k: v for k, v in truth.items() if k != "Y"}
     return labels, jax.vmap(lambda d, y: _quantities(d, y, model_args, inferred))(draws, labels)
-
-
-def _model(args, observed=True, labels=None):
-    model_body(*args, observed=observed, labels=labels)
 
 
 @partial(jax.jit, static_argnames=("num_warmup", "thin", "num_draws", "max_tree_depth", "inferred"))
