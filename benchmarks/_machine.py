@@ -18,9 +18,11 @@ def describe() -> str:
     except OSError:
         pass
     dev = jax.devices()[0]
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"{cpu}; {os.cpu_count()} logical cores; Python {platform.python_version()}; "
-        f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}); x64={jax.config.jax_enable_x64}"
+        f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}); x64={jax.config.jax_enable_x64}; "
+        f"load average at start {load}"
     )
 
 

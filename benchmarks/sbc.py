@@ -1,7 +1,10 @@
 """Simulation-based calibration of the full configuration matrix (issue 4).
 
 Priors: finite width (L = 3, N = 6), proportional limit (a = 1, K = 16 steps), NNGP;
-D in {1, 2, 3}; hyperparameters fixed (lambda* = 1, sigma^2 = 0.5) or inferred
+D in {1, 2, 3}; and the proportional limit with a full output-noise covariance (per-output
+variances LogNormal(log 0.5, 0.5), noise correlation LKJ(2), lambda* inferred), D in {2, 3},
+and with per-output intercepts (Normal(0, 1) prior; lambda*, sigma^2, a inferred), D = 2;
+hyperparameters fixed (lambda* = 1, sigma^2 = 0.5) or inferred
 (lambda* ~ LogNormal(0, 0.5), sigma^2 ~ LogNormal(log 0.5, 0.5), and for the limit
 a ~ LogNormal(0, 0.5)). The NNGP with fixed hyperparameters has an exact point posterior
 (nothing to calibrate) and is not in the matrix. Inputs: N0 = 3 features, P = 8 inputs
@@ -15,7 +18,8 @@ flagged configuration is re-run with another seed (SEEDS) and both runs are repo
 
     python benchmarks/sbc.py [--quick] [--x64] [--only NAME]
 
-Writes benchmarks/results/sbc_<platform>.md and one figure per configuration in
+Writes benchmarks/results/sbc_<platform>.md (with --only NAME: sbc_<platform>_only_NAME.md, so a
+partial run never replaces the matrix) and one figure per configuration in
 benchmarks/results/sbc_figures/.
 """
 
@@ -63,6 +67,12 @@ def configurations():
                     continue
                 kw = FIXED if hyper == "fixed" else inferred(kind == "limit")
                 yield f"{kind}_D{D}_{hyper}", prior, kw
+    for D in (2, 3):  # a full output-noise covariance: per-output variances and an LKJ(2) correlation, inferred
+        kw = {**inferred(False), "noise_model": "full", "noise_correlation": dist.LKJCholesky(D, 2.0)}
+        yield f"limit_D{D}_fullnoise", dl.ProportionalLimitPrior(1.0, D, num_steps=16), kw
+    # per-output intercepts with a Normal(0, 1) prior, everything else inferred too
+    yield "limit_D2_intercept", dl.ProportionalLimitPrior(1.0, 2, num_steps=16), {
+        **inferred(True), "intercept": dist.Normal(0.0, 1.0)}
 
 
 def main():
@@ -98,6 +108,8 @@ def main():
     details = []
     all_passed = True
     suffix = ("_quick" if args.quick else "") + ("_x64" if args.x64 else "")
+    if args.only:  # a partial run never overwrites the matrix's file
+        suffix += "_only_" + "".join(c if c.isalnum() or c == "_" else "-" for c in args.only)
     path = out_dir / f"sbc_{platform}{suffix}.md"
     for name, prior, kw in configurations():
         if args.only and args.only not in name:
@@ -128,14 +140,11 @@ def main():
             print(lines[-1], flush=True)
             if passed and not flagged:
                 break
-        if not args.only:  # rewrite after every configuration so an interrupted run keeps its rows
-            path.write_text("\n".join([*lines, "", "Run in progress.", *details, ""]))
+        # rewrite after every configuration so an interrupted run keeps its rows
+        path.write_text("\n".join([*lines, "", "Run in progress.", *details, ""]))
     lines += ["", f"All configurations passed: {'yes' if all_passed else '**NO**'}", *details, ""]
-    if not args.only:
-        path.write_text("\n".join(lines))
-        print(f"wrote {path}")
-    else:
-        print("\n".join(lines))
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 r"""Linear algebra shared by the likelihood, the LOO terms and the predictive.
 
-The eigenbasis blocks :math:`C_p = \lambda_*\kappa_p Q + \sigma^2 I_D` (theory.md §4), their
-factors, a PSD square root and the one Gaussian log-density of the package.
+The eigenbasis blocks :math:`C_p = \lambda_*\kappa_p Q + \Sigma_\varepsilon` (theory.md §4; the
+output-noise covariance :math:`\Sigma_\varepsilon` is :math:`\sigma^2 I_D` unless a noise factor is
+given), their factors, a PSD square root, whitening by the noise and the one Gaussian
+log-density of the package.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import math
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-__all__ = ["LOG_2PI", "block_covariances", "block_cholesky_from_root", "psd_root", "gaussian_logpdf"]
+__all__ = [
+    "LOG_2PI", "block_covariances", "block_cholesky_from_root", "gaussian_logpdf", "psd_root", "whiten_q",
+    "whiten_rows",
+]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -25,13 +30,18 @@ def gaussian_logpdf(x, chol):
     return -0.5 * jnp.sum(z**2, axis=-1) - logdet - 0.5 * x.shape[-1] * LOG_2PI
 
 
-def block_covariances(q, lambda_star, noise_variance, eigenvalues):
-    r""":math:`C_p = \lambda_* \kappa_p Q + \sigma^2 I_D` for ``p = 1..R``, shape ``(..., R, D, D)``."""
+def block_covariances(q, lambda_star, noise_variance, eigenvalues, noise_factor=None):
+    r""":math:`C_p = \lambda_* \kappa_p Q + \sigma^2 I_D` for ``p = 1..R``, shape ``(..., R, D, D)``; with
+    ``noise_factor`` :math:`L_\varepsilon` (``(..., D, D)``, lower) the noise term is
+    :math:`\Sigma_\varepsilon = L_\varepsilon L_\varepsilon^\top` instead."""
     q = jnp.asarray(q)
     lam = jnp.asarray(lambda_star, q.dtype)[..., None, None, None]
+    signal = lam * eigenvalues.astype(q.dtype)[:, None, None] * q[..., None, :, :]
+    if noise_factor is not None:
+        factor = jnp.asarray(noise_factor, q.dtype)
+        return signal + (factor @ jnp.swapaxes(factor, -1, -2))[..., None, :, :]
     noise = jnp.asarray(noise_variance, q.dtype)[..., None, None, None]
-    eye = jnp.eye(q.shape[-1], dtype=q.dtype)
-    return lam * eigenvalues.astype(q.dtype)[:, None, None] * q[..., None, :, :] + noise * eye
+    return signal + noise * jnp.eye(q.shape[-1], dtype=q.dtype)
 
 
 def psd_root(q):
@@ -43,10 +53,12 @@ def psd_root(q):
     return v * jnp.sqrt(jnp.clip(w, 0))[..., None, :]
 
 
-def block_cholesky_from_root(root, lambda_star, noise_variance, eigenvalues):
+def block_cholesky_from_root(root, lambda_star, noise_variance, eigenvalues, noise_factor=None):
     r"""Lower factors :math:`L_p L_p^\top = C_p = \lambda_*\kappa_p\, V V^\top + \sigma^2 I_D` without
     forming :math:`C_p`: :math:`L_p^\top` is the triangular factor of the QR decomposition of the
-    ``2D x D`` matrix :math:`[\sqrt{\lambda_*\kappa_p}\, V^\top;\ \sigma I_D]`.
+    ``2D x D`` matrix :math:`[\sqrt{\lambda_*\kappa_p}\, V^\top;\ \sigma I_D]` (with ``noise_factor``
+    :math:`L_\varepsilon`, ``(..., D, D)`` lower, the bottom block is :math:`L_\varepsilon^\top` and the
+    noise term :math:`\Sigma_\varepsilon = L_\varepsilon L_\varepsilon^\top`).
 
     Square-root form: it never squares the condition number of ``V`` (``root``, any factor
     with :math:`Q = VV^\top`, e.g. :math:`\bar V`), so it stays finite where the Cholesky
@@ -58,8 +70,25 @@ def block_cholesky_from_root(root, lambda_star, noise_variance, eigenvalues):
     dtype = root.dtype
     D = root.shape[-1]
     lam = jnp.asarray(lambda_star, dtype)[..., None, None, None]
-    sd = jnp.sqrt(jnp.asarray(noise_variance, dtype))[..., None, None, None]
     top = jnp.sqrt(lam * eigenvalues.astype(dtype)[:, None, None]) * jnp.swapaxes(root, -1, -2)[..., None, :, :]
-    bottom = sd * jnp.eye(D, dtype=dtype)
-    stacked = jnp.concatenate([top, jnp.broadcast_to(bottom, top.shape)], axis=-2)  # (..., R, 2D, D)
+    if noise_factor is not None:
+        bottom = jnp.swapaxes(jnp.asarray(noise_factor, dtype), -1, -2)[..., None, :, :]
+    else:
+        bottom = jnp.sqrt(jnp.asarray(noise_variance, dtype))[..., None, None, None] * jnp.eye(D, dtype=dtype)
+    shape = jnp.broadcast_shapes(top.shape, bottom.shape)
+    stacked = jnp.concatenate([jnp.broadcast_to(top, shape), jnp.broadcast_to(bottom, shape)], axis=-2)
     return jnp.swapaxes(jnp.linalg.qr(stacked, mode="r"), -1, -2)
+
+
+def whiten_rows(x, noise_factor):
+    r"""Rows of ``x`` ``(..., m, D)`` whitened by the noise, :math:`x_i \mapsto L_\varepsilon^{-1} x_i`
+    (``noise_factor`` :math:`L_\varepsilon` lower, ``(D, D)``)."""
+    return jnp.swapaxes(solve_triangular(noise_factor, jnp.swapaxes(x, -1, -2), lower=True), -1, -2)
+
+
+def whiten_q(q, noise_factor):
+    r""":math:`L_\varepsilon^{-1} Q L_\varepsilon^{-\top}`: in coordinates where the noise is
+    :math:`I_D`, :math:`C_p = L_\varepsilon(\lambda_*\kappa_p \tilde Q + I)L_\varepsilon^\top`, so every
+    formula for :math:`\sigma^2 = 1` applies to the whitened labels (theory.md §4)."""
+    half = solve_triangular(noise_factor, q, lower=True)
+    return solve_triangular(noise_factor, jnp.swapaxes(half, -1, -2), lower=True)

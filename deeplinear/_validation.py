@@ -36,6 +36,8 @@ __all__ = [
     "check_instance",
     "check_hyperprior",
     "check_noise_for_data",
+    "check_noise_covariance",
+    "check_intercept",
     "check_draw_hyperparameters",
     "check_representable",
     "check_output_names",
@@ -306,10 +308,19 @@ def check_instance(name: str, value, cls, hint: str = ""):
     return value
 
 
-def check_draw_hyperparameters(lambda_star, noise_variance, num_draws: int, data):
+def check_draw_hyperparameters(lambda_star, noise_variance, num_draws: int, data, noise_covariance=None):
     """Per-draw hyperparameters: scalars or ``(S,)`` arrays, finite, ``lambda_star > 0`` and
     ``noise_variance >= 0`` (``0`` needs a full-rank kernel); tracers pass unchecked. Returns both
-    broadcast to ``(S,)`` in the data's precision."""
+    broadcast to ``(S,)`` in the data's precision. With ``noise_covariance`` (``(D, D)`` or
+    ``(S, D, D)``, :func:`check_noise_covariance`; then ``noise_variance`` must be None) the
+    second is the noise covariance broadcast to ``(S, D, D)``."""
+    if noise_covariance is not None:
+        if noise_variance is not None:
+            raise ValueError("give noise_variance (noise sigma^2 I) or noise_covariance, not both")
+        lam = check_draw_hyperparameters(lambda_star, 1.0, num_draws, data)[0]
+        check_noise_covariance(noise_covariance, data, num_draws=num_draws)
+        D = data.num_outputs
+        return lam, jnp.broadcast_to(jnp.asarray(noise_covariance, data.dtype), (num_draws, D, D))
     out = []
     for name, value in (("lambda_star", lambda_star), ("noise_variance", noise_variance)):
         if is_concrete(value):
@@ -323,6 +334,58 @@ def check_draw_hyperparameters(lambda_star, noise_variance, num_draws: int, data
                 check_noise_for_data(0.0, data)
         out.append(jnp.broadcast_to(jnp.asarray(value, data.dtype), (num_draws,)))
     return tuple(out)
+
+
+def check_noise_covariance(value, data, name: str = "noise_covariance", num_draws: int | None = None):
+    r"""An output-noise covariance :math:`\Sigma_\varepsilon`: shape ``(D, D)`` (or ``(S, D, D)`` with
+    ``num_draws = S``; any batch ``(..., D, D)`` when ``num_draws`` is None), finite, symmetric
+    and positive definite in float64, every entry representable in the data's precision. Tracers
+    pass unchecked. A ``ValueError`` names ``name``, the shape or value and what is allowed."""
+    D = data.num_outputs
+    if not is_concrete(value):
+        return value
+    try:
+        arr = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a ({D}, {D}) array (a noise covariance), got {describe(value)}") from None
+    allowed = "(D, D)" if num_draws is None else f"({D}, {D}) or ({num_draws}, {D}, {D})"
+    if arr.ndim < 2 or arr.shape[-2:] != (D, D) or (num_draws is not None and arr.shape not in (
+            (D, D), (num_draws, D, D))):
+        raise ValueError(f"{name} must have shape {allowed} for D = {D} outputs, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got NaN or infinite entries")
+    scale = np.max(np.abs(arr), axis=(-2, -1), keepdims=True)
+    if np.any(np.abs(arr - np.swapaxes(arr, -1, -2)) > 1e-6 * scale):
+        raise ValueError(f"{name} must be symmetric (a covariance matrix)")
+    eig = np.linalg.eigvalsh((arr + np.swapaxes(arr, -1, -2)) / 2)
+    if np.any(eig.min(-1) <= 0):
+        raise ValueError(
+            f"{name} must be positive definite (a noise covariance); its smallest eigenvalue is "
+            f"{float(eig.min()):.3g}"
+        )
+    check_representable(name, arr, data.dtype, "rescale the labels (e.g. standardize them) or use float64 "
+                        "(jax_enable_x64)", positive=True)
+    check_representable(f"the eigenvalues of {name}", eig, data.dtype, "rescale the labels or use float64",
+                        positive=True)
+    return value
+
+
+def check_intercept(value, num_outputs: int, name: str = "intercept", num_draws: int | None = None):
+    """Per-output intercepts: shape ``(..., D)`` (``(D,)`` or ``(S, D)`` with ``num_draws = S``), finite;
+    tracers pass unchecked."""
+    if not is_concrete(value):
+        return value
+    try:
+        arr = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of D = {num_outputs} intercepts, got {describe(value)}") from None
+    allowed = (f"({num_outputs},)" if num_draws is None else f"({num_outputs},) or ({num_draws}, {num_outputs})")
+    if arr.ndim < 1 or arr.shape[-1] != num_outputs or (num_draws is not None and arr.shape not in (
+            (num_outputs,), (num_draws, num_outputs))):
+        raise ValueError(f"{name} must have shape {allowed} (one intercept per output), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got NaN or infinite entries")
+    return value
 
 
 def check_noise_for_data(noise_variance, data, name: str = "noise_variance", lambda_star=None):
@@ -419,7 +482,8 @@ def check_rtol(rtol, name: str = "rtol") -> float | None:
 
 def _check_quadratic_form(name: str, noise_variance: float, data, lambda_star) -> None:
     # ||Y||_F^2 = ||U_R^T Y||_F^2 + the null-space energy: O(R D) from the set-up, not O(P D)
-    energy = float(data.null_energy) + float(np.sum(np.asarray(data.rotated_labels, np.float64) ** 2))
+    null = float(np.trace(np.asarray(data.null_scatter, np.float64)))  # numpy: stays concrete inside a trace
+    energy = null + float(np.sum(np.asarray(data.rotated_labels, np.float64) ** 2))
     if noise_variance > 0:
         variance, what = noise_variance, name
     elif isinstance(lambda_star, numbers.Real) and not isinstance(lambda_star, bool):

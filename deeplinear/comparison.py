@@ -136,7 +136,7 @@ def _check_same_data(fits: dict) -> None:
         elif a.has_rows != b.has_rows:
             differs = "set-ups (one streamed, one in memory)"
         elif not (_close(a.labels, b.labels, rtol) if a.has_rows else
-                  _close(a.rotated_labels, b.rotated_labels, rtol) and _close(a.null_energy, b.null_energy, rtol)):
+                  _close(a.rotated_labels, b.rotated_labels, rtol) and _close(a.null_scatter, b.null_scatter, rtol)):
             differs = "labels"
         elif a.basis.rank != b.basis.rank or not _close(a.basis.eigenvalues, b.basis.eigenvalues, rtol):
             differs = "kernels (their eigenvalues differ)"

@@ -51,7 +51,8 @@ from deeplinear._validation import (
 )
 
 __all__ = [
-    "KernelEigenbasis", "RegressionData", "PredictionKernel", "check_regression_data", "linear_prediction_kernel",
+    "InterceptTerms", "KernelEigenbasis", "RegressionData", "PredictionKernel", "check_regression_data",
+    "linear_prediction_kernel",
 ]
 
 _RESCALE_INPUTS = (
@@ -264,15 +265,16 @@ class KernelEigenbasis:
         return cls(jnp.asarray(kappa[keep], dtype), jnp.asarray(u[:, keep], dtype))
 
     def rotate(self, Y):
-        r"""Return :math:`\tilde Y = U_R^\top Y` ``(..., R, D)`` and the null-space energy
-        :math:`\|Y - U_R \tilde Y\|_F^2` ``(...)`` of labels ``Y`` ``(..., P, D)``."""
+        r"""Return :math:`\tilde Y = U_R^\top Y` ``(..., R, D)`` and the null-space scatter
+        :math:`Y_\perp^\top Y_\perp` ``(..., D, D)``, :math:`Y_\perp = Y - U_R \tilde Y`, of labels ``Y``
+        ``(..., P, D)``."""
         self.require_rows("rotating other labels")
         U = self.eigenvectors.astype(Y.dtype)
         rotated = jnp.swapaxes(U, 0, 1) @ Y
         if self.num_null == 0:
-            return rotated, jnp.zeros(Y.shape[:-2], Y.dtype)
+            return rotated, jnp.zeros(Y.shape[:-2] + (Y.shape[-1], Y.shape[-1]), Y.dtype)
         resid = Y - U @ rotated
-        return rotated, jnp.sum(resid**2, axis=(-2, -1))
+        return rotated, jnp.swapaxes(resid, -1, -2) @ resid
 
     def prediction_kernel_linear(self, X_test, dtype) -> PredictionKernel:
         """Linear kernel at test inputs ``X_test`` (``(P*, N0)``, validated), computed in float64."""
@@ -344,9 +346,59 @@ class KernelEigenbasis:
 
 
 @pytree_dataclass(eq=False)
+class InterceptTerms:
+    r"""What per-output intercepts :math:`\mu \in \mathbb R^D` need (theory.md §4), computed once
+    in float64 at set-up. With intercepts the labels are :math:`Y - 1\mu^\top`, so
+
+    * their rotation is :math:`\tilde Y - \tilde u\,\mu^\top`, :math:`\tilde u = U_R^\top 1`
+      (``rotated_ones``, ``(R,)``);
+    * their null-space scatter is :math:`S_c + n_1 (\mu - \hat\mu)(\mu - \hat\mu)^\top`, with
+      :math:`1_\perp = 1 - U_R\tilde u`, :math:`n_1 = \|1_\perp\|^2` (``null_ones``),
+      :math:`\hat\mu = Y_\perp^\top 1_\perp / n_1` (``null_mean``, ``(D,)``; 0 when :math:`n_1 = 0`) and the
+      centred scatter :math:`S_c = S_\perp - n_1\hat\mu\hat\mu^\top` (``centred_null_scatter``, ``(D, D)``,
+      formed in float64: no cancellation when the labels' mean is large),
+
+    an :math:`O(R D)` update per evaluation."""
+
+    rotated_ones: Array
+    null_ones: Array
+    null_mean: Array
+    centred_null_scatter: Array
+
+    @classmethod
+    def build(cls, rotated_ones, null_ones, null_label_sums, null_scatter, num_obs: int, dtype) -> InterceptTerms:
+        r"""From :math:`\tilde u`, :math:`n_1`, :math:`Y_\perp^\top 1_\perp` and :math:`S_\perp` (float64)."""
+        rotated_ones = np.asarray(rotated_ones, np.float64)
+        null_ones = float(null_ones)
+        sums = np.asarray(null_label_sums, np.float64)
+        scatter = np.asarray(null_scatter, np.float64)
+        if null_ones <= 1e-8 * num_obs:  # the constant lies in the span of K (to round-off): no null-space part
+            null_ones, mean, centred = 0.0, np.zeros_like(sums), scatter
+        else:
+            mean = sums / null_ones
+            centred = scatter - null_ones * np.outer(mean, mean)
+            centred = (centred + centred.T) / 2
+        return cls(jnp.asarray(rotated_ones, dtype), jnp.asarray(null_ones, dtype), jnp.asarray(mean, dtype),
+                   jnp.asarray(centred, dtype))
+
+    @classmethod
+    def from_rows(cls, U, Y, rotated, dtype) -> InterceptTerms:
+        """From the eigenvectors ``U`` ``(P, R)``, labels ``Y`` ``(P, D)`` and their rotation (float64)."""
+        U, Y, rotated = (np.asarray(a, np.float64) for a in (U, Y, rotated))
+        rotated_ones = U.sum(axis=0)
+        ones_resid = 1.0 - U @ rotated_ones
+        resid = Y - U @ rotated
+        return cls.build(rotated_ones, ones_resid @ ones_resid, resid.T @ ones_resid, resid.T @ resid,
+                         U.shape[0], dtype)
+
+
+@pytree_dataclass(eq=False)
 class RegressionData:
     r"""Training data prepared once for fast likelihoods: the kernel eigenbasis, the labels
-    ``Y`` (``(P, D)``), their rotation :math:`\tilde Y = U_R^\top Y` (``(R, D)``) and null-space energy.
+    ``Y`` (``(P, D)``), their rotation :math:`\tilde Y = U_R^\top Y` (``(R, D)``) and the ``D x D``
+    null-space scatter :math:`S_\perp = Y_\perp^\top Y_\perp`, :math:`Y_\perp = Y - U_R \tilde Y` (its
+    trace is the null-space energy :math:`\|Y_\perp\|_F^2`; a general output-noise covariance needs
+    the whole matrix, theory.md §4).
 
     Build it with :meth:`linear` (inputs ``X``, linear kernel) or :meth:`from_gram` (your own
     Gram matrix). It is an immutable JAX pytree, so it can be an argument of a jitted function
@@ -365,8 +417,14 @@ class RegressionData:
     basis: KernelEigenbasis
     labels: Array | None
     rotated_labels: Array
-    null_energy: Array
+    null_scatter: Array
     inputs: Array | None = None
+    intercept_terms: InterceptTerms | None = None
+
+    @property
+    def null_energy(self) -> Array:
+        r""":math:`\|Y_\perp\|_F^2 = \operatorname{tr} S_\perp`, the labels' energy in the null space of ``K``."""
+        return jnp.trace(self.null_scatter)
 
     @property
     def num_outputs(self) -> int:
@@ -445,7 +503,7 @@ class RegressionData:
 
         With :math:`R_{11} = U_r S V^\top` (the leading ``N0 x N0`` block of ``R``):
         :math:`\kappa = s^2/N_0`, :math:`\tilde Y = U_r^\top R_{12}`, input projection
-        :math:`V S/N_0`, null-space energy :math:`\|R_{22}\|_F^2 + \|R_{12} - U_r\tilde Y\|_F^2`
+        :math:`V S/N_0`, null-space scatter :math:`R_{22}^\top R_{22} + E^\top E`, :math:`E = R_{12} - U_r\tilde Y`
         (:mod:`deeplinear.streaming`). ``rtol`` as in :meth:`KernelEigenbasis.linear`."""
         from deeplinear.streaming import LinearStatistics
 
@@ -469,9 +527,16 @@ class RegressionData:
         check_representable("the eigenvalues of the linear kernel X X^T / N0", kappa, dtype, _RESCALE_INPUTS,
                             positive=True)
         rotated = u.T @ r12
-        null = np.sum(r22**2) + np.sum((r12 - u @ rotated) ** 2) if P > len(s) else 0.0
+        resid = r12 - u @ rotated
+        D = r12.shape[1]
+        null = r22.T @ r22 + resid.T @ resid if P > len(s) else np.zeros((D, D))
+        ones = None
+        if stats.input_sums is not None:  # intercepts: U_R = X V S^-1, so U_R^T 1 = S^-1 V^T (X^T 1)
+            rotated_ones = (v.T @ stats.input_sums) / s
+            ones = InterceptTerms.build(rotated_ones, P - rotated_ones @ rotated_ones,
+                                        stats.label_sums - rotated.T @ rotated_ones, null, P, dtype)
         basis = KernelEigenbasis(jnp.asarray(kappa, dtype), None, jnp.asarray(v * s / n0, dtype), num_rows=P)
-        return cls(basis, None, jnp.asarray(rotated, dtype), jnp.asarray(null, dtype))
+        return cls(basis, None, jnp.asarray(rotated, dtype), jnp.asarray(null, dtype), None, ones)
 
     @classmethod
     def from_chunks(cls, chunks, dtype=None, rtol: float | None = None) -> RegressionData:
@@ -489,8 +554,9 @@ class RegressionData:
     def _build(cls, basis, Y64, dtype, inputs=None):
         U = np.asarray(basis.eigenvectors, np.float64)
         rotated = U.T @ Y64
-        null = np.sum((Y64 - U @ rotated) ** 2) if basis.num_null else 0.0
-        return cls(basis, jnp.asarray(Y64, dtype), jnp.asarray(rotated, dtype), jnp.asarray(null, dtype), inputs)
+        return cls(basis, jnp.asarray(Y64, dtype), jnp.asarray(rotated, dtype),
+                   jnp.asarray(null_scatter(U, Y64, rotated), dtype), inputs,
+                   InterceptTerms.from_rows(U, Y64, rotated, dtype))
 
     def prediction_kernel(self, X_test=None, *, cross_gram=None, test_gram=None) -> PredictionKernel:
         r"""Kernel quantities at test inputs: ``X_test`` (``(P*, N0)``) for the linear kernel, or
@@ -556,6 +622,16 @@ def linear_prediction_kernel(data: RegressionData, X_test) -> PredictionKernel:
         X_test @ proj, jnp.sum(scaled**2, axis=-1), jnp.sum(outside**2, axis=-1),
         test_root=scaled, residual_root=outside,
     )
+
+
+def null_scatter(U, Y, rotated) -> np.ndarray:
+    r""":math:`S_\perp = Y_\perp^\top Y_\perp` with :math:`Y_\perp = Y - U \tilde Y` (float64), ``(D, D)``;
+    zero when ``U`` spans every row (no null space)."""
+    U, Y, rotated = (np.asarray(a, np.float64) for a in (U, Y, rotated))
+    if U.shape[1] >= U.shape[0]:
+        return np.zeros((Y.shape[1], Y.shape[1]))
+    resid = Y - U @ rotated
+    return resid.T @ resid
 
 
 def check_regression_data(data, name: str = "data") -> RegressionData:

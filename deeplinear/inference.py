@@ -58,13 +58,17 @@ def _interactive() -> bool:
     return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
 
-def _dims_and_coords(prior, data, output_names=None):
+def _dims_and_coords(prior, data, output_names=None, per_output_noise: bool = False):
     D = data.num_outputs
     outputs = list(output_names) if output_names is not None else list(range(D))
     coords = {"output": outputs, "output_bis": outputs}
     if data.has_rows:
         coords["obs"] = np.arange(data.num_obs)
-    dims = {"Q": ["output", "output_bis"], "Y": ["obs", "output"]}
+    dims = {"Q": ["output", "output_bis"], "Y": ["obs", "output"], "noise_covariance": ["output", "output_bis"],
+            "noise_correlation": ["output", "output_bis"], "noise_correlation_cholesky": ["output", "output_bis"]}
+    dims["intercept"] = ["output"]
+    if per_output_noise:  # per-output variances (a scalar noise variance has no dims)
+        dims["noise_variance"] = ["output"]
     if D > 1:
         rows, cols = np.tril_indices(D, k=-1)
         coords["offdiag"] = [f"{outputs[r]},{outputs[c]}" for r, c in zip(rows, cols)]
@@ -114,7 +118,7 @@ class PosteriorFit:
 
     @property
     def prior(self):
-        """The prior over :math:`\bar V` (``spec.prior``)."""
+        r"""The prior over :math:`\bar V` (``spec.prior``)."""
         return self.spec.prior
 
     def draws(self, name: str) -> np.ndarray:
@@ -125,11 +129,36 @@ class PosteriorFit:
         if name in post.data_vars:
             arr = post[name].values
             return arr.reshape((-1,) + arr.shape[2:])
-        fixed = getattr(self.spec, name, None) if name in ("lambda_star", "noise_variance") else None
+        n = post.sizes["chain"] * post.sizes["draw"]
+        if name == "noise_covariance" and self.spec.fixed_noise_covariance is not None:
+            return np.broadcast_to(self.spec.fixed_noise_covariance, (n,) + (self.spec.num_outputs,) * 2).copy()
+        fixed = getattr(self.spec, name, None) if name in ("lambda_star", "noise_variance", "intercept") else None
         if fixed is None or isinstance(fixed, dist.Distribution):
             raise KeyError(f"no posterior variable {name!r}; have {sorted(post.data_vars)}")
-        n = post.sizes["chain"] * post.sizes["draw"]
-        return np.full((n,), float(fixed))
+        fixed = np.asarray(fixed, np.float64)
+        return np.broadcast_to(fixed, (n,) + fixed.shape).copy()
+
+    def noise_draws(self) -> np.ndarray:
+        r"""Per-draw output noise as the numerical routines take it: variances :math:`\sigma^2`
+        ``(S,)`` for scalar noise, else covariances :math:`\Sigma_\varepsilon` ``(S, D, D)``."""
+        if self.spec.noise_model == "scalar":
+            return self.draws("noise_variance")
+        return self.draws("noise_covariance")
+
+    def intercept_draws(self) -> np.ndarray | None:
+        """Per-draw intercepts ``(S, D)``, or ``None`` for a model without intercepts."""
+        return None if self.spec.intercept is None else self.draws("intercept")
+
+    def _draw_keywords(self, dtype) -> dict:
+        """``noise_variance=`` (``None`` for a noise covariance), ``noise_covariance=`` and
+        ``intercept=`` of the draws, for the predictive and LOO functions."""
+        noise = jnp.asarray(self.noise_draws(), dtype)
+        out = {"noise_variance": noise, "noise_covariance": None}
+        if self.spec.noise_model != "scalar":
+            out = {"noise_variance": None, "noise_covariance": noise}
+        intercept = self.intercept_draws()
+        out["intercept"] = None if intercept is None else jnp.asarray(intercept, dtype)
+        return out
 
     def predict(self, X_test=None, *, cross_gram=None, test_gram=None, batch_size: int = 256) -> PredictiveMixture:
         r"""Posterior predictive mixture of the outputs at test inputs.
@@ -138,9 +167,9 @@ class PosteriorFit:
         Gram matrix pass ``cross_gram`` :math:`K(X, X_*)` ``(P, P*)`` and ``test_gram`` ``(P*, P*)``.
         """
         test = self.data.prediction_kernel(X_test, cross_gram=cross_gram, test_gram=test_gram)
-        return PredictiveMixture(
-            self.draws("Q"), self.draws("lambda_star"), self.draws("noise_variance"), self.data, test, batch_size
-        )
+        kw = self._draw_keywords(self.data.dtype)
+        return PredictiveMixture(self.draws("Q"), self.draws("lambda_star"), kw.pop("noise_variance"), self.data,
+                                 test, batch_size, **kw)
 
     def summary(self, var_names=None, **kwargs):
         """``arviz.summary`` of the posterior (default variables: ``Q`` and the inferred
@@ -161,7 +190,7 @@ class PosteriorFit:
         by entry: the NNGP's ``Q = I`` holds 0s and 1s but never varies)."""
         post = self.datatree["posterior"]
         return tuple(
-            v for v in ("Q", "ratio", "lambda_star", "noise_variance")
+            v for v in ("Q", "ratio", "lambda_star", "noise_variance", "noise_correlation", "intercept")
             if v in post.data_vars and np.max(np.ptp(post[v].values, axis=(0, 1))) > 0
         )
 
@@ -232,6 +261,9 @@ def fit(
     lambda_star=1.0,
     noise_variance=1.0,
     ratio: dist.Distribution | None = None,
+    noise_model: str = "scalar",
+    noise_correlation=None,
+    intercept=None,
     num_warmup: int = 1000,
     num_samples: int = 1000,
     num_chains: int = 4,
@@ -260,6 +292,11 @@ def fit(
         Fixed values or priors (see :class:`~deeplinear.models.ModelSpec`).
     ratio : numpyro Distribution, optional
         Prior over ``a`` (proportional limit only).
+    noise_model, noise_correlation
+        Output noise: ``"scalar"`` (:math:`\sigma^2 I`), ``"diagonal"`` (per-output variances) or
+        ``"full"`` (with a noise correlation, fixed or LKJ; see :class:`~deeplinear.models.ModelSpec`).
+    intercept : D floats or numpyro Distribution, optional
+        Per-output intercepts, fixed or with a prior (see :class:`~deeplinear.models.ModelSpec`).
     num_warmup, num_samples, num_chains : int
         NumPyro's words: warmup steps and posterior draws per chain, and chains.
     chain_method : {"auto", "vectorized", "sequential", "parallel"}
@@ -297,7 +334,7 @@ def fit(
         when the prior's ``Q`` underflows in the data's precision
         (:meth:`deeplinear.priors.VbarPrior.warn_if_underflows`).
     """
-    spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio)
+    spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
     spec.check_data(data)
     _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target_accept_prob, max_tree_depth,
                        progress_bar, log_likelihood)
@@ -306,10 +343,16 @@ def fit(
     output_names = check_output_names(output_names, data.num_outputs)
     prior = spec.prior
     prior.warn_if_underflows(data.dtype, stacklevel=3)
-    warn_if_unresolvable_in_float32(data, spec.noise_variance, spec.lambda_star, stacklevel=3,
-                                    q_varies=not isinstance(prior, NNGPPrior))
-    warn_if_interpolation_ill_conditioned(data, spec.noise_variance, stacklevel=3)
-    dims, coords = _dims_and_coords(prior, data, output_names)
+    smallest_noise = spec.noise_variance
+    if spec.noise_model != "scalar" and spec.fixed_noise_covariance is not None:
+        smallest_noise = float(np.linalg.eigvalsh(spec.fixed_noise_covariance).min())
+    elif spec.noise_model != "scalar":
+        smallest_noise = spec.noise_variance if isinstance(spec.noise_variance, dist.Distribution) else None
+    if smallest_noise is not None:
+        warn_if_unresolvable_in_float32(data, smallest_noise, spec.lambda_star, stacklevel=3,
+                                        q_varies=not isinstance(prior, NNGPPrior))
+        warn_if_interpolation_ill_conditioned(data, smallest_noise, stacklevel=3)
+    dims, coords = _dims_and_coords(prior, data, output_names, spec.noise_model != "scalar")
 
     if not spec.has_latent_sites:
         dt = _exact_nngp_tree(data, num_chains, num_samples, dims, coords)
@@ -383,9 +426,10 @@ def _add_loo_group(result: PosteriorFit):
     data = result.data
     q = jnp.asarray(result.draws("Q"), data.dtype)
     lam = jnp.asarray(result.draws("lambda_star"), data.dtype)
-    noise = jnp.asarray(result.draws("noise_variance"), data.dtype)
+    kw = result._draw_keywords(data.dtype)
 
-    ll = np.asarray(loo_log_likelihood_draws(q, lam, noise, data)).reshape(C, S, data.num_obs)
+    ll = np.asarray(loo_log_likelihood_draws(q, lam, kw.pop("noise_variance"), data, **kw))
+    ll = ll.reshape(C, S, data.num_obs)
     if not np.all(np.isfinite(ll)):
         raise FloatingPointError(
             "the leave-one-input-out log-likelihood terms are not finite in this precision; rescale the inputs "

@@ -24,7 +24,7 @@ import xarray as xr
 
 from deeplinear._files import atomic_write
 from deeplinear._validation import check_bool
-from deeplinear.data import KernelEigenbasis, RegressionData
+from deeplinear.data import InterceptTerms, KernelEigenbasis, RegressionData, null_scatter
 from deeplinear.inference import PosteriorFit
 from deeplinear.models import ModelSpec
 
@@ -125,7 +125,10 @@ def load_fit(path) -> PosteriorFit:
         return jnp.asarray(const[name].values, dtype) if name in const else None
 
     basis = KernelEigenbasis(arr("kernel_eigenvalues"), arr("kernel_eigenvectors"), arr("input_projection"))
-    data = RegressionData(basis, arr("labels"), arr("rotated_labels"), arr("null_energy"), arr("X"))
+    rows = (const["kernel_eigenvectors"].values, const["labels"].values, const["rotated_labels"].values)
+    scatter = jnp.asarray(null_scatter(*rows), dtype)
+    data = RegressionData(basis, arr("labels"), arr("rotated_labels"), scatter, arr("X"),
+                          InterceptTerms.from_rows(*rows, dtype))
     tree = dt.copy()
     del tree["constant_data"]
     for key in _ATTRS:

@@ -28,9 +28,19 @@ import numpyro.distributions as dist
 from jax.scipy.linalg import cho_solve, solve_triangular
 from numpyro.distributions import constraints
 
-from deeplinear._linalg import LOG_2PI, block_cholesky_from_root, block_covariances, gaussian_logpdf, psd_root
+from deeplinear._linalg import (
+    LOG_2PI,
+    block_cholesky_from_root,
+    block_covariances,
+    gaussian_logpdf,
+    psd_root,
+    whiten_q,
+    whiten_rows,
+)
 from deeplinear._validation import (
     check_draw_hyperparameters,
+    check_intercept,
+    check_noise_covariance,
     check_noise_for_data,
     check_positive_int,
     check_positive_scalar,
@@ -41,36 +51,100 @@ from deeplinear.data import RegressionData, check_regression_data
 __all__ = ["KroneckerNormal", "loo_log_likelihood", "loo_log_likelihood_draws"]
 
 
-def _rotated_log_prob(chol, rotated, null_energy, noise_variance, num_null, relative=False):
-    r"""Log density from factors ``(..., R, D, D)`` of the blocks and rotated labels ``(..., R, D)``.
+def _relative_deviance(x, dtype):
+    r""":math:`h(x) = \log x + 1/x - 1 \ge 0` (zero at ``x = 1``), as :math:`\log(1 + d) - d/(1 + d)`,
+    :math:`d = x - 1`, for :math:`|d| < 1/2` (free of cancellation), with safe arguments in both
+    branches (no NaN gradients)."""
+    x = jnp.maximum(x, jnp.finfo(dtype).tiny)
+    d = x - 1
+    near = jnp.abs(d) < 0.5
+    d_near = jnp.where(near, d, 0.0)
+    x_far = jnp.where(near, 2.0, x)
+    return jnp.where(near, jnp.log1p(d_near) - d_near / (1 + d_near), jnp.log(x_far) + 1 / x_far - 1)
 
-    With ``relative`` the null-space term :math:`-\tfrac n2 \log(2\pi\sigma^2) - E/(2\sigma^2)`
-    (``n = (P - R) D``, ``E`` the null-space energy) is replaced by
-    :math:`-\tfrac n2 [\log x + 1/x - 1]`, :math:`x = 1 + d`, :math:`d = (\sigma^2 - \hat\sigma^2)/\hat\sigma^2`
-    (as :math:`\log(1 + d) - d/(1 + d)` for :math:`|d| < 1/2`, free of cancellation),
-    :math:`\hat\sigma^2 = E/n`: the same function of :math:`\sigma^2` less the data constant
-    :math:`\tfrac n2 (\log 2\pi\hat\sigma^2 + 1)`. At ``P = 10^7`` that constant is ~10^7, whose
-    float32 rounding (~1) would swamp the energy differences NUTS needs; the relative form is
-    ``O(1)`` near the posterior."""
+
+def _null_term_scalar(null_energy, noise_variance, n, dtype, relative):
+    r"""Null-space columns under :math:`\sigma^2 I`: :math:`-\tfrac n2 \log(2\pi\sigma^2) - E/(2\sigma^2)`
+    (``n = (P - R) D`` entries, energy ``E``); ``relative``: :math:`-\tfrac n2 h(\sigma^2/\hat\sigma^2)`,
+    :math:`\hat\sigma^2 = E/n` (:func:`_relative_deviance`), the same less the data constant
+    :math:`\tfrac n2 (\log 2\pi\hat\sigma^2 + 1)`."""
+    noise = jnp.asarray(noise_variance, dtype)
+    absolute = -0.5 * null_energy / noise - 0.5 * n * (LOG_2PI + jnp.log(noise))
+    if not relative:
+        return absolute
+    has_energy = null_energy > 0
+    scale = jnp.where(has_energy, null_energy / n, 1.0)  # sigma-hat^2 (a safe 1 when E = 0)
+    return jnp.where(has_energy, -0.5 * n * _relative_deviance(noise / scale, dtype), absolute)
+
+
+def _null_term_matrix(null_scatter, noise_factor, num_null, dtype, relative):
+    r"""Null-space columns under :math:`\Sigma_\varepsilon = LL^\top`: :math:`\sum_p \log N(\tilde y_p; 0,
+    \Sigma_\varepsilon)` over the ``n = P - R`` null directions, from their scatter ``S`` (``D x D``):
+    :math:`-\tfrac n2 (D\log 2\pi + \log\det\Sigma_\varepsilon) - \tfrac12\operatorname{tr}(\Sigma_\varepsilon^{-1} S)`.
+
+    ``relative``: with :math:`\hat\Sigma = S/n = L_S L_S^\top` and the lower-triangular
+    :math:`A = L_S^{-1} L`,
+
+    .. math:: \log\det(\Sigma_\varepsilon\hat\Sigma^{-1}) + \operatorname{tr}(\Sigma_\varepsilon^{-1} \hat\Sigma) - D
+        = \sum_i h(A_{ii}^2) + \sum_{i > j} (A^{-1})_{ij}^2
+
+    (:func:`_relative_deviance`; :math:`(A^{-1})_{ii} = 1/A_{ii}`), a sum of non-negative terms
+    without cancellation, and the term is :math:`-\tfrac n2` times that: the absolute value less the data constant
+    :math:`\tfrac n2(D \log 2\pi + \log\det\hat\Sigma + D)`. Where :math:`\hat\Sigma` is singular
+    (``n < D``, or labels confined to a subspace) the absolute value is used."""
+    D = noise_factor.shape[-1]
+    eye = jnp.eye(D, dtype=dtype)
+    scatter = jnp.asarray(null_scatter, dtype)
+    logdet = 2 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(noise_factor, axis1=-2, axis2=-1))), axis=-1)
+    shape = jnp.broadcast_shapes(scatter.shape, noise_factor.shape)
+    noise_factor = jnp.broadcast_to(noise_factor, shape)
+    half = solve_triangular(noise_factor, jnp.broadcast_to(scatter, shape), lower=True)
+    trace = jnp.trace(solve_triangular(noise_factor, jnp.swapaxes(half, -1, -2), lower=True), axis1=-2, axis2=-1)
+    absolute = -0.5 * num_null * (D * LOG_2PI + logdet) - 0.5 * trace
+    if not relative:
+        return absolute
+    ref = jnp.linalg.cholesky(scatter / num_null)
+    diag_ref = jnp.diagonal(ref)
+    usable = jnp.all(jnp.isfinite(ref)) & jnp.all(diag_ref > jnp.sqrt(jnp.finfo(dtype).eps) * jnp.max(
+        jnp.abs(diag_ref)))
+    ref = jnp.where(usable, ref, eye)  # safe in the unused branch
+    a = solve_triangular(ref, noise_factor, lower=True)  # (..., D, D), lower
+    a_inv = solve_triangular(a, jnp.broadcast_to(eye, a.shape), lower=True)
+    diag = jnp.diagonal(a, axis1=-2, axis2=-1)
+    off = jnp.sum(jnp.tril(a_inv, -1) ** 2, axis=(-2, -1))
+    deviance = jnp.sum(_relative_deviance(diag**2, dtype), axis=-1) + off
+    return jnp.where(usable, -0.5 * num_null * deviance, absolute)
+
+
+def _rotated_log_prob(chol, rotated, null_scatter, noise_variance, num_null, relative=False, noise_factor=None,
+                      null_shift=None):
+    r"""Log density from factors ``(..., R, D, D)`` of the blocks and rotated labels ``(..., R, D)``,
+    plus the null-space term from the labels' null-space scatter ``(D, D)``: under :math:`\sigma^2 I`
+    (:func:`_null_term_scalar`) or, with ``noise_factor``, under :math:`\Sigma_\varepsilon`
+    (:func:`_null_term_matrix`). With intercepts the scatter is the data's centred one
+    :math:`S_c` and ``null_shift`` is :math:`w = \sqrt{n_1}(\mu - \hat\mu)` ``(..., D)``
+    (:class:`~deeplinear.data.InterceptTerms`): the scatter of :math:`Y - 1\mu^\top` is
+    :math:`S_c + ww^\top`, which adds :math:`-\tfrac12 w^\top\Sigma_\varepsilon^{-1}w` (the reference of
+    the relative form stays :math:`S_c`, a constant of the data).
+
+    With ``relative`` the null-space term leaves out a constant that depends only on the data.
+    At ``P = 10^7`` that constant is ~10^7, whose float32 rounding (~1) would swamp the energy
+    differences NUTS needs; the relative form is ``O(1)`` near the posterior."""
     D = chol.shape[-1]
     lp = jnp.sum(gaussian_logpdf(rotated, chol), axis=-1)
     if num_null:
-        noise = jnp.asarray(noise_variance, chol.dtype)
-        n = num_null * D
-        absolute = -0.5 * null_energy / noise - 0.5 * n * (LOG_2PI + jnp.log(noise))
-        if relative:
-            has_energy = null_energy > 0
-            scale = jnp.where(has_energy, null_energy / n, 1.0)  # sigma-hat^2 (a safe 1 when E = 0)
-            ratio = jnp.maximum(noise / scale, jnp.finfo(chol.dtype).tiny)  # x = sigma^2 / sigma-hat^2
-            d = (noise - scale) / scale
-            near = jnp.abs(d) < 0.5
-            d_near = jnp.where(near, d, 0.0)  # safe arguments in both branches (no NaN gradients)
-            ratio_far = jnp.where(near, 2.0, ratio)
-            f = jnp.where(near, jnp.log1p(d_near) - d_near / (1 + d_near),  # log x + 1/x - 1, no cancellation
-                          jnp.log(ratio_far) + 1 / ratio_far - 1)
-            centred = -0.5 * n * f
-            absolute = jnp.where(has_energy, centred, absolute)
-        lp = lp + absolute
+        if noise_factor is None:
+            energy = jnp.trace(null_scatter, axis1=-2, axis2=-1)
+            null = _null_term_scalar(energy, noise_variance, num_null * D, chol.dtype, relative)
+        else:
+            null = _null_term_matrix(null_scatter, noise_factor, num_null, chol.dtype, relative)
+        lp = lp + null
+        if null_shift is not None:
+            if noise_factor is None:
+                lp = lp - 0.5 * jnp.sum(null_shift**2, axis=-1) / jnp.asarray(noise_variance, chol.dtype)
+            else:
+                z = whiten_rows(null_shift[..., None, :], noise_factor)[..., 0, :]
+                lp = lp - 0.5 * jnp.sum(z**2, axis=-1)
     return lp
 
 
@@ -91,8 +165,9 @@ class KroneckerNormal(dist.Distribution):
         needs ``noise_variance > 0``).
     lambda_star : float or array ``(...)``
         Prior scale :math:`\lambda_*`.
-    noise_variance : float or array ``(...)``
-        :math:`\sigma^2 \ge 0`; ``0`` is interpolation and needs ``rank K = P``.
+    noise_variance : float or array ``(...)``, or None
+        :math:`\sigma^2 \ge 0` (noise :math:`\sigma^2 I_D`); ``0`` is interpolation and needs
+        ``rank K = P``. ``None`` when ``noise_covariance`` is given.
     data : RegressionData
         Kernel eigenbasis (and, optionally, the observed labels).
     root : array ``(..., D, D)``, optional
@@ -103,6 +178,15 @@ class KroneckerNormal(dist.Distribution):
         Declare that ``log_prob`` will be called on ``data.labels`` (``obs=data.labels``), so the
         precomputed rotation is used. A concrete value that differs from ``data.labels`` is then
         an error.
+    noise_covariance : array ``(..., D, D)``, optional
+        A general output-noise covariance :math:`\Sigma_\varepsilon` (symmetric positive definite;
+        per-output variances are a diagonal one) in place of :math:`\sigma^2 I_D`:
+        :math:`\operatorname{vec} Y^\top \sim N(0, \lambda_* Q\otimes K + \Sigma_\varepsilon \otimes I_P)`, blocks
+        :math:`C_p = \lambda_*\kappa_p Q + \Sigma_\varepsilon`, at the same cost (theory.md §4).
+    intercept : array ``(..., D)``, optional
+        Per-output intercepts :math:`\mu`: the labels are :math:`1\mu^\top` plus the zero-mean
+        Gaussian above. With ``labels_are_data`` this costs :math:`O(R D)` more per evaluation
+        (:class:`~deeplinear.data.InterceptTerms`); otherwise the value is shifted and rotated.
     relative : bool, default False
         With ``labels_are_data``: ``log_prob`` leaves out a constant that depends only on the data,
         :math:`\tfrac n2(\log 2\pi\hat\sigma^2 + 1)` with ``n = (P - R) D`` and
@@ -131,20 +215,32 @@ class KroneckerNormal(dist.Distribution):
         "noise_variance": constraints.nonnegative,
     }
     support = constraints.real_matrix
-    pytree_data_fields = ("q", "lambda_star", "noise_variance", "data", "root")
+    pytree_data_fields = ("q", "lambda_star", "noise_variance", "noise_covariance", "noise_factor", "data", "root")
     pytree_aux_fields = ("labels_are_data", "relative")
 
     def __init__(
         self, q, lambda_star, noise_variance, data: RegressionData, *, root=None, labels_are_data: bool = False,
-        relative: bool = False, validate_args=None,
+        relative: bool = False, noise_covariance=None, intercept=None, validate_args=None,
     ):
         check_regression_data(data)
         check_positive_scalar("lambda_star", lambda_star)
-        check_noise_for_data(noise_variance, data)
         q = jnp.asarray(q)
         D = data.num_outputs
+        if noise_covariance is None:
+            check_noise_for_data(noise_variance, data)
+            noise_factor = None
+        else:
+            if noise_variance is not None:
+                raise ValueError("give noise_variance (noise sigma^2 I) or noise_covariance, not both")
+            noise_covariance = jnp.asarray(check_noise_covariance(noise_covariance, data), q.dtype)
+            noise_factor = jnp.linalg.cholesky(noise_covariance)
         if q.ndim < 2 or q.shape[-2:] != (D, D):
             raise ValueError(f"q must have shape (..., {D}, {D}) for D = {D} outputs, got {q.shape}")
+        if intercept is not None:
+            intercept = jnp.asarray(check_intercept(intercept, D), q.dtype)
+            if labels_are_data and data.intercept_terms is None:
+                raise ValueError("an intercept with labels_are_data needs data.intercept_terms (set up by this "
+                                 "version of deeplinear)")
         if root is None and is_concrete(q):
             q64 = np.asarray(q, np.float64)
             eig = np.linalg.eigvalsh((q64 + np.swapaxes(q64, -1, -2)) / 2)
@@ -157,19 +253,29 @@ class KroneckerNormal(dist.Distribution):
         self.q = q
         self.root = root
         self.lambda_star = jnp.asarray(lambda_star, q.dtype)
-        self.noise_variance = jnp.asarray(noise_variance, q.dtype)
+        self.noise_variance = None if noise_variance is None else jnp.asarray(noise_variance, q.dtype)
+        self.noise_covariance = noise_covariance
+        self.noise_factor = noise_factor
+        self.intercept = intercept
         self.data = data
         self.labels_are_data = bool(labels_are_data)
         self.relative = bool(relative) and self.labels_are_data
-        super().__init__(q.shape[:-2], (data.num_obs, D), validate_args=validate_args)
+        batch = q.shape[:-2] if noise_factor is None else jnp.broadcast_shapes(q.shape[:-2], noise_factor.shape[:-2])
+        if intercept is not None:
+            batch = jnp.broadcast_shapes(batch, intercept.shape[:-1])
+        if noise_variance is None:  # noise_covariance instead: NumPyro's argument validation skips the absent one
+            self.arg_constraints = {k: c for k, c in type(self).arg_constraints.items() if k != "noise_variance"}
+        super().__init__(batch, (data.num_obs, D), validate_args=validate_args)
 
     def block_cholesky(self):
         """Lower factors of the blocks :math:`C_p`, shape ``batch + (R, D, D)`` (square-root
         form when ``root`` was given)."""
         if self.root is not None:
             eigenvalues = self.data.basis.eigenvalues
-            return block_cholesky_from_root(self.root, self.lambda_star, self.noise_variance, eigenvalues)
-        c = block_covariances(self.q, self.lambda_star, self.noise_variance, self.data.basis.eigenvalues)
+            return block_cholesky_from_root(self.root, self.lambda_star, self.noise_variance, eigenvalues,
+                                            self.noise_factor)
+        c = block_covariances(self.q, self.lambda_star, self.noise_variance, self.data.basis.eigenvalues,
+                              self.noise_factor)
         return jnp.linalg.cholesky(c)
 
     def log_prob(self, value):
@@ -185,20 +291,30 @@ class KroneckerNormal(dist.Distribution):
             if value is not self.data.labels and is_concrete(value) and is_concrete(self.data.labels):
                 if not np.array_equal(np.asarray(value), np.asarray(self.data.labels)):
                     raise ValueError("labels_are_data=True but log_prob was called on labels other than data.labels")
-            rotated, null = self.data.rotated_labels, self.data.null_energy
-        else:
-            rotated, null = self.data.basis.rotate(jnp.asarray(value, self.q.dtype))
+            return self.data_log_prob()
+        value = jnp.asarray(value, self.q.dtype)
+        if self.intercept is not None:
+            value = value - self.intercept[..., None, :]
+        rotated, null = self.data.basis.rotate(value)
         chol = self.block_cholesky()
         # batch of chol (batch, R, D, D) broadcasts against the value's rotated labels (..., R, D)
-        return _rotated_log_prob(chol, rotated, null, self.noise_variance, self.data.basis.num_null, self.relative)
+        return _rotated_log_prob(chol, rotated, null, self.noise_variance, self.data.basis.num_null, self.relative,
+                                 self.noise_factor)
 
     def data_log_prob(self):
-        r""":meth:`log_prob` of ``data``'s own labels, from their rotation and null-space energy
+        r""":meth:`log_prob` of ``data``'s own labels, from their rotation and null-space scatter
         (:math:`O(R D^3)`; the only form for data set up by streaming, which keep no labels);
-        less the data constant when ``relative``."""
+        less the data constant when ``relative``. With an intercept, from the data's
+        :class:`~deeplinear.data.InterceptTerms` in :math:`O(R D)` more."""
         chol = self.block_cholesky()
-        return _rotated_log_prob(chol, self.data.rotated_labels, self.data.null_energy, self.noise_variance,
-                                 self.data.basis.num_null, self.relative)
+        rotated, scatter, shift = self.data.rotated_labels, self.data.null_scatter, None
+        if self.intercept is not None:
+            terms = self.data.intercept_terms
+            rotated = rotated - terms.rotated_ones[:, None] * self.intercept[..., None, :]
+            scatter = terms.centred_null_scatter
+            shift = jnp.sqrt(terms.null_ones) * (self.intercept - terms.null_mean)
+        return _rotated_log_prob(chol, rotated, scatter, self.noise_variance, self.data.basis.num_null, self.relative,
+                                 self.noise_factor, shift)
 
     def sample(self, key, sample_shape=()):
         r""":math:`Y = \sqrt{\lambda_*}\, (U_R \sqrt{\kappa})\, G\, \mathrm{chol}(Q)^\top + \sigma E`,
@@ -214,16 +330,23 @@ class KroneckerNormal(dist.Distribution):
         root = basis.eigenvectors.astype(dtype) * jnp.sqrt(basis.eigenvalues.astype(dtype))
         lchol = self.root if self.root is not None else jnp.linalg.cholesky(self.q)
         lam = jnp.sqrt(self.lambda_star)[..., None, None]
-        sd = jnp.sqrt(self.noise_variance)[..., None, None]
-        return lam * (root @ (g @ jnp.swapaxes(lchol, -1, -2))) + sd * e
+        signal = lam * (root @ (g @ jnp.swapaxes(lchol, -1, -2)))
+        if self.noise_factor is not None:
+            labels = signal + e @ jnp.swapaxes(self.noise_factor, -1, -2)
+        else:
+            labels = signal + jnp.sqrt(self.noise_variance)[..., None, None] * e
+        return labels if self.intercept is None else labels + self.intercept[..., None, :]
 
     @property
     def mean(self):
-        """Zero: the prior over a deep linear network's outputs is centred."""
-        return jnp.zeros(self.batch_shape + self.event_shape, self.q.dtype)
+        r""":math:`1\mu^\top` with an intercept, else zero (the prior over a deep linear network's
+        outputs is centred)."""
+        zero = jnp.zeros(self.batch_shape + self.event_shape, self.q.dtype)
+        return zero if self.intercept is None else zero + self.intercept[..., None, :]
 
 
-def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData):
+def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData, *, noise_covariance=None,
+                       intercept=None):
     r"""Pointwise leave-one-input-out log densities :math:`\log p(y_i \mid Y_{-i}, Q)` (``y_i`` is row ``i``).
 
     For the Gaussian :math:`\operatorname{vec} Y \sim N(0, \Sigma)` with precision
@@ -238,6 +361,10 @@ def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData):
 
     with, in the eigenbasis, :math:`B_i = \sum_p U_{ip}^2 C_p^{-1} + (1 - \sum_p U_{ip}^2) I/\sigma^2`
     and :math:`g_i = \sum_p U_{ip} C_p^{-1} \tilde y_p + (y_i - \sum_p U_{ip}\tilde y_p)/\sigma^2`.
+    A general noise covariance (``noise_covariance``, ``(D, D)``; ``noise_variance=None``) is
+    handled by whitening the labels (:math:`\Sigma_\varepsilon = LL^\top`, labels :math:`L^{-1}y_i`,
+    :math:`\tilde Q = L^{-1}QL^{-\top}`, unit noise, and :math:`-\log\det L` per row); per-output
+    intercepts :math:`\mu` (``intercept`` ``(D,)``) by shifting the labels to :math:`y_i - \mu`.
     Cost :math:`O(P R D^2)` per draw. One ``Q`` ``(D, D)`` and scalar hyperparameters in,
     ``(P,)`` out; for many draws use :func:`loo_log_likelihood_draws`.
     """
@@ -249,8 +376,19 @@ def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData):
             f"q must have shape ({D}, {D}) (one draw; for many use loo_log_likelihood_draws), got {q.shape}"
         )
     check_positive_scalar("lambda_star", lambda_star)
-    check_noise_for_data(noise_variance, data)
-    return _loo_from_terms(q, lambda_star, noise_variance, data, _loo_data_terms(data, q.dtype))
+    if noise_covariance is not None:
+        if noise_variance is not None:
+            raise ValueError("give noise_variance (noise sigma^2 I) or noise_covariance, not both")
+        noise = jnp.asarray(check_noise_covariance(noise_covariance, data, num_draws=1), data.dtype)
+        if noise.ndim != 2:
+            raise ValueError(f"noise_covariance must have shape ({D}, {D}) for one draw, got {noise.shape}")
+    else:
+        noise = check_noise_for_data(noise_variance, data)
+    if intercept is not None:
+        check_intercept(intercept, D)
+        if jnp.ndim(intercept) != 1:
+            raise ValueError(f"intercept must have shape ({D},) for one draw, got {jnp.shape(intercept)}")
+    return _loo_from_terms(q, lambda_star, noise, data, _loo_data_terms(data, q.dtype), intercept)
 
 
 def _loo_data_terms(data: RegressionData, dtype):
@@ -262,23 +400,45 @@ def _loo_data_terms(data: RegressionData, dtype):
 def loo_row_terms(data: RegressionData, U, Y, dtype):
     r"""Draw-independent pieces of the LOO terms of rows with eigenvector rows ``U`` ``(m, R)``
     (:math:`U_R` restricted to those rows) and labels ``Y`` ``(m, D)``: ``U``, ``U^2``, and for a
-    nonempty null space the leftover weights :math:`1 - \sum_p U_{ip}^2` and residuals
-    :math:`y_i - \sum_p U_{ip}\tilde y_p`."""
+    nonempty null space the leftover weights :math:`1 - \sum_p U_{ip}^2`, residuals
+    :math:`y_i - \sum_p U_{ip}\tilde y_p` and the constant input's residuals :math:`1 - \sum_p U_{ip}\tilde u_p`
+    (for intercepts; ``None`` without :class:`~deeplinear.data.InterceptTerms`)."""
     U = jnp.asarray(U, dtype)
     if not data.basis.num_null:
-        return U, U**2, None, None
+        return U, U**2, None, None, None
     resid = jnp.asarray(Y, dtype) - U @ data.rotated_labels.astype(dtype)  # (m, D)
-    return U, U**2, 1 - jnp.sum(U**2, axis=1), resid
+    ones = None if data.intercept_terms is None else 1 - U @ data.intercept_terms.rotated_ones.astype(dtype)
+    return U, U**2, 1 - jnp.sum(U**2, axis=1), resid, ones
 
 
-def _loo_from_terms(q, lambda_star, noise_variance, data, terms):
-    U, U2, leftover, resid = terms
+def _loo_from_terms(q, lambda_star, noise_variance, data, terms, intercept=None):
+    r"""One draw's LOO terms (:func:`loo_log_likelihood`).
+
+    ``noise_variance`` is a scalar :math:`\sigma^2` or a ``(D, D)`` noise covariance, handled by
+    whitening: with :math:`\Sigma_\varepsilon = LL^\top` the labels :math:`L^{-1} y_i` have noise
+    :math:`I` and :math:`\tilde Q = L^{-1} Q L^{-\top}`, and
+    :math:`\log p(y_i \mid Y_{-i}) = \log p(L^{-1} y_i \mid \ldots) - \log\det L`. An ``intercept``
+    :math:`\mu` ``(D,)`` shifts the labels to :math:`y_i - \mu`: the rotated labels by
+    :math:`-\tilde u\mu^\top`, the residuals by :math:`-(1 - U_i\tilde u)\mu^\top`."""
+    U, U2, leftover, resid, ones = terms
     dtype = q.dtype
     D = q.shape[-1]
+    rotated = data.rotated_labels.astype(dtype)
+    if intercept is not None:
+        intercept = jnp.asarray(intercept, dtype)
+        rotated = rotated - data.intercept_terms.rotated_ones.astype(dtype)[:, None] * intercept
+        resid = None if resid is None else resid - ones[:, None] * intercept
+    log_jacobian = 0.0
+    if jnp.ndim(noise_variance) == 2:
+        factor = jnp.linalg.cholesky(jnp.asarray(noise_variance, dtype))
+        q, rotated = whiten_q(q, factor), whiten_rows(rotated, factor)
+        resid = None if resid is None else whiten_rows(resid, factor)
+        noise_variance = jnp.ones((), dtype)
+        log_jacobian = jnp.sum(jnp.log(jnp.diagonal(factor)))
     chol = block_cholesky_from_root(psd_root(q), lambda_star, noise_variance, data.basis.eigenvalues)
     eye = jnp.eye(D, dtype=dtype)
     cinv = jax.vmap(lambda c: cho_solve((c, True), eye))(chol)  # (R, D, D)
-    cinv_y = jnp.einsum("pde,pe->pd", cinv, data.rotated_labels.astype(dtype))  # (R, D)
+    cinv_y = jnp.einsum("pde,pe->pd", cinv, rotated)  # (R, D)
     B = jnp.einsum("ip,pde->ide", U2, cinv)
     g = U @ cinv_y  # (P, D)
     if leftover is not None:
@@ -288,27 +448,35 @@ def _loo_from_terms(q, lambda_star, noise_variance, data, terms):
     cb = jnp.linalg.cholesky(B)
     w = solve_triangular(cb, g[..., None], lower=True)[..., 0]
     logdet_b = 2 * jnp.sum(jnp.log(jnp.diagonal(cb, axis1=-2, axis2=-1)), axis=-1)
-    return -0.5 * D * LOG_2PI + 0.5 * logdet_b - 0.5 * jnp.sum(w**2, axis=-1)
+    return -0.5 * D * LOG_2PI + 0.5 * logdet_b - 0.5 * jnp.sum(w**2, axis=-1) - log_jacobian
 
 
 @partial(jax.jit, static_argnames="batch_size")
-def _loo_draws(q, lambda_star, noise_variance, data, batch_size, terms=None):
-    """``(S, m)`` LOO terms of the rows of ``terms`` (:func:`loo_row_terms`; default every training row)."""
+def _loo_draws(q, lambda_star, noise_variance, data, batch_size, terms=None, intercept=None):
+    """``(S, m)`` LOO terms of the rows of ``terms`` (:func:`loo_row_terms`; default every training row);
+    ``intercept`` ``(S, D)`` or None."""
     terms = _loo_data_terms(data, q.dtype) if terms is None else terms
     return jax.lax.map(
-        lambda a: _loo_from_terms(*a, data, terms), (q, lambda_star, noise_variance), batch_size=batch_size
+        lambda a: _loo_from_terms(*a[:3], data, terms, a[3]), (q, lambda_star, noise_variance, intercept),
+        batch_size=batch_size,
     )
 
 
-def loo_log_likelihood_draws(q, lambda_star, noise_variance, data: RegressionData, batch_size: int = 64):
+def loo_log_likelihood_draws(q, lambda_star, noise_variance, data: RegressionData, batch_size: int = 64, *,
+                             noise_covariance=None, intercept=None):
     """:func:`loo_log_likelihood` for ``S`` draws: ``q`` ``(S, D, D)``, hyperparameters ``(S,)`` or
-    scalars; returns ``(S, P)``. The draw-independent terms are computed once, outside the loop
-    over draws (jitted; module-level so repeated calls with the same shapes reuse the compiled code)."""
+    scalars (or ``noise_covariance`` ``(S, D, D)`` or ``(D, D)``; ``intercept`` ``(S, D)`` or ``(D,)``);
+    returns ``(S, P)``. The
+    draw-independent terms are computed once, outside the loop over draws (jitted; module-level so
+    repeated calls with the same shapes reuse the compiled code)."""
     check_regression_data(data)
     q = jnp.asarray(q, data.dtype)
     D = data.num_outputs
     if q.ndim != 3 or q.shape[1:] != (D, D):
         raise ValueError(f"q must have shape (S, {D}, {D}), got {q.shape}")
-    lam, noise = check_draw_hyperparameters(lambda_star, noise_variance, q.shape[0], data)
+    lam, noise = check_draw_hyperparameters(lambda_star, noise_variance, q.shape[0], data, noise_covariance)
     batch_size = check_positive_int("batch_size", batch_size)
-    return _loo_draws(q, lam, noise, data, batch_size)
+    if intercept is not None:
+        check_intercept(intercept, D, num_draws=q.shape[0])
+        intercept = jnp.broadcast_to(jnp.asarray(intercept, data.dtype), (q.shape[0], D))
+    return _loo_draws(q, lam, noise, data, batch_size, intercept=intercept)

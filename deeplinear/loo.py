@@ -128,8 +128,8 @@ def _rows_at(data, rows, indices):
 
 
 @jax.jit
-def _point_terms(q, lam, noise, data, terms):
-    return _loo_from_terms(q, lam, noise, data, terms)
+def _point_terms(q, lam, noise, data, terms, intercept):
+    return _loo_from_terms(q, lam, noise, data, terms, intercept)
 
 
 def _point_approximation(result, rows):
@@ -139,7 +139,9 @@ def _point_approximation(result, rows):
     dtype = data.dtype
     q = jnp.asarray(result.draws("Q").mean(0), dtype)
     lam = jnp.asarray(result.draws("lambda_star").mean(), dtype)
-    noise = jnp.asarray(result.draws("noise_variance").mean(), dtype)
+    noise = jnp.asarray(result.noise_draws().mean(0), dtype)
+    intercept = result.intercept_draws()
+    intercept = None if intercept is None else jnp.asarray(intercept.mean(0), dtype)
     out = []
     for U, Y in _chunks(data, rows):
         for start in range(0, U.shape[0], ROW_CHUNK):
@@ -147,7 +149,7 @@ def _point_approximation(result, rows):
             n = u.shape[0]
             pad = ROW_CHUNK - n
             terms = loo_row_terms(data, np.pad(u, ((0, pad), (0, 0))), np.pad(y, ((0, pad), (0, 0))), dtype)
-            out.append(np.asarray(_point_terms(q, lam, noise, data, terms), np.float64)[:n])
+            out.append(np.asarray(_point_terms(q, lam, noise, data, terms, intercept), np.float64)[:n])
     approx = np.concatenate(out)
     if approx.shape != (data.num_obs,):
         raise ValueError(f"rows gave {approx.shape[0]} rows but the fit's data have P = {data.num_obs}")
@@ -177,7 +179,8 @@ def _subsampled(result, rows, observations, seed):
     U, Y = _rows_at(data, rows, indices)
     dtype = data.dtype
     ll = _loo_draws(jnp.asarray(result.draws("Q"), dtype), jnp.asarray(result.draws("lambda_star"), dtype),
-                    jnp.asarray(result.draws("noise_variance"), dtype), data, 64, loo_row_terms(data, U, Y, dtype))
+                    jnp.asarray(result.noise_draws(), dtype), data, 64, loo_row_terms(data, U, Y, dtype),
+                    None if result.intercept_draws() is None else jnp.asarray(result.intercept_draws(), dtype))
     ll = np.asarray(ll, np.float64).reshape(C, S, m)
     if not (np.all(np.isfinite(ll)) and np.all(np.isfinite(approx))):
         raise FloatingPointError(

@@ -16,9 +16,18 @@ immutable. :func:`~deeplinear.fit`, :func:`~deeplinear.simulation_based_calibrat
 one; :meth:`ModelSpec.to_dict`/:meth:`ModelSpec.from_dict` (and JSON) are the one way to write it
 down and read it back.
 
+Output noise (``noise_model``): ``"scalar"`` (:math:`\sigma^2 I_D`, the default),
+``"diagonal"`` (per-output variances :math:`\operatorname{diag}(\sigma_1^2, \ldots, \sigma_D^2)`) or
+``"full"`` (:math:`\Sigma_\varepsilon = \operatorname{diag}(\sigma)\,\Omega\,\operatorname{diag}(\sigma)` with
+a correlation matrix :math:`\Omega`, fixed or with an LKJ prior), each fixed or inferred; the
+likelihood is :math:`N(0, \lambda_* Q\otimes K + \Sigma_\varepsilon\otimes I)` at the same cost
+(theory.md §4).
+
 Sites: the prior's latents (``bartlett_*`` or ``brownian_*``), ``"ratio"``, ``"lambda_star"``,
-``"noise_variance"`` when given priors, the deterministic ``"Q"``, and the observed ``"Y"``
-(``(P, D)``).
+``"noise_variance"`` when given priors (shape ``(D,)`` for per-output and full noise), for full
+noise with an LKJ prior ``"noise_correlation_cholesky"`` and the deterministic
+``"noise_correlation"``, for non-scalar noise the deterministic ``"noise_covariance"``
+``(D, D)``, the deterministic ``"Q"``, and the observed ``"Y"`` (``(P, D)``).
 
 Building blocks for your own models: :func:`numpyro_q` (creates the prior's latent sites and
 returns ``Q``; for direct draws use ``prior.sample_q(key, shape)``) and
@@ -37,7 +46,13 @@ import numpyro
 import numpyro.distributions as dist
 
 from deeplinear._pytree import pytree_dataclass, static_field
-from deeplinear._validation import check_hyperprior, check_noise_for_data, check_positive_scalar, describe
+from deeplinear._validation import (
+    check_hyperprior,
+    check_noise_covariance,
+    check_noise_for_data,
+    check_positive_scalar,
+    describe,
+)
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.likelihood import KroneckerNormal
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
@@ -45,6 +60,8 @@ from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrio
 __all__ = ["ModelSpec", "deep_linear_model", "numpyro_q"]
 
 HYPERPARAMETERS = ("lambda_star", "noise_variance", "ratio")
+NOISE_MODELS = ("scalar", "diagonal", "full")
+DEFAULT_LKJ_CONCENTRATION = 1.0  # uniform over correlation matrices
 
 
 def numpyro_q(prior: VbarPrior, *, prefix: str = "", name: str | None = "Q", dtype=None):
@@ -134,11 +151,26 @@ class ModelSpec:
         Law of :math:`\bar V`.
     lambda_star : float or numpyro Distribution, default 1.0
         Prior scale :math:`\lambda_*` (fixed, or a prior over it).
-    noise_variance : float or numpyro Distribution, default 1.0
-        :math:`\sigma^2` (``0`` = interpolation, needs an invertible ``K``).
+    noise_variance : float, sequence of D floats or numpyro Distribution, default 1.0
+        Scalar noise: :math:`\sigma^2` (``0`` = interpolation, needs an invertible ``K``).
+        Per-output or full noise: ``D`` positive variances :math:`\sigma_d^2`, or a prior over one
+        positive scalar, given independently to every output's variance.
     ratio : numpyro Distribution, optional
         Prior over the depth-to-width ratio ``a`` (proportional limit only); ``None`` keeps
         ``prior.ratio`` fixed.
+    noise_model : {"scalar", "diagonal", "full"}, default "scalar"
+        Output-noise covariance :math:`\sigma^2 I_D`, :math:`\operatorname{diag}(\sigma_d^2)` or
+        :math:`\operatorname{diag}(\sigma)\,\Omega\,\operatorname{diag}(\sigma)`.
+    intercept : sequence of D floats or numpyro Distribution, optional
+        Per-output intercepts :math:`\mu` (the labels are :math:`1\mu^\top` plus the model above):
+        fixed values, or a prior over one real number given independently to every output
+        (e.g. ``Normal(0, 1)`` for standardized labels; site ``"intercept"``, ``(D,)``). ``None``
+        (default): no intercept, zero-mean labels. Sampled, at :math:`O(R D)` per evaluation
+        (:class:`~deeplinear.data.InterceptTerms`).
+    noise_correlation : D x D correlation matrix or ``numpyro.distributions.LKJCholesky``, optional
+        Full noise only: the noise correlation :math:`\Omega`, fixed (symmetric, positive definite,
+        unit diagonal) or with an LKJ prior over its Cholesky factor; default
+        ``LKJCholesky(D, concentration=1)`` (uniform over correlation matrices).
 
     Examples
     --------
@@ -153,15 +185,27 @@ class ModelSpec:
 
     prior: VbarPrior
     lambda_star: float | dist.Distribution = 1.0
-    noise_variance: float | dist.Distribution = 1.0
+    noise_variance: float | tuple | dist.Distribution = 1.0
     ratio: dist.Distribution | None = None
+    noise_model: str = "scalar"
+    noise_correlation: tuple | dist.LKJCholesky | None = None
+    intercept: tuple | dist.Distribution | None = None
 
     def __post_init__(self):
         if not isinstance(self.prior, VbarPrior):
             raise TypeError(
                 f"prior must be a FiniteWidthPrior, ProportionalLimitPrior or NNGPPrior, got {describe(self.prior)}"
             )
+        self._check_intercept()
+        if self.noise_model not in NOISE_MODELS:
+            raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
+        if self.noise_model != "scalar":
+            self._check_matrix_noise()
+        elif self.noise_correlation is not None:
+            raise ValueError("noise_correlation is only for noise_model='full'")
         for name, allow_zero in (("lambda_star", False), ("noise_variance", True)):
+            if name == "noise_variance" and self.noise_model != "scalar":
+                continue
             value = getattr(self, name)
             if isinstance(value, dist.Distribution):
                 check_hyperprior(name, value)
@@ -182,15 +226,111 @@ class ModelSpec:
                 )
             check_hyperprior("ratio", self.ratio)
 
+    def _check_intercept(self):
+        """``None``, ``D`` finite numbers (stored as a tuple) or a prior over one real number."""
+        value, D = self.intercept, self.num_outputs
+        if value is None:
+            return
+        if isinstance(value, dist.Distribution):
+            if value.batch_shape != () or value.event_shape != ():
+                raise ValueError(f"intercept must be a prior over one real number (given to each of the D = {D} "
+                                 f"outputs), got batch shape {value.batch_shape}, event shape {value.event_shape}")
+            if value.support is not dist.constraints.real:
+                raise ValueError(f"intercept must be a prior over the real line (e.g. Normal), got support "
+                                 f"{value.support}")
+            return
+        if isinstance(value, (numbers.Real, np.generic, str)) or (isinstance(value, np.ndarray) and value.ndim == 0):
+            raise ValueError(f"intercept must be D = {D} numbers (one per output) or a prior, got {value!r}")
+        try:
+            arr = np.asarray(value, np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"intercept must be D = {D} numbers or a numpyro distribution, "
+                            f"got {describe(value)}") from None
+        if arr.shape != (D,) or not np.all(np.isfinite(arr)):
+            raise ValueError(f"intercept must be {D} finite numbers (one per output), got shape {arr.shape}")
+        object.__setattr__(self, "intercept", tuple(float(v) for v in arr))
+
+    def _check_matrix_noise(self):
+        """Per-output variances (a prior over one scalar, or ``D`` positive numbers) and, for full
+        noise, the correlation (LKJ prior of dimension ``D``, or a fixed correlation matrix)."""
+        D = self.num_outputs
+        value = self.noise_variance
+        if isinstance(value, dist.Distribution):
+            check_hyperprior("noise_variance", value)
+        else:
+            if isinstance(value, (numbers.Real, np.generic)) or (isinstance(value, np.ndarray) and value.ndim == 0):
+                raise ValueError(
+                    f"noise_model={self.noise_model!r} needs D = {D} noise variances (one per output) or a prior, "
+                    f"got the single number {value!r}; for one variance shared by all outputs use noise_model='scalar'"
+                )
+            try:
+                arr = np.asarray(value, np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(f"noise_variance must be D = {D} numbers or a numpyro distribution, "
+                                f"got {describe(value)}") from None
+            if arr.shape != (D,):
+                raise ValueError(f"noise_variance must have shape ({D},) (one variance per output), got {arr.shape}")
+            if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+                raise ValueError(f"noise_variance must hold finite positive variances, got {arr.tolist()}")
+            object.__setattr__(self, "noise_variance", tuple(float(v) for v in arr))
+        corr = self.noise_correlation
+        if self.noise_model == "diagonal":
+            if corr is not None:
+                raise ValueError("noise_correlation is only for noise_model='full', not 'diagonal'")
+            return
+        if D < 2:
+            raise ValueError("noise_model='full' needs D >= 2 outputs; with one output use noise_model='scalar'")
+        if corr is None:
+            corr = dist.LKJCholesky(D, concentration=DEFAULT_LKJ_CONCENTRATION)
+        if isinstance(corr, dist.Distribution):
+            if not isinstance(corr, dist.LKJCholesky) or corr.dimension != D or corr.batch_shape != ():
+                raise ValueError(
+                    f"noise_correlation must be a fixed ({D}, {D}) correlation matrix or a "
+                    f"numpyro.distributions.LKJCholesky({D}, concentration), got {describe(corr)}"
+                )
+        else:
+            try:
+                arr = np.asarray(corr, np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(f"noise_correlation must be a ({D}, {D}) matrix or an LKJCholesky prior, "
+                                f"got {describe(corr)}") from None
+            if arr.shape != (D, D) or not np.all(np.isfinite(arr)):
+                raise ValueError(f"noise_correlation must be a finite ({D}, {D}) matrix, got shape {arr.shape}")
+            if not np.allclose(arr, arr.T, atol=1e-12) or not np.allclose(np.diag(arr), 1.0, atol=1e-12):
+                raise ValueError("noise_correlation must be symmetric with a unit diagonal (a correlation matrix)")
+            if np.linalg.eigvalsh(arr).min() <= 0:
+                raise ValueError("noise_correlation must be positive definite")
+            corr = tuple(tuple(float(x) for x in row) for row in arr)
+        object.__setattr__(self, "noise_correlation", corr)
+
     @property
     def num_outputs(self) -> int:
         """``D``."""
         return self.prior.num_outputs
 
     @property
+    def fixed_noise_covariance(self) -> np.ndarray | None:
+        r"""The ``D x D`` noise covariance when nothing about the noise is inferred (float64), else
+        ``None``: :math:`\sigma^2 I`, :math:`\operatorname{diag}(\sigma_d^2)` or
+        :math:`\operatorname{diag}(\sigma)\Omega\operatorname{diag}(\sigma)`."""
+        if isinstance(self.noise_variance, dist.Distribution) or isinstance(self.noise_correlation, dist.Distribution):
+            return None
+        D = self.num_outputs
+        if self.noise_model == "scalar":
+            return self.noise_variance * np.eye(D)
+        sd = np.sqrt(np.asarray(self.noise_variance))
+        corr = np.eye(D) if self.noise_correlation is None else np.asarray(self.noise_correlation)
+        return sd[:, None] * corr * sd[None, :]
+
+    @property
     def inferred(self) -> tuple[str, ...]:
         """Names of the hyperparameters given priors (inferred), in the order of :data:`HYPERPARAMETERS`."""
-        return tuple(h for h in HYPERPARAMETERS if isinstance(getattr(self, h), dist.Distribution))
+        names = [h for h in HYPERPARAMETERS if isinstance(getattr(self, h), dist.Distribution)]
+        if isinstance(self.noise_correlation, dist.Distribution):
+            names.append("noise_correlation")
+        if isinstance(self.intercept, dist.Distribution):
+            names.append("intercept")
+        return tuple(names)
 
     @property
     def has_latent_sites(self) -> bool:
@@ -205,7 +345,11 @@ class ModelSpec:
                 f"the prior has num_outputs = {self.num_outputs} but Y has D = {data.num_outputs} "
                 "columns (outputs); they must agree"
             )
-        if not isinstance(self.noise_variance, dist.Distribution):
+        if self.noise_model != "scalar":
+            fixed = self.fixed_noise_covariance
+            if fixed is not None:
+                check_noise_covariance(fixed, data)
+        elif not isinstance(self.noise_variance, dist.Distribution):
             lam = None if isinstance(self.lambda_star, dist.Distribution) else self.lambda_star
             check_noise_for_data(self.noise_variance, data, lambda_star=lam)
         return data
@@ -217,14 +361,16 @@ class ModelSpec:
             data.require_rows("labels= or observed=False")
         if labels is not None and jnp.shape(labels) != data.labels.shape:
             raise ValueError(f"labels must have the shape of data.labels {data.labels.shape}, got {jnp.shape(labels)}")
-        model_body(self.prior, self.lambda_star, self.noise_variance, self.ratio, data, observed=observed,
-                   labels=labels)
+        model_body(*self.model_arguments(data), observed=observed, labels=labels)
 
     def model_arguments(self, data: RegressionData) -> tuple:
-        """The pytree ``(prior, lambda_star, noise_variance, ratio, data)`` that :func:`model_body`
-        takes, fixed hyperparameters as arrays of the data's precision: everything that may change
-        without changing the compiled sampler (:mod:`deeplinear.sampler`) is a leaf."""
+        """The pytree ``(prior, lambda_star, noise_variance, ratio, data, intercept)`` that
+        :func:`model_body` takes, fixed hyperparameters as arrays of the data's precision:
+        everything that may change without changing the compiled sampler (:mod:`deeplinear.sampler`)
+        is a leaf."""
         self.check_data(data)
+        if self.intercept is not None and data.intercept_terms is None:
+            raise ValueError("a model with intercepts needs data.intercept_terms; set the data up with this version")
 
         def argument(value):
             if value is None:
@@ -233,7 +379,21 @@ class ModelSpec:
                 return HyperpriorArguments.of(value, data.dtype)
             return jnp.asarray(value, data.dtype)
 
-        return (self.prior, argument(self.lambda_star), argument(self.noise_variance), argument(self.ratio), data)
+        noise = argument(self.noise_variance)
+        if self.noise_model != "scalar":
+            corr = self.noise_correlation
+            noise = NoiseArguments(
+                self.noise_model, noise,
+                None if corr is None or isinstance(corr, dist.Distribution) else jnp.asarray(
+                    np.linalg.cholesky(np.asarray(corr)), data.dtype),
+                jnp.asarray(corr.concentration, data.dtype) if isinstance(corr, dist.Distribution) else None,
+            )
+        intercept = self.intercept
+        if isinstance(intercept, dist.Distribution):
+            intercept = InterceptArguments(HyperpriorArguments.of(intercept, data.dtype))
+        elif intercept is not None:
+            intercept = jnp.asarray(intercept, data.dtype)
+        return (self.prior, argument(self.lambda_star), noise, argument(self.ratio), data, intercept)
 
     # -- written form --------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -241,6 +401,19 @@ class ModelSpec:
         number, ``None`` or ``{"distribution": name, **scalar parameters}``."""
         out = {"prior": _prior_to_dict(self.prior)}
         out.update({h: _hyper_to_dict(getattr(self, h)) for h in HYPERPARAMETERS})
+        if self.noise_model != "scalar":  # written only when used, so scalar-noise specs read as before
+            out["noise_model"] = self.noise_model
+            if isinstance(out["noise_variance"], tuple):
+                out["noise_variance"] = list(out["noise_variance"])
+            corr = self.noise_correlation
+            if isinstance(corr, dist.LKJCholesky):
+                out["noise_correlation"] = {"distribution": "LKJCholesky", "dimension": corr.dimension,
+                                            "concentration": float(np.asarray(corr.concentration))}
+            elif corr is not None:
+                out["noise_correlation"] = [list(row) for row in corr]
+        if self.intercept is not None:  # written only when used
+            value = _hyper_to_dict(self.intercept)
+            out["intercept"] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
@@ -249,10 +422,16 @@ class ModelSpec:
         ``{"kind": "finite", "depth": L, "width": N, "num_outputs": D}``."""
         if not isinstance(spec, dict) or "prior" not in spec:
             raise ValueError(f"a model specification is a dict with a 'prior' entry, got {spec!r}")
-        unknown = set(spec) - {"prior", *HYPERPARAMETERS}
+        unknown = set(spec) - {"prior", "noise_model", "noise_correlation", "intercept", *HYPERPARAMETERS}
         if unknown:
             raise ValueError(f"unknown entries {sorted(unknown)} in the model specification")
         hypers = {h: _hyper_from_dict(h, spec[h]) for h in HYPERPARAMETERS if h in spec}
+        if "noise_model" in spec:
+            hypers["noise_model"] = spec["noise_model"]
+        if "noise_correlation" in spec:
+            hypers["noise_correlation"] = _correlation_from_dict(spec["noise_correlation"])
+        if spec.get("intercept") is not None:
+            hypers["intercept"] = _hyper_from_dict("intercept", spec["intercept"])
         return cls(_prior_from_dict(spec["prior"]), **hypers)
 
     def to_json(self) -> str:
@@ -271,14 +450,17 @@ class ModelSpec:
         return cls.from_dict(spec)
 
     @classmethod
-    def build(cls, prior, lambda_star=1.0, noise_variance=1.0, ratio=None) -> ModelSpec:
+    def build(cls, prior, lambda_star=1.0, noise_variance=1.0, ratio=None, noise_model="scalar",
+              noise_correlation=None, intercept=None) -> ModelSpec:
         """A spec from a prior and hyperparameter keywords, or ``prior`` itself when it already is a
         :class:`ModelSpec` (then the keywords must keep their defaults)."""
         if isinstance(prior, ModelSpec):
-            if (lambda_star, noise_variance, ratio) != (1.0, 1.0, None):
+            given = (lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
+            if not all(a is b or (isinstance(a, (str, numbers.Real)) and not isinstance(a, bool) and a == b)
+                       for a, b in zip(given, (1.0, 1.0, None, "scalar", None, None))):
                 raise ValueError("pass the hyperparameters inside the ModelSpec, not as well as keywords")
             return prior
-        return cls(prior, lambda_star, noise_variance, ratio)
+        return cls(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
 
     def describe(self) -> str:
         """One line: the prior and each hyperparameter (number or distribution with parameters)."""
@@ -289,9 +471,36 @@ class ModelSpec:
                 d = _hyper_to_dict(v) if _writable(v) else {"distribution": type(v).__name__}
                 args = ", ".join(f"{k}={x:.3g}" for k, x in d.items() if k != "distribution")
                 parts.append(f"{h}={d['distribution']}({args})")
+            elif isinstance(v, tuple):
+                parts.append(f"{h}=({', '.join(f'{x:g}' for x in v)})")
             elif v is not None:
                 parts.append(f"{h}={v:g}")
+        if self.noise_model != "scalar":
+            parts.append(f"noise_model={self.noise_model!r}")
+        corr = self.noise_correlation
+        if isinstance(corr, dist.LKJCholesky):
+            eta = float(corr.concentration)
+            parts.append(f"noise_correlation=LKJCholesky({corr.dimension}, concentration={eta:.3g})")
+        elif corr is not None:
+            parts.append("noise_correlation=fixed")
+        if isinstance(self.intercept, dist.Distribution):
+            d = _hyper_to_dict(self.intercept) if _writable(self.intercept) else {"distribution": type(
+                self.intercept).__name__}
+            args = ", ".join(f"{k}={x:.3g}" for k, x in d.items() if k != "distribution")
+            parts.append(f"intercept={d['distribution']}({args})")
+        elif self.intercept is not None:
+            parts.append(f"intercept=({', '.join(f'{x:g}' for x in self.intercept)})")
         return ", ".join(parts)
+
+
+def _correlation_from_dict(value):
+    """A noise correlation as written by :meth:`ModelSpec.to_dict`: an LKJCholesky prior or a matrix."""
+    if isinstance(value, dict):
+        params = dict(value)
+        if params.pop("distribution", None) != "LKJCholesky" or set(params) != {"dimension", "concentration"}:
+            raise ValueError(f"noise_correlation: {value!r} is not an LKJCholesky(dimension, concentration) prior")
+        return dist.LKJCholesky(int(params["dimension"]), concentration=float(params["concentration"]))
+    return value
 
 
 def _writable(value) -> bool:
@@ -302,19 +511,26 @@ def _writable(value) -> bool:
     return True
 
 
-def model_body(prior, lambda_star, noise_variance, ratio, data, *, observed=True, labels=None):
+def model_body(prior, lambda_star, noise_variance, ratio, data, intercept=None, *, observed=True, labels=None):
     r"""The model's sites, with no argument checks (so that every argument may be traced):
-    ``ratio`` (if a distribution), ``lambda_star``/``noise_variance`` (if distributions), the
-    prior's latents, ``Q`` and ``Y``. Call it through :meth:`ModelSpec.model`, which validates."""
+    ``ratio`` (if a distribution), ``lambda_star``/``noise_variance`` (if distributions), the noise
+    model's sites, ``intercept`` (if a prior), the prior's latents, ``Q`` and ``Y``. Call it through
+    :meth:`ModelSpec.model`, which validates."""
     dtype = data.dtype
     if ratio is not None:
         prior = prior.replace(ratio=_hyper("ratio", ratio, dtype))
     lam = _hyper("lambda_star", lambda_star, dtype)
-    noise = _hyper("noise_variance", noise_variance, dtype)
+    if isinstance(noise_variance, NoiseArguments):
+        noise, noise_covariance = None, noise_variance.sites(data.num_outputs, dtype)
+    else:
+        noise, noise_covariance = _hyper("noise_variance", noise_variance, dtype), None
+    if isinstance(intercept, InterceptArguments):
+        intercept = numpyro.sample("intercept", intercept.prior.build().expand([data.num_outputs]).to_event(1))
     vbar = prior.numpyro_vbar().astype(dtype)
     q = numpyro.deterministic("Q", vbar @ vbar.T)
     own_labels = labels is None and observed
-    likelihood = KroneckerNormal(q, lam, noise, data, root=vbar, labels_are_data=own_labels, relative=own_labels)
+    likelihood = KroneckerNormal(q, lam, noise, data, root=vbar, labels_are_data=own_labels, relative=own_labels,
+                                 noise_covariance=noise_covariance, intercept=intercept)
     if observed and labels is None and data.labels is None:  # streamed set-up: the labels' statistics only
         numpyro.factor("Y", likelihood.data_log_prob())
         return
@@ -351,6 +567,44 @@ class HyperpriorArguments:
         return self.distribution if self.params is None else self.family(**self.params)
 
 
+@pytree_dataclass
+class InterceptArguments:
+    """A prior over per-output intercepts as a jit argument (each output gets ``prior``)."""
+
+    prior: HyperpriorArguments
+
+
+@pytree_dataclass
+class NoiseArguments:
+    r"""Per-output or full output noise as a jit argument: ``kind`` (static), the variances
+    (``(D,)`` array, or a :class:`HyperpriorArguments` given to each output independently), and for
+    full noise either the fixed correlation's Cholesky factor ``(D, D)`` or the concentration of
+    its LKJ prior."""
+
+    kind: str = static_field()
+    variance: object = None
+    correlation_cholesky: object = None
+    concentration: object = None
+
+    def sites(self, D: int, dtype):
+        r"""Create the noise sites and return :math:`\Sigma_\varepsilon` ``(D, D)`` (recorded as the
+        deterministic ``noise_covariance``)."""
+        if isinstance(self.variance, HyperpriorArguments):
+            variance = numpyro.sample("noise_variance", self.variance.build().expand([D]).to_event(1))
+        else:
+            variance = jnp.asarray(self.variance, dtype)
+        sd = jnp.sqrt(variance.astype(dtype))
+        if self.kind == "diagonal":
+            return numpyro.deterministic("noise_covariance", jnp.diag(variance.astype(dtype)))
+        if self.concentration is not None:
+            chol = numpyro.sample("noise_correlation_cholesky", dist.LKJCholesky(D, self.concentration)).astype(dtype)
+            numpyro.deterministic("noise_correlation", chol @ chol.T)
+        else:
+            chol = jnp.asarray(self.correlation_cholesky, dtype)
+        factor = sd[:, None] * chol
+        return numpyro.deterministic("noise_covariance", factor @ factor.T)
+
+
 def _hyper(name, value, dtype):
     if isinstance(value, HyperpriorArguments):
         value = value.build()
@@ -368,6 +622,9 @@ def deep_linear_model(
     ratio: dist.Distribution | None = None,
     observed: bool = True,
     labels=None,
+    noise_model: str = "scalar",
+    noise_correlation=None,
+    intercept=None,
 ):
     r"""NumPyro model: Bayesian deep linear network regression with ``f`` marginalized.
 
@@ -377,7 +634,7 @@ def deep_linear_model(
         Kernel eigenbasis and labels ``Y`` (``(P, D)``).
     prior : FiniteWidthPrior | ProportionalLimitPrior | NNGPPrior | ModelSpec
         Law of :math:`\bar V`, or a whole :class:`ModelSpec` (then leave the hyperparameters out).
-    lambda_star, noise_variance, ratio
+    lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept
         As in :class:`ModelSpec`.
     observed : bool, default True
         Condition on the labels; ``False`` samples ``Y`` (prior/posterior predictive).
@@ -399,4 +656,5 @@ def deep_linear_model(
     >>> draws["Q"].shape, draws["Y"].shape
     ((4, 2, 2), (4, 6, 2))
     """
-    ModelSpec.build(prior, lambda_star, noise_variance, ratio).model(data, observed=observed, labels=labels)
+    ModelSpec.build(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept).model(
+        data, observed=observed, labels=labels)

@@ -138,13 +138,15 @@ def sample_network_outputs(
     return out.reshape(sample_shape + out.shape[1:])
 
 
-def weight_space_model(X, Y=None, *, widths, num_outputs, lambda_star=1.0, noise_variance=1.0, X_test=None):
+def weight_space_model(X, Y=None, *, widths, num_outputs, lambda_star=1.0, noise_variance=1.0, X_test=None,
+                       noise_covariance=None):
     r"""NumPyro model of the actual network, every weight a latent: the brute-force posterior.
 
     .. math::
 
         W^l = \sqrt{\lambda_{l-1}/N_{l-1}}\, Z^l,\quad Z^l_{ij} \sim N(0, 1),\qquad
-        Y \sim N(X W^{1\top} \cdots W^{L+1\top},\ \sigma^2 I),
+        Y \sim N(X W^{1\top} \cdots W^{L+1\top},\ \sigma^2 I)\quad
+        (\text{rows } N(\cdot, \Sigma_\varepsilon) \text{ with ``noise_covariance``}),
 
         with :math:`\lambda_0 = \lambda_*` and the other :math:`\lambda_l = 1`. Sites ``"Z1"``..
     ``"Z{L+1}"`` (non-centered weights), deterministic ``"f_test"`` (``(P*, D)``, the outputs at
@@ -162,4 +164,7 @@ def weight_space_model(X, Y=None, *, widths, num_outputs, lambda_star=1.0, noise
             ht = scale * (ht @ z.T)
     if ht is not None:
         numpyro.deterministic("f_test", ht)
-    numpyro.sample("Y", dist.Normal(h, jnp.sqrt(noise_variance)).to_event(2), obs=Y)
+    if noise_covariance is not None:
+        numpyro.sample("Y", dist.MultivariateNormal(h, covariance_matrix=noise_covariance).to_event(1), obs=Y)
+    else:
+        numpyro.sample("Y", dist.Normal(h, jnp.sqrt(noise_variance)).to_event(2), obs=Y)

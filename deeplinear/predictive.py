@@ -41,13 +41,15 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from deeplinear._linalg import gaussian_logpdf, psd_root
+from deeplinear._linalg import gaussian_logpdf, psd_root, whiten_q, whiten_rows
 from deeplinear._types import KeyLike
 from deeplinear._validation import (
     check_bool,
     check_draw_hyperparameters,
+    check_intercept,
     check_key,
     check_labels,
+    check_noise_covariance,
     check_noise_for_data,
     check_positive_int,
     check_positive_scalar,
@@ -72,14 +74,19 @@ def _check_prediction_kernel(test, data):
     return test
 
 
-def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, joint=False):
+def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, joint=False,
+                           *, noise_covariance=None, intercept=None):
     r"""Gaussian predictive of the outputs ``f`` at test inputs given one ``Q``.
 
     Returns ``(mean, cov)``: ``mean`` ``(P*, D)`` is :math:`m_*(Q)`; ``cov`` is
     :math:`\Sigma_*(Q)` per test input ``(P*, D, D)`` or, with ``joint=True``, the joint
     ``(P*, D, P*, D)``, both in the cancellation-free form of the module docstring. Cost
     :math:`O(D^3 + R D^2 + R P_* D + P_* D^2)` per input set (``joint``: :math:`P_*^2` in
-    place of :math:`P_*`). Arguments are validated when concrete (not under ``jit``).
+    place of :math:`P_*`). Arguments are validated when concrete (not under ``jit``). A general
+    output-noise covariance :math:`\Sigma_\varepsilon` (``noise_covariance`` ``(D, D)``,
+    ``noise_variance=None``) is handled by whitening (:func:`_whitened`); with per-output
+    intercepts :math:`\mu` (``intercept`` ``(D,)``) it is the predictive of :math:`f + \mu` given
+    :math:`Y - 1\mu^\top`.
     """
     check_regression_data(data)
     _check_prediction_kernel(test, data)
@@ -90,15 +97,41 @@ def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData,
     if is_concrete(q) and not bool(jnp.all(jnp.isfinite(q))):
         raise ValueError("q contains NaN or infinite values")
     check_positive_scalar("lambda_star", lambda_star)
-    check_noise_for_data(noise_variance, data)
     check_bool("joint", joint)
-    return _conditional(q, lambda_star, noise_variance, data, test, joint)
+    if intercept is not None:
+        intercept = _draw_intercepts(intercept, 1, data)[0]
+    if noise_covariance is not None:
+        if noise_variance is not None:
+            raise ValueError("give noise_variance (noise sigma^2 I) or noise_covariance, not both")
+        noise = jnp.asarray(check_noise_covariance(noise_covariance, data, num_draws=1), data.dtype)
+        if noise.ndim != 2:
+            raise ValueError(f"noise_covariance must have shape ({D}, {D}) for one Q, got {noise.shape}")
+        return _conditional(q, lambda_star, noise, data, test, joint, intercept)
+    check_noise_for_data(noise_variance, data)
+    return _conditional(q, lambda_star, noise_variance, data, test, joint, intercept)
 
 
-def _eigen_gain(q, lambda_star, noise_variance, data):
+def _whitened(q, noise, data, intercept=None):
+    r"""``(q, noise, rotated labels, factor)`` in coordinates where the noise is :math:`\sigma^2 I`: as
+    given for a scalar ``noise`` (``factor`` None); for a ``(D, D)`` noise covariance
+    :math:`\Sigma_\varepsilon = LL^\top`, :math:`\tilde Q = L^{-1}QL^{-\top}`, labels :math:`L^{-1}\tilde y_p`,
+    noise 1 and ``factor`` :math:`L`. A predictive computed there maps back by :math:`f = L\tilde f`
+    (theory.md §4: the predictive formulas hold with :math:`\sigma^2 I` replaced by :math:`\Sigma_\varepsilon`).
+    With an ``intercept`` :math:`\mu` the rotated labels are those of :math:`Y - 1\mu^\top`."""
+    dtype = q.dtype
+    rotated = data.rotated_labels.astype(dtype)
+    if intercept is not None:  # labels Y - 1 mu^T (InterceptTerms)
+        rotated = rotated - data.intercept_terms.rotated_ones.astype(dtype)[:, None] * intercept.astype(dtype)
+    if jnp.ndim(noise) != 2:
+        return q, noise, rotated, None
+    factor = jnp.linalg.cholesky(jnp.asarray(noise, dtype))
+    return whiten_q(q, factor), jnp.ones((), dtype), whiten_rows(rotated, factor), factor
+
+
+def _eigen_gain(q, lambda_star, noise_variance, data, rotated):
     r"""One draw in the eigenbasis of ``Q = V diag(w) V^T``: ``(lam, noise, kappa, V, gain, labels)``,
     ``gain`` ``(R, D)`` the eigenvalues of :math:`\lambda Q C_p^{-1}` and ``labels`` the rows
-    :math:`V^\top \tilde y_p`."""
+    :math:`V^\top \tilde y_p` of the rotated labels ``rotated`` ``(R, D)``."""
     dtype = q.dtype
     lam = jnp.asarray(lambda_star, dtype)
     noise = jnp.asarray(noise_variance, dtype)
@@ -108,14 +141,17 @@ def _eigen_gain(q, lambda_star, noise_variance, data):
     denom = lam * kappa[:, None] * w + noise  # (R, D): eigenvalues of C_p
     positive = denom > 0
     gain = jnp.where(positive, lam * w / jnp.where(positive, denom, 1), 0)
-    labels = data.rotated_labels.astype(dtype) @ vecs  # (R, D)
+    labels = rotated @ vecs  # (R, D)
     return lam, noise, kappa, vecs, gain, labels
 
 
-def _conditional(q, lambda_star, noise_variance, data, test, joint=False):
-    """:func:`conditional_predictive` without validation (for use under ``jit``/``map``)."""
+def _conditional(q, lambda_star, noise_variance, data, test, joint=False, intercept=None):
+    r""":func:`conditional_predictive` without validation (for use under ``jit``/``map``);
+    ``noise_variance`` is a scalar or a ``(D, D)`` noise covariance (:func:`_whitened`); with an
+    ``intercept`` :math:`\mu` the mean is that of :math:`f + \mu` given :math:`Y - 1\mu^\top`."""
     dtype = q.dtype
-    lam, noise, kappa, vecs, gain, labels = _eigen_gain(q, lambda_star, noise_variance, data)
+    q, noise_variance, rotated, factor = _whitened(q, noise_variance, data, intercept)
+    lam, noise, kappa, vecs, gain, labels = _eigen_gain(q, lambda_star, noise_variance, data, rotated)
     kt = test.rotated_cross.astype(dtype)  # (P*, R)
     mean = (kt @ (gain * labels)) @ vecs.T  # (P*, D)
     shrink = noise * gain  # (R, D): eigenvalues of sigma^2 lambda Q C_p^-1
@@ -127,15 +163,19 @@ def _conditional(q, lambda_star, noise_variance, data, test, joint=False):
         resid = test.residual_diag.astype(dtype)  # (P*,): per-input predictions never build P* x P*
         weights = (kt**2 / kappa) @ shrink  # (P*, D)
         cov = lam * resid[:, None, None] * q + jnp.einsum("de,je,fe->jdf", vecs, weights, vecs)
-    return mean, cov
+    if factor is not None:
+        mean = mean @ factor.T
+        cov = jnp.einsum("ad,jdke,be->jakb", factor, cov, factor) if joint else factor @ cov @ factor.T
+    return (mean if intercept is None else mean + intercept.astype(dtype)), cov
 
 
 @partial(jax.jit, static_argnames="batch_size")
-def _all_draws(q, lam, noise, data, test, batch_size):
-    """Per-draw predictive mean and per-input covariance, ``(S, P*, D)`` and ``(S, P*, D, D)``;
-    module-level so that repeated calls with the same shapes reuse the compiled code."""
-    fn = partial(_conditional, data=data, test=test)
-    return jax.lax.map(lambda a: fn(*a), (q, lam, noise), batch_size=batch_size)
+def _all_draws(q, lam, noise, mu, data, test, batch_size):
+    """Per-draw predictive mean and per-input covariance, ``(S, P*, D)`` and ``(S, P*, D, D)``
+    (``mu``: intercepts ``(S, D)`` or None); module-level so that repeated calls with the same
+    shapes reuse the compiled code."""
+    return jax.lax.map(lambda a: _conditional(*a[:3], data, test, intercept=a[3]), (q, lam, noise, mu),
+                       batch_size=batch_size)
 
 
 MEMORY_BUDGET_ENTRIES = 2**25  # numbers held per batch of draws (128 MB in float32): bounds b * P* * D^2
@@ -143,7 +183,9 @@ TEST_BATCH = 4096  # test inputs per step when the moments come from the draws' 
 
 
 def _batches(a, batch_size: int):
-    """``(S, ...)`` -> ``(ceil(S / b), b, ...)``, padded by repeating the first draw."""
+    """``(S, ...)`` -> ``(ceil(S / b), b, ...)``, padded by repeating the first draw (``None`` stays ``None``)."""
+    if a is None:
+        return None
     S = a.shape[0]
     num = -(-S // batch_size)
     pad = num * batch_size - S
@@ -159,50 +201,56 @@ def _draw_weights(S: int, batch_size: int, dtype):
 
 
 @partial(jax.jit, static_argnames="batch_size")
-def _mixture_moments(q, lam, noise, data, test, batch_size):
+def _mixture_moments(q, lam, noise, mu, data, test, batch_size):
     r"""Mixture mean ``(P*, D)``, :math:`E[\Sigma_*]` and :math:`\operatorname{Cov}(m_*)` ``(P*, D, D)``,
     accumulated over batches of ``batch_size`` draws in two passes (the mean, then the spread
     about it, exactly as from the stored per-draw arrays): memory ``O(b P* D^2)``, never
     ``(S, P*, D, D)``."""
     S = q.shape[0]
     P, D = test.num_test, data.num_outputs
-    args = (_batches(q, batch_size), _batches(lam, batch_size), _batches(noise, batch_size),
+    args = (_batches(q, batch_size), _batches(lam, batch_size), _batches(noise, batch_size), _batches(mu, batch_size),
             _draw_weights(S, batch_size, q.dtype))
-    per_draw = jax.vmap(partial(_conditional, data=data, test=test))
+    per_draw = jax.vmap(lambda q1, l1, n1, m1: _conditional(q1, l1, n1, data, test, intercept=m1))
 
     def sums(acc, a):
-        mean, cov = per_draw(*a[:3])
-        return (acc[0] + jnp.tensordot(a[3], mean, 1), acc[1] + jnp.tensordot(a[3], cov, 1)), None
+        mean, cov = per_draw(*a[:4])
+        return (acc[0] + jnp.tensordot(a[4], mean, 1), acc[1] + jnp.tensordot(a[4], cov, 1)), None
 
     zero_cov = jnp.zeros((P, D, D), q.dtype)
     (sum_mean, sum_cov), _ = jax.lax.scan(sums, (jnp.zeros((P, D), q.dtype), zero_cov), args)
     mean = sum_mean / S
 
     def spread(acc, a):
-        dev = per_draw(*a[:3])[0] - mean  # the covariances are not used: compiled away
-        return acc + jnp.einsum("s,sjd,sje->jde", a[3], dev, dev), None
+        dev = per_draw(*a[:4])[0] - mean  # the covariances are not used: compiled away
+        return acc + jnp.einsum("s,sjd,sje->jde", a[4], dev, dev), None
 
     sum_spread, _ = jax.lax.scan(spread, zero_cov, args)
     return mean, sum_cov / S, sum_spread / S
 
 
-def _draw_tensors(q, lambda_star, noise_variance, data):
+def _draw_tensors(q, lambda_star, noise_variance, intercept, data):
     r"""One draw's predictive in terms that do not depend on the test inputs: with
     :math:`Q = V\operatorname{diag}(w)V^\top`, ``gain``/``shrink`` as in :func:`_conditional`,
 
-    * ``A`` ``(R, D)``: :math:`m_{*j} = \sum_p \tilde k_{jp} A_p` (``A = (gain * labels) V^T``);
+    * ``A`` ``(R + 1, D)``: :math:`m_{*j} = \sum_p \tilde k_{jp} A_p + A_{R+1}` (``A = (gain * labels) V^T``,
+      and the last row the intercept :math:`\mu`, zero without one);
     * ``B`` ``(R, D, D)``: :math:`B_p = V \operatorname{diag}(\text{shrink}_p) V^\top`;
     * :math:`\lambda Q` ``(D, D)``,
 
     so that :math:`\Sigma_{*j} = k_{\perp,j}\,\lambda Q + \sum_p (\tilde k_{jp}^2/\kappa_p) B_p`."""
-    lam, noise, _, vecs, gain, labels = _eigen_gain(q, lambda_star, noise_variance, data)
+    lam_q = jnp.asarray(lambda_star, q.dtype) * q
+    q, noise_variance, rotated, factor = _whitened(q, noise_variance, data, intercept)
+    lam, noise, _, vecs, gain, labels = _eigen_gain(q, lambda_star, noise_variance, data, rotated)
     A = (gain * labels) @ vecs.T
     B = jnp.einsum("de,pe,fe->pdf", vecs, noise * gain, vecs)
-    return A, B, lam * q
+    if factor is not None:  # back from whitened coordinates (f = L f-tilde)
+        A, B = A @ factor.T, factor @ B @ factor.T
+    last = jnp.zeros((1, A.shape[1]), A.dtype) if intercept is None else intercept.astype(A.dtype)[None]
+    return jnp.concatenate([A, last]), B, lam_q
 
 
 @partial(jax.jit, static_argnames="batch_size")
-def _mixture_moments_from_draw_summaries(q, lam, noise, data, test, batch_size):
+def _mixture_moments_from_draw_summaries(q, lam, noise, mu, data, test, batch_size):
     r""":func:`_mixture_moments` in ``O(S R^2 D^2 + P_* R^2 D^2)`` instead of ``O(S P_* R D^2)``: the
     per-draw predictive is linear in the draw's ``A``, ``B``, :math:`\lambda Q` (:func:`_draw_tensors`),
     so :math:`E[m_*] = \tilde k\,\bar A`, :math:`E[\Sigma_*] = k_\perp E[\lambda Q] + (\tilde k^2/\kappa)\,\bar B`
@@ -211,62 +259,62 @@ def _mixture_moments_from_draw_summaries(q, lam, noise, data, test, batch_size):
     approximation; used when ``R`` is small next to ``S`` and ``(R D)^2`` fits the memory budget."""
     S = q.shape[0]
     dtype = q.dtype
-    args = (_batches(q, batch_size), _batches(lam, batch_size), _batches(noise, batch_size),
+    args = (_batches(q, batch_size), _batches(lam, batch_size), _batches(noise, batch_size), _batches(mu, batch_size),
             _draw_weights(S, batch_size, dtype))
     per_draw = jax.vmap(partial(_draw_tensors, data=data))
 
     def sums(acc, a):
-        A, B, lq = per_draw(*a[:3])
-        return tuple(x + jnp.tensordot(a[3], y, 1) for x, y in zip(acc, (A, B, lq))), None
+        A, B, lq = per_draw(*a[:4])
+        return tuple(x + jnp.tensordot(a[4], y, 1) for x, y in zip(acc, (A, B, lq))), None
 
     R, D = data.basis.rank, data.num_outputs
-    zeros = (jnp.zeros((R, D), dtype), jnp.zeros((R, D, D), dtype), jnp.zeros((D, D), dtype))
+    zeros = (jnp.zeros((R + 1, D), dtype), jnp.zeros((R, D, D), dtype), jnp.zeros((D, D), dtype))
     (sum_a, sum_b, sum_lq), _ = jax.lax.scan(sums, zeros, args)
     mean_a, mean_b, mean_lq = sum_a / S, sum_b / S, sum_lq / S
 
     def spread(acc, a):
-        dev = per_draw(*a[:3])[0] - mean_a  # (b, R, D)
-        return acc + jnp.einsum("s,spd,sqe->pdqe", a[3], dev, dev), None
+        dev = per_draw(*a[:4])[0] - mean_a  # (b, R + 1, D)
+        return acc + jnp.einsum("s,spd,sqe->pdqe", a[4], dev, dev), None
 
-    cov_a, _ = jax.lax.scan(spread, jnp.zeros((R, D, R, D), dtype), args)
+    cov_a, _ = jax.lax.scan(spread, jnp.zeros((R + 1, D, R + 1, D), dtype), args)
     cov_a = cov_a / S
     kappa = data.basis.eigenvalues.astype(dtype)
 
     def one_input(row):  # O(R^2 D^2) per test input, mapped in batches: memory O(batch R D^2)
         k, resid = row
-        return (k @ mean_a, resid * mean_lq + jnp.einsum("p,pdf->df", k**2 / kappa, mean_b),
-                jnp.einsum("p,pdqe,q->de", k, cov_a, k))
+        k1 = jnp.concatenate([k, jnp.ones((1,), dtype)])  # the intercept's row of A
+        return (k1 @ mean_a, resid * mean_lq + jnp.einsum("p,pdf->df", k**2 / kappa, mean_b),
+                jnp.einsum("p,pdqe,q->de", k1, cov_a, k1))
 
     rows = (test.rotated_cross.astype(dtype), test.residual_diag.astype(dtype))
     return jax.lax.map(one_input, rows, batch_size=TEST_BATCH)
 
 
-def _moments(q, lam, noise, data, test, batch_size):
+def _moments(q, lam, noise, mu, data, test, batch_size):
     """The mixture moments by whichever of the two exact forms costs less (see
     :func:`_mixture_moments_from_draw_summaries`)."""
     R, D, S = data.basis.rank, data.num_outputs, q.shape[0]
-    if R < S and (R * D) ** 2 <= MEMORY_BUDGET_ENTRIES:
-        return _mixture_moments_from_draw_summaries(q, lam, noise, data, test, min(batch_size, S))
-    return _mixture_moments(q, lam, noise, data, test, batch_size)
+    if R < S and ((R + 1) * D) ** 2 <= MEMORY_BUDGET_ENTRIES:
+        return _mixture_moments_from_draw_summaries(q, lam, noise, mu, data, test, min(batch_size, S))
+    return _mixture_moments(q, lam, noise, mu, data, test, batch_size)
 
 
 @partial(jax.jit, static_argnames="batch_size")
-def _pointwise_log_density(q, lam, noise, data, test, Y_test, batch_size):
+def _pointwise_log_density(q, lam, noise, mu, data, test, Y_test, batch_size):
     r""":math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s), \Sigma_{*jj}(Q_s) + \sigma_s^2 I)` with a
     running log-sum-exp over batches of draws: memory ``O(b P* D^2)``, never ``(S, P*)``."""
     S = q.shape[0]
     P, D = test.num_test, data.num_outputs
-    args = (_batches(q, batch_size), _batches(lam, batch_size), _batches(noise, batch_size),
+    args = (_batches(q, batch_size), _batches(lam, batch_size), _batches(noise, batch_size), _batches(mu, batch_size),
             _draw_weights(S, batch_size, q.dtype))
-    eye = jnp.eye(D, dtype=q.dtype)
 
-    def one(q1, lam1, noise1):
-        mean, cov = _conditional(q1, lam1, noise1, data, test)
-        return gaussian_logpdf(Y_test - mean, jnp.linalg.cholesky(cov + noise1 * eye))  # (P*,)
+    def one(q1, lam1, noise1, mu1):
+        mean, cov = _conditional(q1, lam1, noise1, data, test, intercept=mu1)
+        return gaussian_logpdf(Y_test - mean, jnp.linalg.cholesky(cov + _noise_matrix(noise1, D)))  # (P*,)
 
     def step(carry, a):
         top, total = carry
-        lp = jnp.where(a[3][:, None] > 0, jax.vmap(one)(*a[:3]), -jnp.inf)  # (b, P*); padding counts 0
+        lp = jnp.where(a[4][:, None] > 0, jax.vmap(one)(*a[:4]), -jnp.inf)  # (b, P*); padding counts 0
         new_top = jnp.maximum(top, lp.max(axis=0))
         total = total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(lp - new_top), axis=0)
         return (new_top, total), None
@@ -276,15 +324,33 @@ def _pointwise_log_density(q, lam, noise, data, test, Y_test, batch_size):
     return jnp.sum(top + jnp.log(total) - jnp.log(S))
 
 
+def _noise_matrix(noise, D: int):
+    r"""The ``D x D`` noise covariance of one draw: :math:`\sigma^2 I_D` for a scalar ``noise``, else ``noise``."""
+    return noise if jnp.ndim(noise) == 2 else noise * jnp.eye(D, dtype=jnp.result_type(noise))
+
+
+def _draw_intercepts(intercept, num_draws: int, data):
+    """Per-draw intercepts ``(S, D)`` in the data's precision (validated), or ``None``."""
+    if intercept is None:
+        return None
+    check_intercept(intercept, data.num_outputs, num_draws=num_draws)
+    if data.intercept_terms is None:
+        raise ValueError("intercepts need data.intercept_terms; set the data up with this version of deeplinear")
+    return jnp.broadcast_to(jnp.asarray(intercept, data.dtype), (num_draws, data.num_outputs))
+
+
 def predictive_moments(q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, *,
-                       batch_size: int = 256):
+                       batch_size: int = 256, noise_covariance=None, intercept=None):
     r"""Mixture mean ``(P*, D)`` and per-input covariance ``(P*, D, D)`` of the predictive over draws
     ``q`` ``(S, D, D)``: :math:`E[m_*]` and :math:`E[\Sigma_*] + \operatorname{Cov}(m_*)` (of ``f``,
     without noise), as :meth:`PredictiveMixture.mean` and :meth:`PredictiveMixture.covariance`.
 
     Pure and jittable: with :func:`deeplinear.data.linear_prediction_kernel` the whole prediction
     can run inside your own ``jit`` (arguments are validated when concrete, not under a trace).
-    ``batch_size`` draws at a time; memory ``O(batch_size P* D^2)``.
+    ``batch_size`` draws at a time; memory ``O(batch_size P* D^2)``. A general output-noise
+    covariance: ``noise_covariance`` ``(S, D, D)`` or ``(D, D)`` with ``noise_variance=None``.
+    Per-output intercepts :math:`\mu` (``intercept`` ``(S, D)`` or ``(D,)``): the predictive of
+    :math:`f + \mu` given the labels :math:`Y - 1\mu^\top`, draw by draw.
     """
     batch_size = check_positive_int("batch_size", batch_size)
     check_regression_data(data)
@@ -293,8 +359,9 @@ def predictive_moments(q, lambda_star, noise_variance, data: RegressionData, tes
     D = data.num_outputs
     if q.ndim != 3 or q.shape[1:] != (D, D):
         raise ValueError(f"q must have shape (S, D, D) with D = {D}, got {q.shape}")
-    lam, noise = check_draw_hyperparameters(lambda_star, noise_variance, q.shape[0], data)
-    mean, expected_cov, spread = _moments(q, lam, noise, data, test, min(batch_size, q.shape[0]))
+    lam, noise = check_draw_hyperparameters(lambda_star, noise_variance, q.shape[0], data, noise_covariance)
+    mu = _draw_intercepts(intercept, q.shape[0], data)
+    mean, expected_cov, spread = _moments(q, lam, noise, mu, data, test, min(batch_size, q.shape[0]))
     return mean, expected_cov + spread
 
 
@@ -326,12 +393,20 @@ class PredictiveMixture:
     q : array ``(S, D, D)``
         Posterior draws of :math:`Q`.
     lambda_star, noise_variance : arrays ``(S,)`` or scalars
+        :math:`\lambda_*` and the noise variance :math:`\sigma^2` (noise :math:`\sigma^2 I_D`);
+        ``noise_variance=None`` with ``noise_covariance``.
     data : RegressionData
         Training data (kernel eigenbasis and rotated labels).
     test : PredictionKernel
         Kernel quantities at the test inputs (:meth:`RegressionData.prediction_kernel`).
     batch_size : int, default 256
         Draws processed at once (memory bound).
+    noise_covariance : array ``(S, D, D)`` or ``(D, D)``, optional
+        A general output-noise covariance :math:`\Sigma_\varepsilon` per draw, in place of
+        :math:`\sigma^2 I_D` (per-output or correlated noise, theory.md §4).
+    intercept : array ``(S, D)`` or ``(D,)``, optional
+        Per-output intercepts :math:`\mu` per draw: the mixture is then that of :math:`f + \mu`
+        (each draw conditioned on :math:`Y - 1\mu^\top`), whose mean includes the intercept.
 
     Raises ``FloatingPointError`` (naming the quantity and the remedy) rather than returning a
     non-finite mean, covariance or log density; the argument checks of
@@ -339,7 +414,8 @@ class PredictiveMixture:
     refuse, before any compilation, the magnitudes that would cause one.
     """
 
-    def __init__(self, q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, batch_size=256):
+    def __init__(self, q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, batch_size=256,
+                 *, noise_covariance=None, intercept=None):
         check_regression_data(data)
         _check_prediction_kernel(test, data)
         q = jnp.asarray(q, data.dtype)
@@ -348,18 +424,36 @@ class PredictiveMixture:
         S = q.shape[0]
         if S == 0:
             raise ValueError("q must hold at least one draw, got shape (0, D, D)")
-        lam, noise = check_draw_hyperparameters(lambda_star, noise_variance, S, data)
+        lam, noise = check_draw_hyperparameters(lambda_star, noise_variance, S, data, noise_covariance)
         if not bool(jnp.all(jnp.isfinite(q))):
             raise ValueError("q contains NaN or infinite values")
         self.q = q
         self.lambda_star = lam
-        self.noise_variance = noise
+        self._noise = noise  # (S,) variances or (S, D, D) covariances
+        self._intercept = _draw_intercepts(intercept, S, data)  # (S, D) or None
         self.data = data
         self.test = test
         self.batch_size = check_positive_int("batch_size", batch_size)
         self._draw_means = None
         self._draw_covs = None
         self._moments = None
+
+    @property
+    def noise_variance(self):
+        r"""Per-draw noise variances ``(S,)`` under :math:`\sigma^2 I_D` noise, else ``None``."""
+        return None if self._noise.ndim == 3 else self._noise
+
+    @property
+    def intercept(self):
+        """Per-draw intercepts ``(S, D)``, or ``None`` for a model without intercepts."""
+        return self._intercept
+
+    @property
+    def noise_covariance(self):
+        r"""Per-draw output-noise covariances ``(S, D, D)`` (:math:`\sigma^2 I_D` for scalar noise)."""
+        if self._noise.ndim == 3:
+            return self._noise
+        return self._noise[:, None, None] * jnp.eye(self.data.num_outputs, dtype=self._noise.dtype)
 
     @property
     def num_draws(self) -> int:
@@ -380,7 +474,7 @@ class PredictiveMixture:
     def _mixture(self):
         if self._moments is None:
             moments = _moments(
-                self.q, self.lambda_star, self.noise_variance, self.data, self.test, self._draw_batch()
+                self.q, self.lambda_star, self._noise, self._intercept, self.data, self.test, self._draw_batch()
             )
             _check_finite("the predictive means and covariances", *moments)
             self._moments = moments
@@ -389,7 +483,7 @@ class PredictiveMixture:
     def _compute(self):
         if self._draw_means is None:
             means, covs = _all_draws(
-                self.q, self.lambda_star, self.noise_variance, self.data, self.test, self.batch_size
+                self.q, self.lambda_star, self._noise, self._intercept, self.data, self.test, self.batch_size
             )
             _check_finite("the predictive means and covariances", means, covs)
             self._draw_means, self._draw_covs = means, covs
@@ -413,13 +507,13 @@ class PredictiveMixture:
 
     def covariance(self, include_noise: bool = False):
         r"""Per-input ``D x D`` predictive covariance :math:`E[\Sigma_*] + \operatorname{Cov}(m_*)`,
-        ``(P*, D, D)``; ``include_noise`` adds :math:`E[\sigma^2] I` (new labels, not ``f``).
+        ``(P*, D, D)``; ``include_noise`` adds :math:`E[\Sigma_\varepsilon]` (new labels, not ``f``).
         Accumulated over batches of draws: memory ``O(b P* D^2)``, time ``O(S P* R D^2)``."""
         include_noise = check_bool("include_noise", include_noise)
         _, expected_cov, spread = self._mixture()
         cov = expected_cov + spread
         if include_noise:
-            cov = cov + jnp.mean(self.noise_variance) * jnp.eye(cov.shape[-1], dtype=cov.dtype)
+            cov = cov + jnp.mean(self.noise_covariance, axis=0)
         return cov
 
     def correlation(self):
@@ -432,24 +526,26 @@ class PredictiveMixture:
         include_noise = check_bool("include_noise", include_noise)
 
         def step(acc, a):
-            mean, cov = _conditional(*a, data=self.data, test=self.test, joint=True)
+            mean, cov = _conditional(*a[:3], self.data, self.test, True, a[3])
             return (acc[0] + cov, acc[1] + jnp.einsum("jd,ke->jdke", mean, mean)), None
 
         P, D = self.num_test, self.data.num_outputs
         check_joint_size(P, D)
         zero = jnp.zeros((P, D, P, D), self.q.dtype)
-        (sum_cov, sum_mm), _ = jax.lax.scan(step, (zero, zero), (self.q, self.lambda_star, self.noise_variance))
+        draws = (self.q, self.lambda_star, self._noise, self._intercept)
+        (sum_cov, sum_mm), _ = jax.lax.scan(step, (zero, zero), draws)
         S = self.num_draws
         m = self.mean
         cov = sum_cov / S + sum_mm / S - jnp.einsum("jd,ke->jdke", m, m)
         if include_noise:
-            cov = cov + jnp.mean(self.noise_variance) * jnp.eye(P * D, dtype=cov.dtype).reshape(P, D, P, D)
+            noise = jnp.mean(self.noise_covariance, axis=0)
+            cov = cov + jnp.einsum("jk,de->jdke", jnp.eye(P, dtype=cov.dtype), noise)
         return cov
 
     def sample(self, key: KeyLike, sample_shape=(), include_noise: bool = False):
         r"""Joint draws from the mixture, ``sample_shape + (P*, D)``: pick a posterior draw
         uniformly, then :math:`f_* \sim N(m_*(Q), \Sigma_*(Q))` jointly over the test inputs
-        (plus :math:`\sigma^2 I` noise with ``include_noise``: new labels instead of ``f``)."""
+        (plus :math:`\Sigma_\varepsilon` noise with ``include_noise``: new labels instead of ``f``)."""
         key = check_key(key)
         sample_shape = check_sample_shape(sample_shape)
         include_noise = check_bool("include_noise", include_noise)
@@ -462,12 +558,14 @@ class PredictiveMixture:
         def one(k):
             k1, k2, k3 = jax.random.split(k, 3)
             s = jax.random.randint(k1, (), 0, self.num_draws)
-            lam, noise = self.lambda_star[s], self.noise_variance[s]
-            mean, cov = _conditional(self.q[s], lam, noise, self.data, self.test, joint=True)
+            lam, noise = self.lambda_star[s], self._noise[s]
+            mu = None if self._intercept is None else self._intercept[s]
+            mean, cov = _conditional(self.q[s], lam, noise, self.data, self.test, joint=True, intercept=mu)
             root = psd_root(cov.reshape(P * D, P * D))  # row-major over (test input, output)
             f = (mean.reshape(-1) + root @ jax.random.normal(k2, (P * D,), self.q.dtype)).reshape(P, D)
             if include_noise:
-                f = f + jnp.sqrt(self.noise_variance[s]) * jax.random.normal(k3, (P, D), self.q.dtype)
+                noise_root = jnp.linalg.cholesky(_noise_matrix(noise, D))
+                f = f + jax.random.normal(k3, (P, D), self.q.dtype) @ noise_root.T
             return f
 
         out = jax.lax.map(one, jax.random.split(key, n), batch_size=self.batch_size)
@@ -477,29 +575,27 @@ class PredictiveMixture:
         r"""Held-out log predictive density of labels ``Y_test`` (``(P*, D)``, one row per test input).
 
         ``joint=False`` (default): :math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s),
-        \Sigma_{*jj}(Q_s) + \sigma_s^2 I)`, the usual pointwise sum. ``joint=True``:
-        :math:`\log \frac1S \sum_s N(\operatorname{vec} Y_*; m_*(Q_s), \Sigma_*(Q_s) + \sigma_s^2 I)`.
+        \Sigma_{*jj}(Q_s) + \Sigma_{\varepsilon,s})`, the usual pointwise sum (:math:`\Sigma_{\varepsilon,s} =
+        \sigma_s^2 I` for scalar noise). ``joint=True``: :math:`\log \frac1S \sum_s
+        N(\operatorname{vec} Y_*; m_*(Q_s), \Sigma_*(Q_s) + I_{P_*}\otimes\Sigma_{\varepsilon,s})`.
         """
         P, D = self.num_test, self.data.num_outputs
         Y_test = jnp.asarray(check_labels(Y_test, num_obs=P, num_outputs=D, name="Y_test"), self.q.dtype)
         joint = check_bool("joint", joint)
         if not joint:
-            lpd = _pointwise_log_density(self.q, self.lambda_star, self.noise_variance, self.data, self.test,
+            lpd = _pointwise_log_density(self.q, self.lambda_star, self._noise, self._intercept, self.data, self.test,
                                          Y_test, self._draw_batch())
             _check_finite("the held-out log predictive density", lpd)
             return lpd
         check_joint_size(P, D)
-        eye = jnp.eye(D, dtype=self.q.dtype)
 
         def per_draw(a):
-            q, lam, noise = a
-            mean, cov = _conditional(q, lam, noise, self.data, self.test, joint=joint)
-            if joint:
-                c = cov.reshape(P * D, P * D) + noise * jnp.eye(P * D, dtype=q.dtype)
-                return gaussian_logpdf((Y_test - mean).reshape(-1), jnp.linalg.cholesky(c))
-            return gaussian_logpdf(Y_test - mean, jnp.linalg.cholesky(cov + noise * eye))
+            q, lam, noise, mu = a
+            mean, cov = _conditional(q, lam, noise, self.data, self.test, joint=True, intercept=mu)
+            c = cov.reshape(P * D, P * D) + jnp.kron(jnp.eye(P, dtype=q.dtype), _noise_matrix(noise, D))
+            return gaussian_logpdf((Y_test - mean).reshape(-1), jnp.linalg.cholesky(c))
 
-        lp = jax.lax.map(per_draw, (self.q, self.lambda_star, self.noise_variance), batch_size=self.batch_size)
+        lp = jax.lax.map(per_draw, (self.q, self.lambda_star, self._noise, self._intercept), batch_size=self.batch_size)
         lpd = jnp.sum(jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(self.num_draws))
         _check_finite("the held-out log predictive density", lpd)
         return lpd

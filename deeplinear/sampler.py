@@ -59,7 +59,7 @@ class SamplerRun(NamedTuple):
 
 
 def model_of_arguments(args, observed=True, labels=None):
-    """The model as a function of one pytree ``(prior, lambda_star, noise_variance, ratio, data)``
+    """The model as a function of one pytree ``(prior, lambda_star, noise_variance, ratio, data, intercept)``
     (:meth:`deeplinear.models.ModelSpec.model_arguments`; the body is
     :func:`deeplinear.models.model_body`), conditioned on ``labels`` when given (simulation-based
     calibration), else on ``data``'s labels; ``observed=False`` samples the labels."""
@@ -188,14 +188,14 @@ def run_nuts(
 ) -> SamplerRun:
     """Run ``num_chains`` NUTS chains on :func:`model_of_arguments` ``(model_args)``.
 
-    ``model_args`` is the pytree ``(prior, lambda_star, noise_variance, ratio, data)`` of
+    ``model_args`` is the pytree ``(prior, lambda_star, noise_variance, ratio, data, intercept)`` of
     :meth:`deeplinear.models.ModelSpec.model_arguments` (validated by the caller); ``key`` a raw
     PRNG key, split into one key per chain, so a chain's draws do not depend on ``chain_method``
     (:data:`CHAIN_METHODS`; see :func:`deeplinear.inference.fit`). Same key, same draws."""
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}")
     keys = jax.random.split(key, num_chains)
-    accept = jnp.asarray(target_accept_prob, model_args[-1].dtype)
+    accept = jnp.asarray(target_accept_prob, model_args[4].dtype)  # the data's precision
     static = {"num_warmup": num_warmup, "max_tree_depth": max_tree_depth}
     total = num_warmup + num_samples
     bounds = np.linspace(0, total, PROGRESS_UPDATES + 1 if progress_bar else 2).round().astype(int)

@@ -39,7 +39,7 @@ from deeplinear._types import KeyLike
 from deeplinear._validation import check_positive_int, check_probability, raw_key
 from deeplinear.inference import _interactive, check_sampler_settings
 from deeplinear.likelihood import KroneckerNormal
-from deeplinear.models import ModelSpec
+from deeplinear.models import ModelSpec, NoiseArguments
 from deeplinear.priors import NNGPPrior
 from deeplinear.sampler import model_of_arguments, nuts_kernel
 
@@ -51,13 +51,22 @@ def _quantity_names(spec: ModelSpec):
     names = []
     if not isinstance(spec.prior, NNGPPrior):
         names += [f"Q[{r},{s}]" for r in range(D) for s in range(r + 1)]
-    return names + list(spec.inferred) + ["log_likelihood"]
+    for h in spec.inferred:
+        if h == "noise_variance" and spec.noise_model != "scalar":
+            names += [f"noise_variance[{d}]" for d in range(D)]
+        elif h == "intercept":
+            names += [f"intercept[{d}]" for d in range(D)]
+        elif h == "noise_correlation":
+            names += [f"noise_correlation[{r},{s}]" for r in range(D) for s in range(r)]
+        else:
+            names.append(h)
+    return names + ["log_likelihood"]
 
 
 def _quantities(draws, labels, model_args, inferred):
     """Test quantities ``(..., k)`` from (constrained) draws with leading batch dims (the order of
     :func:`_quantity_names`); ``model_args`` is :meth:`ModelSpec.model_arguments`."""
-    prior, fixed_lam, fixed_noise, _, data = model_args
+    prior, fixed_lam, fixed_noise, _, data, fixed_intercept = model_args
     q = draws["Q"]
     batch = q.shape[:-2]
     dtype = q.dtype
@@ -67,13 +76,36 @@ def _quantities(draws, labels, model_args, inferred):
         order = np.lexsort((cols_, rows))  # row-major over the lower triangle
         cols.append(q[..., rows[order], cols_[order]])
     for h in inferred:
-        cols.append(draws[h].reshape(batch + (1,)))
+        if h == "noise_correlation":
+            D = q.shape[-1]
+            rows, cols_ = np.tril_indices(D, k=-1)
+            order = np.lexsort((cols_, rows))
+            cols.append(draws[h][..., rows[order], cols_[order]])
+        else:
+            cols.append(draws[h].reshape(batch + (-1,)))
     lam = draws["lambda_star"] if "lambda_star" in draws else jnp.broadcast_to(fixed_lam, batch)
-    noise = draws["noise_variance"] if "noise_variance" in draws else jnp.broadcast_to(fixed_noise, batch)
+    matrix_noise = isinstance(fixed_noise, NoiseArguments)
+    if matrix_noise:
+        noise = draws["noise_covariance"]
+    else:
+        noise = draws["noise_variance"] if "noise_variance" in draws else jnp.broadcast_to(fixed_noise, batch)
+    if noise.shape[:len(batch)] != batch:  # fixed covariance: a deterministic site without the batch dims
+        noise = jnp.broadcast_to(noise, batch + noise.shape[-2:])
     flat = lambda x: x.reshape((-1,) + x.shape[len(batch):])  # noqa: E731
-    loglik = jax.vmap(lambda qq, ll, nn: KroneckerNormal(qq, ll, nn, data).log_prob(labels))(
-        flat(q), flat(lam), flat(noise)
-    ).reshape(batch + (1,))
+    if fixed_intercept is None:
+        intercept = jnp.zeros(batch + (q.shape[-1],), dtype)
+    elif "intercept" in draws:
+        intercept = draws["intercept"]
+    else:
+        intercept = jnp.broadcast_to(fixed_intercept, batch + fixed_intercept.shape)
+
+    def loglik_one(qq, ll, nn, mu):
+        mu = None if fixed_intercept is None else mu
+        if matrix_noise:
+            return KroneckerNormal(qq, ll, None, data, noise_covariance=nn, intercept=mu).log_prob(labels)
+        return KroneckerNormal(qq, ll, nn, data, intercept=mu).log_prob(labels)
+
+    loglik = jax.vmap(loglik_one)(flat(q), flat(lam), flat(noise), flat(intercept)).reshape(batch + (1,))
     cols.append(loglik)
     return jnp.concatenate([c.astype(dtype) for c in cols], axis=-1)
 
@@ -246,6 +278,9 @@ def simulation_based_calibration(
     lambda_star=1.0,
     noise_variance=1.0,
     ratio: dist.Distribution | None = None,
+    noise_model: str = "scalar",
+    noise_correlation=None,
+    intercept=None,
     num_simulations: int = 100,
     num_warmup: int = 500,
     num_samples: int = 1000,
@@ -269,7 +304,7 @@ def simulation_based_calibration(
     ----------
     data : RegressionData
         Inputs (linear kernel or Gram matrix); the labels only fix ``P`` and ``D``.
-    prior, lambda_star, noise_variance, ratio
+    prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept
         The configuration, as in :func:`~deeplinear.fit` (``prior`` may be a
         :class:`~deeplinear.models.ModelSpec`); at least one
         latent quantity must be inferred (an NNGP with fixed hyperparameters has an exact,
@@ -298,7 +333,7 @@ def simulation_based_calibration(
     >>> res.num_simulations, res.num_draws, list(res.ranks)
     (8, 10, ['Q[0,0]', 'log_likelihood'])
     """
-    spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio)
+    spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
     spec.check_data(data)
     data.require_rows("simulation-based calibration (simulated labels)")
     spec.prior.warn_if_underflows(data.dtype, stacklevel=3)

@@ -67,6 +67,9 @@ class LinearStatistics:
     input_range, label_range : (float, float)
         Smallest nonzero and largest magnitude of ``X`` and of ``Y`` (to check, at set-up, that the
         working precision can hold them, as the in-memory set-up does).
+    input_sums, label_sums : numpy.ndarray ``(N0,)``, ``(D,)``
+        Column sums :math:`X^\top 1`, :math:`Y^\top 1` (what per-output intercepts need:
+        :class:`~deeplinear.data.InterceptTerms`); merged by adding.
 
     Build with :meth:`from_chunk`, combine with :meth:`merge` (associative; ``R`` is unique up to
     the signs of its rows, which nothing downstream depends on), or do both with
@@ -88,6 +91,8 @@ class LinearStatistics:
     num_features: int
     input_range: tuple[float, float]
     label_range: tuple[float, float]
+    input_sums: np.ndarray | None = None
+    label_sums: np.ndarray | None = None
 
     @property
     def num_outputs(self) -> int:
@@ -102,7 +107,8 @@ class LinearStatistics:
         Y = check_labels(Y, num_obs=X.shape[0], name="Y (chunk)")
         n = X.shape[1] + Y.shape[1]
         r = np.linalg.qr(np.hstack([X, Y]), mode="r")
-        return cls(_square(r, n), X.shape[0], X.shape[1], _magnitude_range(X), _magnitude_range(Y))
+        return cls(_square(r, n), X.shape[0], X.shape[1], _magnitude_range(X), _magnitude_range(Y),
+                   X.sum(axis=0), Y.sum(axis=0))
 
     def merge(self, other: LinearStatistics) -> LinearStatistics:
         """Statistics of the rows of both (``R`` of the two stacked ``R`` factors)."""
@@ -114,9 +120,13 @@ class LinearStatistics:
                 f"{(self.num_features, self.num_outputs)}: every chunk must have the same columns"
             )
         r = np.linalg.qr(np.vstack([self.r_factor, other.r_factor]), mode="r")
+        sums = (None, None)
+        if self.input_sums is not None and other.input_sums is not None:
+            sums = (self.input_sums + other.input_sums, self.label_sums + other.label_sums)
         return LinearStatistics(
             _square(r, r.shape[1]), self.num_rows + other.num_rows, self.num_features,
             _merge_ranges(self.input_range, other.input_range), _merge_ranges(self.label_range, other.label_range),
+            *sums,
         )
 
     @classmethod

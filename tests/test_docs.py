@@ -25,6 +25,20 @@ def test_every_public_name_and_member_has_a_docstring():
     assert not missing, missing
 
 
+def test_no_string_in_the_package_holds_a_control_character():
+    """A formula such as ``\\tilde``, ``\\bar`` or ``\\varepsilon`` in a docstring that is not a raw
+    string becomes a tab, backspace or vertical tab: the rendered math is garbled."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / "deeplinear").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if any(c in node.value for c in "\t\x0b\x0c\x07\x08\r"):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not bad, f"use a raw docstring (r\"\"\"...) at {bad}"
+
+
 def test_api_reference_is_up_to_date():
     assert (ROOT / "docs" / "api.md").read_text() == make_api.render(), "run python docs/make_api.py"
 

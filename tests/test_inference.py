@@ -84,26 +84,39 @@ def test_d1_mcmc_matches_exact(prior, P, noise):
         np.testing.assert_array_less(np.abs(pmean - ex.pred_mean), SIGMAS * se_m)
 
 
-def test_d2_predictive_matches_weight_space_nuts():
-    """N = 6, L = 3, D = 2: Q-space posterior predictive vs NUTS on all 102 weights."""
+NOISE_VARIANCES, NOISE_CORRELATION = (0.1, 0.15), 0.6  # the correlated-noise case (per-output variances)
+
+
+@pytest.mark.parametrize("noise_model", ["scalar", "full"])
+def test_d2_predictive_matches_weight_space_nuts(noise_model):
+    """N = 6, L = 3, D = 2: Q-space posterior predictive vs NUTS on all 102 weights; with scalar
+    noise sigma^2 I and with a fixed correlated noise covariance (per-output variances 0.1 and
+    0.15, correlation 0.6)."""
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
         N0, P, D, N, L, noise = 3, 8, 2, 6, 3, 0.1
         X, Xt = rng.normal(size=(N0, P)), rng.normal(size=(N0, 2))
         f = rng.normal(size=(1, N0)) @ X / np.sqrt(N0)
         Y = np.vstack([f, 0.8 * f]) + 0.3 * rng.normal(size=(2, P))
+        corr = np.array([[1.0, NOISE_CORRELATION], [NOISE_CORRELATION, 1.0]])
+        sd = np.sqrt(NOISE_VARIANCES)
+        noise_kw = {"noise_variance": noise}
+        fit_kw = {"noise_variance": noise}
+        if noise_model == "full":
+            noise_kw = {"noise_covariance": jnp.asarray(sd[:, None] * corr * sd[None, :])}
+            fit_kw = {"noise_variance": NOISE_VARIANCES, "noise_model": "full", "noise_correlation": corr}
 
         mcmc = MCMC(NUTS(weight_space_model, target_accept_prob=0.9), num_warmup=WS_WARMUP,
                     num_samples=WS_DRAWS, num_chains=4, chain_method="sequential", progress_bar=False)
         mcmc.run(jax.random.PRNGKey(0), jnp.asarray(X.T), jnp.asarray(Y.T), widths=(N,) * L, num_outputs=D,
-                 noise_variance=noise, X_test=jnp.asarray(Xt.T))
+                 X_test=jnp.asarray(Xt.T), **noise_kw)
         ft = np.asarray(mcmc.get_samples(group_by_chain=True)["f_test"])  # (C, S, P*, D)
         ws_mean, ws_mean_se = _mcse(ft)
         dev = ft - ws_mean
         ws_cov, ws_cov_se = _mcse(np.einsum("csjd,csje->csjde", dev, dev))
 
-        res = fit(RegressionData.linear(X.T, Y.T), FiniteWidthPrior.from_depth_width(L, N, D), noise_variance=noise,
-                  num_warmup=NUM_WARMUP, num_samples=NUM_DRAWS, num_chains=NUM_CHAINS, key=2)
+        res = fit(RegressionData.linear(X.T, Y.T), FiniteWidthPrior.from_depth_width(L, N, D),
+                  num_warmup=NUM_WARMUP, num_samples=NUM_DRAWS, num_chains=NUM_CHAINS, key=2, **fit_kw)
         pm = res.predict(Xt.T)
         md = np.asarray(pm.draw_means).reshape(NUM_CHAINS, NUM_DRAWS, -1, D)
         cd = np.asarray(pm.draw_covariances).reshape(NUM_CHAINS, NUM_DRAWS, -1, D, D)

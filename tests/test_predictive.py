@@ -240,7 +240,7 @@ def test_batched_mixture_moments_equal_the_per_draw_formula(kind):
             np.testing.assert_allclose(np.asarray(pm.covariance()), ref_cov, rtol=1e-11, atol=1e-12)
             # both exact forms: per draw and test input, and from the draws' test-independent summaries
             for form in (predictive._mixture_moments, predictive._mixture_moments_from_draw_summaries):
-                mean, expected, spread = form(jnp.asarray(q), jnp.asarray(lam), jnp.asarray(noise), data, test,
+                mean, expected, spread = form(jnp.asarray(q), jnp.asarray(lam), jnp.asarray(noise), None, data, test,
                                               min(batch, len(q)))
                 np.testing.assert_allclose(np.asarray(mean), means.mean(0), rtol=1e-12, atol=1e-12)
                 np.testing.assert_allclose(np.asarray(expected + spread), ref_cov, rtol=1e-11, atol=1e-12)

@@ -10,6 +10,7 @@ comparison (LOO, held-out log density, predictive correlations) and a figure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -28,7 +29,7 @@ def _add_common(p):
     p.add_argument("--test", type=Path, default=None, help="test file with the same columns (labels optional for fit)")
     p.add_argument("--model", type=Path, default=None,
                    help="a model specification in JSON (deeplinear.ModelSpec.to_json); replaces --prior, --depth, "
-                   "--width, --ratio, --infer-ratio, --steps, --noise and --lambda-star")
+                   "--width, --ratio, --infer-ratio, --steps, --noise, --noise-model, --intercept and --lambda-star")
     p.add_argument("--prior", choices=("finite", "limit", "nngp"), default="limit", help="prior over Q (default limit)")
     p.add_argument("--depth", type=positive_int, help="finite: number of hidden layers L")
     p.add_argument("--width", type=positive_int, help="finite: hidden width N (>= number of outputs)")
@@ -36,7 +37,14 @@ def _add_common(p):
     p.add_argument("--infer-ratio", action="store_true", help="limit: infer a with a LogNormal(0, 1) prior")
     p.add_argument("--steps", type=positive_int, default=32, help="limit: time steps of the simulator")
     p.add_argument("--noise", type=float, default=None,
-                   help="fixed noise variance (standardized units); default: inferred, HalfNormal(1) prior")
+                   help="fixed noise variance (standardized units; with --noise-model diagonal or full, every "
+                   "output's); default: inferred, HalfNormal(1) prior")
+    p.add_argument("--noise-model", choices=("scalar", "diagonal", "full"), default="scalar",
+                   help="output noise: one variance for all outputs (default), one per output, or a full "
+                   "covariance (per-output variances and an LKJ(1) prior on the noise correlation)")
+    p.add_argument("--intercept", action="store_true",
+                   help="per-output intercepts with a Normal(0, 1) prior (standardized units); default: none "
+                   "(the standardized labels are centred)")
     p.add_argument("--lambda-star", type=float, default=1.0, help="fixed prior scale lambda* (default 1)")
     p.add_argument("--chains", type=positive_int, default=2)
     p.add_argument("--samples", type=positive_int, default=1000, help="posterior draws per chain")
@@ -115,9 +123,15 @@ def model_spec(args, num_outputs: int):
         prior = {"kind": "nngp"}
     prior["num_outputs"] = num_outputs
     noise = {"distribution": "HalfNormal", "scale": 1.0} if args.noise is None else args.noise
+    if args.noise is not None and args.noise_model != "scalar":
+        noise = [args.noise] * num_outputs
     infer_ratio = args.infer_ratio and args.prior == "limit"
     ratio = {"distribution": "LogNormal", "loc": 0.0, "scale": 1.0} if infer_ratio else None
     spec = {"prior": prior, "lambda_star": args.lambda_star, "noise_variance": noise, "ratio": ratio}
+    if args.noise_model != "scalar":
+        spec["noise_model"] = args.noise_model
+    if args.intercept:
+        spec["intercept"] = {"distribution": "Normal", "loc": 0.0, "scale": 1.0}
     return ModelSpec.from_dict(spec)
 
 
@@ -205,7 +219,6 @@ def run_compare(args) -> int:
 
     from deeplinear.app.outputs import OutputFiles
     from deeplinear.comparison import compare_models
-    from deeplinear.models import ModelSpec
     from deeplinear.plotting import plot_predictive_correlations
     from deeplinear.priors import NNGPPrior
 
@@ -217,7 +230,7 @@ def run_compare(args) -> int:
     with_figure = prep.X_test is not None and D > 1
     names = ["comparison.csv"] + (["comparison.png"] if with_figure else [])
     with OutputFiles(args.output, names, overwrite=args.overwrite) as outputs:
-        nngp = ModelSpec(NNGPPrior(D), spec.lambda_star, spec.noise_variance)
+        nngp = dataclasses.replace(spec, prior=NNGPPrior(D), ratio=None)  # the same hyperparameters and noise
         name = {"FiniteWidthPrior": "finite", "ProportionalLimitPrior": "limit"}[type(spec.prior).__name__]
         fits = {name: _fit_one(args, prep, spec), "nngp": _fit_one(args, prep, nngp)}
         comp = compare_models(fits, prep.X_test, prep.Y_test)
