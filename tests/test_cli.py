@@ -144,3 +144,16 @@ def test_fit_errors_are_one_line(tmp_path, capsys, monkeypatch):
         code, _, err = run_in_process(args, tmp_path, capsys, monkeypatch)
         assert code == 2, (args, err)
         assert fragment in err and "Traceback" not in err, (args, err)
+
+
+def test_noise_model_and_intercept_flags_build_the_model():
+    from deeplinear.app.cli import _build_parser
+    from deeplinear.app.fit import model_spec
+
+    base = ["fit", "--data", "train.csv", *LINNERUD]
+    full = model_spec(_build_parser().parse_args([*base, "--noise-model", "full", "--intercept"]), 3)
+    assert full.noise_model == "full" and full.to_dict()["intercept"]["distribution"] == "Normal"
+    assert full.to_dict()["noise_correlation"] == {"distribution": "LKJCholesky", "dimension": 3, "concentration": 1.0}
+    fixed = model_spec(_build_parser().parse_args([*base, "--noise-model", "diagonal", "--noise", "0.3"]), 3)
+    assert fixed.noise_variance == (0.3, 0.3, 0.3) and fixed.intercept is None
+    assert model_spec(_build_parser().parse_args(base), 3).noise_model == "scalar"

@@ -66,3 +66,20 @@ def test_uniformity_test_detects_miscalibration(shape):
     assert not bad.passed(PROB)
     good = SBCResult({"x": np.sum(rng.normal(size=(S, M)) < truth[:, None], axis=1)}, M, np.zeros(S), "exact")
     assert good.passed(PROB)
+
+
+def test_sbc_quantities_of_full_noise_and_intercepts():
+    """A short run (plumbing, not calibration: benchmarks/sbc.py calibrates these with 500
+    simulations): every noise variance, noise correlation and intercept is ranked."""
+    X = np.random.default_rng(3).normal(size=(N0, P)).T
+    data = RegressionData.linear(X, np.zeros((P, 2)))
+    res = simulation_based_calibration(
+        data, FiniteWidthPrior.from_depth_width(2, 4, 2), noise_model="full",
+        noise_variance=dist.LogNormal(np.log(0.5), 0.5), noise_correlation=dist.LKJCholesky(2, 2.0),
+        intercept=dist.Normal(0.0, 1.0), num_simulations=6, num_warmup=30, num_samples=20, thin=2, key=1,
+        progress_bar=False,
+    )
+    assert list(res.ranks) == ["Q[0,0]", "Q[1,0]", "Q[1,1]", "noise_variance[0]", "noise_variance[1]",
+                               "noise_correlation[1,0]", "intercept[0]", "intercept[1]", "log_likelihood"]
+    for r in res.ranks.values():
+        assert r.min() >= 0 and r.max() <= res.num_draws
