@@ -92,7 +92,7 @@ def main():
     X = np.random.default_rng(2024).normal(size=(N0, P)).T  # rows are inputs
     platform = jax.devices()[0].platform
     lines = [
-        "# Simulation-based calibration: " + ("full matrix" if not args.only else f"configurations matching {args.only}"),
+        "# Simulation-based calibration: " + (f"configurations matching {args.only}" if args.only else "full matrix"),
         "",
         f"Machine: {describe()}",
         "",
