@@ -36,7 +36,9 @@ class ModelComparison(NamedTuple):
         One row per model: ``elpd_loo``, ``elpd_loo_se``, ``max_pareto_k`` (PSIS reliability:
         above 0.7 the LOO estimate for some input is unreliable), ``heldout_lpd`` (if test labels
         were given), mean predictive variance and mean/max absolute cross-output correlation
-        at the test inputs, and posterior mean of ``Q``'s correlation.
+        at the test inputs, and the mean absolute off-diagonal entry of the posterior mean of
+        ``corr(Q)`` (absolute values, so correlations of opposite signs do not cancel; the
+        entries with their signs are in ``q_correlation``).
     loo : pandas.DataFrame
         ``arviz.compare`` on the LOO estimates (ranked, with weights).
     predictive : dict[str, deeplinear.predictive.PredictiveMixture]
@@ -85,6 +87,7 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
         loos = {name: loo(f, rows=rows, seed=loo_seed) for name, f in fits.items()}
     rows, predictive, q_correlation = [], {}, {}
+    D = next(iter(fits.values())).data.num_outputs
     for name, f in fits.items():
         qcorr = q_correlation[name] = correlation_matrix(f.draws("Q")).mean(0)
         row = {
@@ -92,7 +95,7 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
             "elpd_loo": loos[name].elpd,
             "elpd_loo_se": loos[name].se,
             "max_pareto_k": float(np.max(loos[name].pareto_k)) if loos[name].pareto_k is not None else np.nan,
-            "mean_Q_offdiag_corr": _mean_offdiag(qcorr[None])[0],
+            "mean_abs_Q_offdiag_corr": float(np.abs(_offdiag(qcorr)).mean()) if D > 1 else 0.0,
         }
         if has_test:
             pm = f.predict(X_test, cross_gram=cross_gram, test_gram=test_gram)
@@ -101,7 +104,7 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
             corr = np.asarray(pm.correlation())
             row["mean_pred_var"] = float(np.mean(np.einsum("jdd->jd", cov)))
             off = _offdiag(corr)
-            row["mean_pred_corr"] = float(off.mean()) if off.size else 0.0
+            row["mean_abs_pred_corr"] = float(np.abs(off).mean()) if off.size else 0.0
             row["max_abs_pred_corr"] = float(np.abs(off).max()) if off.size else 0.0
             if Y_test is not None:
                 row["heldout_lpd"] = float(pm.log_predictive_density(Y_test))
@@ -115,11 +118,6 @@ def _offdiag(mats):
     D = mats.shape[-1]
     r, c = np.tril_indices(D, k=-1)
     return mats[..., r, c]
-
-
-def _mean_offdiag(mats):
-    off = _offdiag(mats)
-    return off.mean(-1) if off.shape[-1] else np.zeros(mats.shape[:-2])
 
 
 def _check_same_data(fits: dict) -> None:

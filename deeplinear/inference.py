@@ -13,7 +13,10 @@ dims (``obs``, ``output``, ``output_bis``, ``layer``/``step``, ``offdiag``; obse
 models correctly for this non-factorized Gaussian model.
 
 With the NNGP prior and fixed ``lambda_star``, ``noise_variance`` there is nothing to
-sample: the posterior is exact (``Q = I``) and no MCMC runs.
+sample: the posterior is exact (``Q = I``) and no MCMC runs. Its pointwise terms are then the
+same in every draw, which ``az.loo`` cannot fit a Pareto tail to ("All tail values are the
+same"): use :func:`deeplinear.loo` (uniform weights, ``k = 0``: the exact LOO) or
+:func:`deeplinear.compare_models`, which take any fit.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import sys
 import warnings
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import xarray as xr
 
+from deeplinear._linalg import psd_root
 from deeplinear._precision import warn_if_interpolation_ill_conditioned, warn_if_unresolvable_in_float32
 from deeplinear._types import KeyLike
 from deeplinear._validation import (
@@ -37,7 +42,12 @@ from deeplinear._validation import (
     raw_key,
 )
 from deeplinear.data import RegressionData
-from deeplinear.likelihood import loo_log_likelihood_draws
+from deeplinear.likelihood import (
+    KroneckerNormal,
+    _loo_conditional_from_terms,
+    _loo_data_terms,
+    loo_log_likelihood_draws,
+)
 from deeplinear.models import ModelSpec
 from deeplinear.predictive import PredictiveMixture
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
@@ -47,6 +57,7 @@ __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
 
 RHAT_THRESHOLD = 1.01
 LOO_BUDGET_ENTRIES = 2**25  # S x P pointwise LOO terms stored at most (128 MiB in float32); deeplinear.loo subsamples
+SYMMETRIC_VARIABLES = ("Q", "noise_covariance", "noise_correlation")  # shown once per entry by summary()
 MAX_STORED_DRAWS = 10**8  # num_chains * num_samples above this cannot be stored; refuse up front
 
 
@@ -101,7 +112,9 @@ class PosteriorFit:
     ----------
     datatree : xarray.DataTree
         ArviZ posterior (``posterior``, ``sample_stats``, ``observed_data``,
-        ``log_likelihood``); pass it to ``az.summary``, ``az.loo``, ``az.compare``, plots.
+        ``log_likelihood``); pass it to ``az.summary``, ``az.loo``, ``az.compare``, plots (for the
+        exact NNGP fit, whose draws are all equal, use :func:`deeplinear.loo` and
+        :func:`deeplinear.compare_models` instead of ``az.loo``/``az.compare``).
     spec : ModelSpec
         The model that was fitted (prior and hyperparameters).
     data : RegressionData
@@ -145,6 +158,128 @@ class PosteriorFit:
             return self.draws("noise_variance")
         return self.draws("noise_covariance")
 
+    def add_predictive_groups(self, key: KeyLike = 0, *, prior_draws: int | None = None) -> PosteriorFit:
+        r"""Add ArviZ's ``posterior_predictive`` group and, with ``prior_draws``, the ``prior`` and
+        ``prior_predictive`` groups, in place (returns ``self``), for ``plot_ppc_dist`` and
+        ``plot_prior_posterior``.
+
+        * ``posterior_predictive``: one replicated data set per posterior draw, labels ``Y``
+          ``(chain, draw, obs, output)``,
+          :math:`Y^{\text{rep}} \sim N(1\mu^\top, \lambda_* Q\otimes K + \Sigma_\varepsilon\otimes I)`
+          (:meth:`~deeplinear.likelihood.KroneckerNormal.sample`; ``S x P x D`` numbers, within
+          ``LOO_BUDGET_ENTRIES``). For LOO-PIT use :meth:`loo_pit_tree`;
+        * ``prior`` and ``prior_predictive``: ``prior_draws`` draws of every site of the model with
+          the labels not observed (one chain).
+
+        Needs the per-row data (not a streamed set-up). Same key, same draws."""
+        import arviz_base
+        from numpyro.infer import Predictive
+
+        from deeplinear.sampler import model_of_arguments
+
+        rng = raw_key(key)
+        if prior_draws is not None:
+            prior_draws = check_positive_int("prior_draws", prior_draws)
+        rep = self._replicates(rng, _replicate_labels, "add_predictive_groups (replicated labels)")
+        groups = {"posterior_predictive": {"Y": rep}}
+        if prior_draws is not None:
+            draws = Predictive(model_of_arguments, num_samples=prior_draws)(
+                jax.random.fold_in(rng, 1), self.spec.model_arguments(self.data), observed=False)
+            draws = {k: np.asarray(v)[None] for k, v in draws.items()}
+            groups["prior_predictive"] = {"Y": draws.pop("Y")}
+            groups["prior"] = draws
+        tree = arviz_base.from_dict(groups, **self._dims_and_coords())
+        for name in groups:
+            self.datatree[name] = tree[name]
+        return self
+
+    def loo_pit_tree(self, key: KeyLike = 0):
+        r"""A DataTree for ``arviz_stats.loo_pit`` and ``arviz_plots.plot_loo_pit`` on this
+        non-factorized model: ``posterior``, ``observed_data``, a ``posterior_predictive`` in which
+        each row is drawn from its leave-one-input-out predictive given the draw and the other rows,
+        :math:`y_i \mid Y_{-i}, \theta \sim N(m_i, V_i)`
+        (:func:`deeplinear.likelihood._loo_conditional_from_terms`), and a ``log_likelihood`` with the
+        exact terms :math:`\log p(y_i \mid Y_{-i}, \theta)` repeated over the outputs
+        ``(chain, draw, obs, output)``.
+
+        PSIS then weights each draw by :math:`1/p(y_i \mid Y_{-i}, \theta)`, the importance ratio of
+        the leave-one-out posterior for non-factorized models (Bürkner, Gabry & Vehtari 2021), and
+        compares each :math:`y_{id}` with draws of the same conditional, so the PIT values of a
+        calibrated model are uniform. (Joint replicates would not be leave-one-out predictive draws,
+        and ArviZ's ``loo_pit`` needs log-likelihood terms with the predictive's dims, hence the
+        repetition, which makes this tree unfit for ``az.loo``: use the fit's own ``datatree``.)"""
+        import arviz_base
+
+        if "log_likelihood" not in self.datatree.children:
+            raise ValueError("loo_pit_tree needs the fit's log_likelihood group (fit(..., log_likelihood=True))")
+        rep = self._replicates(raw_key(key), _loo_predictive_labels, "loo_pit_tree (leave-one-out draws)")
+        ll = self.datatree["log_likelihood"]["Y"].values
+        groups = {
+            "posterior": self.datatree["posterior"].to_dataset(),
+            "observed_data": {"Y": np.asarray(self.data.labels)},
+            "posterior_predictive": {"Y": rep},
+            "log_likelihood": {"Y": np.repeat(ll[..., None], self.data.num_outputs, axis=-1)},
+        }
+        return arviz_base.from_dict(groups, **self._dims_and_coords())
+
+    def _dims_and_coords(self) -> dict:
+        names = [str(x) for x in self.datatree["posterior"]["Q"].coords["output"].values]
+        dims, coords = _dims_and_coords(self.prior, self.data, names, self.spec.noise_model != "scalar")
+        return {"dims": dims, "coords": coords}
+
+    def _replicates(self, rng, replicate, what: str) -> np.ndarray:
+        """Labels drawn by ``replicate`` once per posterior draw, ``(chain, draw, obs, output)``, checked."""
+        self.data.require_rows(what)
+        post = self.datatree["posterior"]
+        C, S = post.sizes["chain"], post.sizes["draw"]
+        P, D = self.data.num_obs, self.data.num_outputs
+        if C * S * P * D > LOO_BUDGET_ENTRIES:
+            raise ValueError(f"{what} would hold S x P x D = {C * S * P * D:.3g} numbers, more than "
+                             f"LOO_BUDGET_ENTRIES = {LOO_BUDGET_ENTRIES:.3g}; thin the draws first")
+        dtype = self.data.dtype
+        kw = self._draw_keywords(dtype)
+        noise = kw["noise_variance"] if kw["noise_covariance"] is None else kw["noise_covariance"]
+        q, lam = jnp.asarray(self.draws("Q"), dtype), jnp.asarray(self.draws("lambda_star"), dtype)
+        keys = jax.random.split(jax.random.fold_in(rng, 0), C * S)
+        rep = np.asarray(replicate(keys, q, lam, noise, kw["intercept"], self.data)).reshape(C, S, P, D)
+        if not np.all(np.isfinite(rep)):
+            raise FloatingPointError(f"{what}: the drawn labels are not finite in this precision; use float64")
+        return rep
+
+    def power_scaling_tree(self):
+        r"""A DataTree for ArviZ's prior/likelihood sensitivity (``arviz_stats.psense_summary``,
+        ``plot_psense_dist``): ``posterior``, ``log_prior`` (each prior site's log density at every
+        draw, constrained space) and ``log_likelihood`` holding the joint
+        :math:`\log p(Y \mid \theta)` per draw (variable ``Y``, dims ``chain, draw``).
+
+        The fit's own ``log_likelihood`` group holds the leave-one-input-out terms
+        :math:`\log p(y_i \mid Y_{-i}, \theta)` (right for PSIS-LOO of this non-factorized model),
+        whose sum is not :math:`\log p(Y \mid \theta)`; power-scaling the likelihood needs the
+        joint, hence this separate tree. Not for the exact NNGP fit (nothing is sampled)."""
+        import arviz_base
+
+        if not self.spec.has_latent_sites:
+            raise ValueError("the exact NNGP fit has no sampled parameters: nothing to power-scale")
+        post = self.datatree["posterior"]
+        C, S = post.sizes["chain"], post.sizes["draw"]
+        dtype = self.data.dtype
+        model_args = self.spec.model_arguments(self.data)
+        sites = _prior_site_names(model_args)
+        params = {k: jnp.asarray(self.draws(k), dtype) for k in sites}
+        log_prior = _log_prior_draws(model_args, params)
+        kw = self._draw_keywords(dtype)
+        noise = kw["noise_variance"] if kw["noise_covariance"] is None else kw["noise_covariance"]
+        q, lam = jnp.asarray(self.draws("Q"), dtype), jnp.asarray(self.draws("lambda_star"), dtype)
+        joint = _joint_log_likelihood(q, lam, noise, kw["intercept"], self.data)
+        groups = {
+            "posterior": post.to_dataset(),
+            "log_prior": {k: np.asarray(v).reshape(C, S) for k, v in log_prior.items()},
+            "log_likelihood": {"Y": np.asarray(joint).reshape(C, S)},
+        }
+        if not all(np.all(np.isfinite(v)) for g in ("log_prior", "log_likelihood") for v in groups[g].values()):
+            raise FloatingPointError("the log prior or log-likelihood is not finite at some draw; use float64")
+        return arviz_base.from_dict(groups)
+
     def intercept_draws(self) -> np.ndarray | None:
         """Per-draw intercepts ``(S, D)``, or ``None`` for a model without intercepts."""
         return None if self.spec.intercept is None else self.draws("intercept")
@@ -172,9 +307,10 @@ class PosteriorFit:
                                  test, batch_size, **kw)
 
     def summary(self, var_names=None, **kwargs):
-        """``arviz.summary`` of the posterior (default variables: ``Q`` and the inferred
+        """``arviz.summary`` of the posterior, each distinct entry of the symmetric ``D x D``
+        variables once (:meth:`distinct_entries`). Default variables: ``Q`` and the inferred
         hyperparameters that vary; the NNGP's constant ``Q = I`` has no R-hat or ESS, so it is
-        left out when anything else is inferred)."""
+        left out when anything else is inferred."""
         import arviz_stats
 
         varying = self._varying_variables()
@@ -183,7 +319,30 @@ class PosteriorFit:
         with warnings.catch_warnings():
             if not varying:  # the exact NNGP: R-hat and ESS of constant draws are NaN, as they should be
                 warnings.simplefilter("ignore", RuntimeWarning)
-            return arviz_stats.summary(self.datatree, var_names=var_names, **kwargs)
+            return arviz_stats.summary(self.distinct_entries(), var_names=var_names, **kwargs)
+
+    def distinct_entries(self):
+        """The ``posterior`` group as a DataTree in which each symmetric ``D x D`` variable
+        (``Q``, ``noise_covariance``, ``noise_correlation``) holds only its upper triangle (row by
+        row), along a dimension ``<name>_entry`` labelled ``"row, column"`` (output names): every distinct entry
+        once, for ``arviz_stats.summary`` and forest plots (the full matrices repeat each
+        off-diagonal entry). Other variables are unchanged."""
+        post = self.datatree["posterior"].to_dataset()
+        D = self.data.num_outputs
+        rows, cols = np.triu_indices(D)
+        names = [str(x) for x in post["Q"].coords["output"].values]
+        out = {}
+        for name, var in post.data_vars.items():
+            if name in SYMMETRIC_VARIABLES and var.dims[-2:] == ("output", "output_bis"):
+                dim = f"{name}_entry"
+                out[name] = xr.DataArray(
+                    var.values[..., rows, cols], dims=(*var.dims[:-2], dim),
+                    coords={dim: [f"{names[r]}, {names[c]}" for r, c in zip(rows, cols)]},
+                )
+            else:
+                out[name] = var
+        ds = xr.Dataset(out)
+        return xr.DataTree.from_dict({"posterior": ds})
 
     def _varying_variables(self) -> tuple[str, ...]:
         """``Q`` and the inferred hyperparameters whose draws vary (over chains and draws, entry
@@ -372,6 +531,71 @@ def fit(
     return result
 
 
+@jax.jit
+def _replicate_labels(keys, q, lam, noise, intercept, data):
+    """One draw of the labels per posterior draw, ``(S, P, D)`` (``noise``: ``(S,)`` variances or
+    ``(S, D, D)`` covariances; ``intercept``: ``(S, D)`` or None)."""
+
+    def one(a):
+        key, q1, lam1, noise1, mu1 = a
+        matrix = jnp.ndim(noise1) == 2
+        return KroneckerNormal(q1, lam1, None if matrix else noise1, data, root=psd_root(q1),
+                               noise_covariance=noise1 if matrix else None, intercept=mu1).sample(key)
+
+    return jax.lax.map(one, (keys, q, lam, noise, intercept), batch_size=64)
+
+
+def _prior_site_names(model_args) -> list[str]:
+    """The model's unobserved sample sites (the prior's latents and the inferred hyperparameters)."""
+    from numpyro import handlers
+
+    from deeplinear.sampler import model_of_arguments
+
+    tr = handlers.trace(handlers.seed(model_of_arguments, 0)).get_trace(model_args)
+    return [k for k, site in tr.items() if site["type"] == "sample" and not site["is_observed"]]
+
+
+@jax.jit
+def _log_prior_draws(model_args, params):
+    """Each prior site's log density at each draw of ``params`` (``{site: (S, ...)}``), ``{site: (S,)}``."""
+    from numpyro import handlers
+
+    from deeplinear.sampler import model_of_arguments
+
+    def one(p):
+        tr = handlers.trace(handlers.substitute(handlers.seed(model_of_arguments, 0), data=p)).get_trace(model_args)
+        return {k: jnp.sum(tr[k]["fn"].log_prob(tr[k]["value"])) for k in p}
+
+    return jax.lax.map(one, params, batch_size=64)
+
+
+@jax.jit
+def _joint_log_likelihood(q, lam, noise, intercept, data):
+    r""":math:`\log p(Y \mid \theta)` of the data's labels for each draw, ``(S,)`` (the absolute density)."""
+
+    def one(a):
+        q1, lam1, noise1, mu1 = a
+        matrix = jnp.ndim(noise1) == 2
+        return KroneckerNormal(q1, lam1, None if matrix else noise1, data, root=psd_root(q1), labels_are_data=True,
+                               noise_covariance=noise1 if matrix else None, intercept=mu1).data_log_prob()
+
+    return jax.lax.map(one, (q, lam, noise, intercept), batch_size=64)
+
+
+@jax.jit
+def _loo_predictive_labels(keys, q, lam, noise, intercept, data):
+    """Per posterior draw, each row drawn from its leave-one-input-out predictive, ``(S, P, D)``."""
+    terms = _loo_data_terms(data, q.dtype)
+
+    def one(a):
+        key, q1, lam1, noise1, mu1 = a
+        mean, cov = _loo_conditional_from_terms(q1, lam1, noise1, data, terms, data.labels, mu1)
+        z = jax.random.normal(key, mean.shape, mean.dtype)
+        return mean + jnp.einsum("ide,ie->id", jnp.linalg.cholesky(cov), z)
+
+    return jax.lax.map(one, (keys, q, lam, noise, intercept), batch_size=64)
+
+
 def _store_loo_terms(log_likelihood, data, num_draws) -> bool:
     """Whether to store the ``log_likelihood`` group (see :func:`fit`)."""
     fits = data.num_obs * num_draws <= LOO_BUDGET_ENTRIES
@@ -398,13 +622,13 @@ def _groups(data, **groups) -> dict:
 
 def _sampled_tree(run, data, dims, coords):
     """DataTree of a NUTS run: ``posterior`` (latents, hyperparameters, ``Q``), ``sample_stats``
-    and ``observed_data``."""
+    (with ``tree_depth`` from the leapfrog steps: a trajectory of depth ``d`` takes between
+    :math:`2^{d-1}` and :math:`2^d - 1` steps) and ``observed_data``."""
     import arviz_base
 
-    return arviz_base.from_dict(
-        _groups(data, posterior=run.samples, sample_stats=run.sample_stats),
-        dims=dims, coords=coords,
-    )
+    stats = dict(run.sample_stats)
+    stats["tree_depth"] = (np.floor(np.log2(np.maximum(stats["n_steps"], 1))) + 1).astype(np.int32)
+    return arviz_base.from_dict(_groups(data, posterior=run.samples, sample_stats=stats), dims=dims, coords=coords)
 
 
 def _exact_nngp_tree(data, num_chains, num_samples, dims, coords):

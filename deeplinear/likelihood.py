@@ -411,15 +411,16 @@ def loo_row_terms(data: RegressionData, U, Y, dtype):
     return U, U**2, 1 - jnp.sum(U**2, axis=1), resid, ones
 
 
-def _loo_from_terms(q, lambda_star, noise_variance, data, terms, intercept=None):
-    r"""One draw's LOO terms (:func:`loo_log_likelihood`).
+def _loo_precision(q, lambda_star, noise_variance, data, terms, intercept=None):
+    r"""One draw's per-row LOO pieces: the Cholesky factors of :math:`B_i` ``(m, D, D)``,
+    :math:`g_i` ``(m, D)`` (:func:`loo_log_likelihood`), the noise factor :math:`L` (``None`` for
+    scalar noise) and :math:`\log\det L`.
 
     ``noise_variance`` is a scalar :math:`\sigma^2` or a ``(D, D)`` noise covariance, handled by
     whitening: with :math:`\Sigma_\varepsilon = LL^\top` the labels :math:`L^{-1} y_i` have noise
-    :math:`I` and :math:`\tilde Q = L^{-1} Q L^{-\top}`, and
-    :math:`\log p(y_i \mid Y_{-i}) = \log p(L^{-1} y_i \mid \ldots) - \log\det L`. An ``intercept``
-    :math:`\mu` ``(D,)`` shifts the labels to :math:`y_i - \mu`: the rotated labels by
-    :math:`-\tilde u\mu^\top`, the residuals by :math:`-(1 - U_i\tilde u)\mu^\top`."""
+    :math:`I` and :math:`\tilde Q = L^{-1} Q L^{-\top}`. An ``intercept`` :math:`\mu` ``(D,)``
+    shifts the labels to :math:`y_i - \mu`: the rotated labels by :math:`-\tilde u\mu^\top`, the
+    residuals by :math:`-(1 - U_i\tilde u)\mu^\top`."""
     U, U2, leftover, resid, ones = terms
     dtype = q.dtype
     D = q.shape[-1]
@@ -428,7 +429,7 @@ def _loo_from_terms(q, lambda_star, noise_variance, data, terms, intercept=None)
         intercept = jnp.asarray(intercept, dtype)
         rotated = rotated - data.intercept_terms.rotated_ones.astype(dtype)[:, None] * intercept
         resid = None if resid is None else resid - ones[:, None] * intercept
-    log_jacobian = 0.0
+    factor, log_jacobian = None, 0.0
     if jnp.ndim(noise_variance) == 2:
         factor = jnp.linalg.cholesky(jnp.asarray(noise_variance, dtype))
         q, rotated = whiten_q(q, factor), whiten_rows(rotated, factor)
@@ -445,10 +446,36 @@ def _loo_from_terms(q, lambda_star, noise_variance, data, terms, intercept=None)
         noise = jnp.asarray(noise_variance, dtype)
         B = B + leftover[:, None, None] * eye / noise
         g = g + resid / noise
-    cb = jnp.linalg.cholesky(B)
+    return jnp.linalg.cholesky(B), g, factor, log_jacobian
+
+
+def _loo_from_terms(q, lambda_star, noise_variance, data, terms, intercept=None):
+    r"""One draw's LOO log densities (:func:`loo_log_likelihood`): in whitened coordinates
+    :math:`-\tfrac D2\log 2\pi + \tfrac12\log\det B_i - \tfrac12 g_i^\top B_i^{-1} g_i`, less
+    :math:`\log\det L` (:func:`_loo_precision`)."""
+    D = q.shape[-1]
+    cb, g, _, log_jacobian = _loo_precision(q, lambda_star, noise_variance, data, terms, intercept)
     w = solve_triangular(cb, g[..., None], lower=True)[..., 0]
     logdet_b = 2 * jnp.sum(jnp.log(jnp.diagonal(cb, axis1=-2, axis2=-1)), axis=-1)
     return -0.5 * D * LOG_2PI + 0.5 * logdet_b - 0.5 * jnp.sum(w**2, axis=-1) - log_jacobian
+
+
+def _loo_conditional_from_terms(q, lambda_star, noise_variance, data, terms, labels, intercept=None):
+    r"""One draw's leave-one-input-out predictive of each row's labels, :math:`y_i \mid Y_{-i}, \theta
+    \sim N(m_i, V_i)`: with :math:`B_i`, :math:`g_i` in whitened coordinates (:func:`_loo_precision`),
+    :math:`m_i = y_i - L B_i^{-1} g_i` and :math:`V_i = L B_i^{-1} L^\top` (:math:`L = I` for scalar
+    noise), since :math:`E[y_i \mid y_{-i}] = y_i - (\Sigma^{-1})_{ii}^{-1}(\Sigma^{-1} y)_i` for
+    :math:`y \sim N(\text{mean}, \Sigma)`. ``labels`` ``(m, D)`` are the rows' labels. Returns
+    ``(m, D)`` means and ``(m, D, D)`` covariances."""
+    D = q.shape[-1]
+    cb, g, factor, _ = _loo_precision(q, lambda_star, noise_variance, data, terms, intercept)
+    eye = jnp.broadcast_to(jnp.eye(D, dtype=q.dtype), cb.shape)
+    b_inv = jax.vmap(lambda c, e: cho_solve((c, True), e))(cb, eye)  # (m, D, D)
+    step = jnp.einsum("ide,ie->id", b_inv, g)
+    if factor is not None:
+        step = step @ factor.T
+        b_inv = factor @ b_inv @ factor.T
+    return jnp.asarray(labels, q.dtype) - step, b_inv
 
 
 @partial(jax.jit, static_argnames="batch_size")

@@ -86,6 +86,7 @@ def test_fit_on_csv_writes_posterior_and_predictions(tmp_path):
     out = run(args, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Q[Weight, Waist]" in out.stdout and "max R-hat" in out.stdout
+    assert "Q[Waist, Weight]" not in out.stdout  # each distinct entry of Q once
     pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert list(pred.columns[:3]) == ["row", "mean_Weight", "sd_Weight"] and len(pred) == 5
     assert np.all(pred["sd_Weight"] > 0) and np.all(np.abs(pred["corr_Weight_Waist"]) <= 1)

@@ -213,10 +213,11 @@ def test_arviz_compare_and_compare_models():
     assert set(ranked.index) == {"limit", "finite", "nngp"}
     comp = compare_models({"limit": limit, "nngp": nngp}, Xt, Yt)
     assert np.all(np.isfinite(comp.table["heldout_lpd"]))
-    assert comp.table.loc["limit", "mean_pred_corr"] > 0.5
+    assert comp.table.loc["limit", "mean_abs_pred_corr"] > 0.5
+    assert comp.table.loc["limit", "mean_abs_Q_offdiag_corr"] == pytest.approx(abs(comp.q_correlation["limit"][1, 0]))
     # NNGP: Q = I; the only cross-output dependence is through the shared sigma^2 across
     # draws (Cov(m*) of the mixture), which is small
-    assert abs(comp.table.loc["nngp", "mean_pred_corr"]) < 0.1
+    assert comp.table.loc["nngp", "mean_abs_pred_corr"] < 0.1
 
 
 def test_exact_nngp_fit_and_loo():

@@ -133,6 +133,27 @@ def test_loo_with_noise_covariance_equals_dense_conditioning(D, P, N0):
         np.testing.assert_allclose(draws, np.stack([expected, expected]), rtol=1e-9)
 
 
+def test_loo_conditional_moments_equal_dense_conditioning():
+    from deeplinear.likelihood import _loo_conditional_from_terms, _loo_data_terms
+
+    with jax.enable_x64(True):
+        D, P, N0 = 2, 9, 4
+        X, Y, Q, full, _ = _problem(D, P, N0, seed=13)
+        mu = INTERCEPT[:D]
+        data = RegressionData.linear(X, Y + mu)
+        C = _dense_cov(Q, X @ X.T / N0, LAMBDA, full)
+        y = Y.reshape(-1)
+        mean, cov = _loo_conditional_from_terms(jnp.asarray(Q), LAMBDA, jnp.asarray(full), data,
+                                                _loo_data_terms(data, jnp.float64), data.labels, jnp.asarray(mu))
+        for i in range(P):
+            idx = np.arange(i * D, (i + 1) * D)
+            rest = np.setdiff1d(np.arange(P * D), idx)
+            gain = np.linalg.solve(C[np.ix_(rest, rest)], C[np.ix_(rest, idx)])
+            np.testing.assert_allclose(np.asarray(mean[i]), gain.T @ y[rest] + mu, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(cov[i]), C[np.ix_(idx, idx)] - C[np.ix_(idx, rest)] @ gain,
+                                       rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("D,P,N0", [(2, 9, 4), (3, 6, 8)])
 def test_conditional_predictive_with_noise_covariance_equals_dense_gp(D, P, N0):
     with jax.enable_x64(True):
@@ -253,6 +274,11 @@ def test_fit_predict_loo_and_persistence_with_a_noise_model(noise_model, tmp_pat
         cov = post["noise_covariance"].values
         np.testing.assert_array_equal(cov[..., 0, 1], 0.0)
         np.testing.assert_allclose(cov[..., [0, 1], [0, 1]], post["noise_variance"].values, rtol=1e-6)
+    tri = res.distinct_entries()["posterior"]
+    assert tri["Q"].dims == ("chain", "draw", "Q_entry")
+    assert list(tri["noise_covariance"].coords["noise_covariance_entry"].values) == ["0, 0", "0, 1", "1, 1"]
+    summary = res.summary()
+    assert "Q[0, 1]" in summary.index and "Q[1, 0]" not in summary.index
     pm = res.predict(X[:4])
     assert pm.noise_variance is None and pm.noise_covariance.shape == (200, 2, 2)
     assert np.all(np.isfinite(np.asarray(pm.covariance(include_noise=True))))

@@ -1,0 +1,115 @@
+"""ArviZ 1.x on a default fit: the statistics and plots a NumPyro/ArviZ user reaches for run on
+``fit(...).datatree`` (with :meth:`PosteriorFit.add_predictive_groups` for the predictive ones)."""
+
+import warnings
+
+import arviz_plots
+import arviz_stats
+import matplotlib
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+from deeplinear import ProportionalLimitPrior, RegressionData, fit
+
+matplotlib.use("Agg")
+
+PRIOR_DRAWS = 100
+
+
+@pytest.fixture(scope="module")
+def result():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(12, 3))
+    f = X @ rng.normal(size=(3, 1)) / np.sqrt(3)
+    Y = np.hstack([f, 0.7 * f]) + 0.3 * rng.normal(size=(12, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = fit(RegressionData.linear(X, Y), ProportionalLimitPrior(1.0, 2, num_steps=8),
+                  noise_variance=dist.HalfNormal(1.0), num_warmup=200, num_samples=150, num_chains=2, key=0,
+                  progress_bar=False, output_names=["a", "b"])
+    return res.add_predictive_groups(key=1, prior_draws=PRIOR_DRAWS)
+
+
+def test_loo_pit_values_are_probabilities_per_observation_and_output(result):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pit = arviz_stats.loo_pit(result.loo_pit_tree(key=2))["Y"]
+    assert pit.dims == ("obs", "output") and np.all((pit.values >= 0) & (pit.values <= 1))
+
+
+def test_groups_and_sample_stats(result):
+    dt = result.datatree
+    assert {"posterior", "sample_stats", "observed_data", "log_likelihood", "posterior_predictive", "prior",
+            "prior_predictive"} <= set(dt.children)
+    stats = dt["sample_stats"]
+    assert {"diverging", "energy", "lp", "acceptance_rate", "n_steps", "step_size", "tree_depth"} <= set(stats)
+    n, depth = stats["n_steps"].values, stats["tree_depth"].values
+    assert np.all(2 ** (depth - 1) <= n) and np.all(n <= 2**depth - 1)
+    assert dt["posterior_predictive"]["Y"].dims == ("chain", "draw", "obs", "output")
+    assert dt["prior"]["Q"].shape == (1, PRIOR_DRAWS, 2, 2)
+    assert dt["prior_predictive"]["Y"].dims == ("chain", "draw", "obs", "output")
+
+
+STATS = {
+    "summary": lambda r: arviz_stats.summary(r.datatree),
+    "ess": lambda r: arviz_stats.ess(r.datatree),
+    "rhat": lambda r: arviz_stats.rhat(r.datatree),
+    "hdi": lambda r: arviz_stats.hdi(r.datatree),
+    "loo": lambda r: arviz_stats.loo(r.datatree),
+    "compare": lambda r: arviz_stats.compare({"one": r.datatree, "two": r.datatree}),
+    "loo_pit": lambda r: arviz_stats.loo_pit(r.loo_pit_tree(key=2)),
+}
+
+PLOTS = ["plot_trace_dist", "plot_forest", "plot_rank", "plot_dist", "plot_ess", "plot_pair", "plot_khat",
+         "plot_ppc_dist", "plot_loo_pit", "plot_energy", "plot_prior_posterior"]
+
+
+@pytest.mark.parametrize("name", sorted(STATS))
+def test_arviz_stats_functions_run(result, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = STATS[name](result)
+    assert out is not None
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_arviz_plots_run(result, name):
+    import matplotlib.pyplot as plt
+
+    data = result.datatree
+    if name == "plot_khat":
+        data = arviz_stats.loo(result.datatree, pointwise=True)
+    elif name == "plot_loo_pit":
+        data = result.loo_pit_tree(key=2)
+    kwargs = {"var_names": ["Q"]} if name in ("plot_trace_dist", "plot_forest", "plot_rank", "plot_dist",
+                                               "plot_ess", "plot_pair", "plot_prior_posterior") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pc = getattr(arviz_plots, name)(data, backend="matplotlib", **kwargs)
+    assert pc is not None
+    plt.close("all")
+
+
+def test_power_scaling_tree_for_psense(result):
+    """log_prior + joint log-likelihood equals NumPyro's log joint of the model (which leaves out a
+    data constant of the relative null-space term) up to one constant over the draws."""
+    from numpyro.infer.util import log_density
+
+    from deeplinear.sampler import model_of_arguments
+
+    tree = result.power_scaling_tree()
+    assert set(tree["log_likelihood"]) == {"Y"} and tree["log_likelihood"]["Y"].dims == ("chain", "draw")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = arviz_stats.psense_summary(tree)
+    assert len(table) > 0
+    total = sum(tree["log_prior"][k].values for k in tree["log_prior"]) + tree["log_likelihood"]["Y"].values
+    args = result.spec.model_arguments(result.data)
+    names = list(tree["log_prior"])
+    joint = np.array([
+        float(log_density(model_of_arguments, (args,), {}, {k: result.draws(k)[s] for k in names})[0])
+        for s in range(0, 300, 37)
+    ])
+    diff = total.reshape(-1)[: 300: 37] - joint
+    np.testing.assert_allclose(diff, diff[0], atol=1e-3 * np.abs(joint).max())
