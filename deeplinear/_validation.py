@@ -37,6 +37,7 @@ __all__ = [
     "check_hyperprior",
     "check_noise_for_data",
     "check_noise_covariance",
+    "check_one_draw_noise",
     "check_intercept",
     "check_draw_hyperparameters",
     "check_representable",
@@ -368,6 +369,21 @@ def check_noise_covariance(value, data, name: str = "noise_covariance", num_draw
     check_representable(f"the eigenvalues of {name}", eig, data.dtype, "rescale the labels or use float64",
                         positive=True)
     return value
+
+
+def check_one_draw_noise(noise_variance, noise_covariance, data):
+    """One draw's output noise: ``noise_variance`` (a scalar, :func:`check_noise_for_data`) or, with
+    ``noise_variance=None``, ``noise_covariance`` ``(D, D)`` (:func:`check_noise_covariance`), as an
+    array of the data's precision; giving both is an error."""
+    if noise_covariance is None:
+        return check_noise_for_data(noise_variance, data)
+    if noise_variance is not None:
+        raise ValueError("give noise_variance (noise sigma^2 I) or noise_covariance, not both")
+    D = data.num_outputs
+    noise = jnp.asarray(check_noise_covariance(noise_covariance, data, num_draws=1), data.dtype)
+    if noise.ndim != 2:
+        raise ValueError(f"noise_covariance must have shape ({D}, {D}) for one draw, got {noise.shape}")
+    return noise
 
 
 def check_intercept(value, num_outputs: int, name: str = "intercept", num_draws: int | None = None):

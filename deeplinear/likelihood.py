@@ -42,6 +42,7 @@ from deeplinear._validation import (
     check_intercept,
     check_noise_covariance,
     check_noise_for_data,
+    check_one_draw_noise,
     check_positive_int,
     check_positive_scalar,
     is_concrete,
@@ -376,14 +377,7 @@ def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData, *, 
             f"q must have shape ({D}, {D}) (one draw; for many use loo_log_likelihood_draws), got {q.shape}"
         )
     check_positive_scalar("lambda_star", lambda_star)
-    if noise_covariance is not None:
-        if noise_variance is not None:
-            raise ValueError("give noise_variance (noise sigma^2 I) or noise_covariance, not both")
-        noise = jnp.asarray(check_noise_covariance(noise_covariance, data, num_draws=1), data.dtype)
-        if noise.ndim != 2:
-            raise ValueError(f"noise_covariance must have shape ({D}, {D}) for one draw, got {noise.shape}")
-    else:
-        noise = check_noise_for_data(noise_variance, data)
+    noise = check_one_draw_noise(noise_variance, noise_covariance, data)
     if intercept is not None:
         check_intercept(intercept, D)
         if jnp.ndim(intercept) != 1:

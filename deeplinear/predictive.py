@@ -49,8 +49,7 @@ from deeplinear._validation import (
     check_intercept,
     check_key,
     check_labels,
-    check_noise_covariance,
-    check_noise_for_data,
+    check_one_draw_noise,
     check_positive_int,
     check_positive_scalar,
     check_sample_shape,
@@ -100,15 +99,8 @@ def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData,
     check_bool("joint", joint)
     if intercept is not None:
         intercept = _draw_intercepts(intercept, 1, data)[0]
-    if noise_covariance is not None:
-        if noise_variance is not None:
-            raise ValueError("give noise_variance (noise sigma^2 I) or noise_covariance, not both")
-        noise = jnp.asarray(check_noise_covariance(noise_covariance, data, num_draws=1), data.dtype)
-        if noise.ndim != 2:
-            raise ValueError(f"noise_covariance must have shape ({D}, {D}) for one Q, got {noise.shape}")
-        return _conditional(q, lambda_star, noise, data, test, joint, intercept)
-    check_noise_for_data(noise_variance, data)
-    return _conditional(q, lambda_star, noise_variance, data, test, joint, intercept)
+    noise = check_one_draw_noise(noise_variance, noise_covariance, data)
+    return _conditional(q, lambda_star, noise, data, test, joint, intercept)
 
 
 def _whitened(q, noise, data, intercept=None):
