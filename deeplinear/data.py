@@ -382,14 +382,14 @@ class InterceptTerms:
                    jnp.asarray(centred, dtype))
 
     @classmethod
-    def from_rows(cls, U, Y, rotated, dtype) -> InterceptTerms:
-        """From the eigenvectors ``U`` ``(P, R)``, labels ``Y`` ``(P, D)`` and their rotation (float64)."""
+    def from_rows(cls, U, Y, rotated, scatter, dtype) -> InterceptTerms:
+        """From the eigenvectors ``U`` ``(P, R)``, labels ``Y`` ``(P, D)``, their rotation and their
+        null-space scatter (:func:`null_scatter`), in float64."""
         U, Y, rotated = (np.asarray(a, np.float64) for a in (U, Y, rotated))
         rotated_ones = U.sum(axis=0)
         ones_resid = 1.0 - U @ rotated_ones
-        resid = Y - U @ rotated
-        return cls.build(rotated_ones, ones_resid @ ones_resid, resid.T @ ones_resid, resid.T @ resid,
-                         U.shape[0], dtype)
+        sums = Y.T @ ones_resid - rotated.T @ (U.T @ ones_resid)  # (Y - U rotated)^T 1_perp
+        return cls.build(rotated_ones, ones_resid @ ones_resid, sums, scatter, U.shape[0], dtype)
 
 
 @pytree_dataclass(eq=False)
@@ -554,9 +554,9 @@ class RegressionData:
     def _build(cls, basis, Y64, dtype, inputs=None):
         U = np.asarray(basis.eigenvectors, np.float64)
         rotated = U.T @ Y64
-        return cls(basis, jnp.asarray(Y64, dtype), jnp.asarray(rotated, dtype),
-                   jnp.asarray(null_scatter(U, Y64, rotated), dtype), inputs,
-                   InterceptTerms.from_rows(U, Y64, rotated, dtype))
+        scatter = null_scatter(U, Y64, rotated)
+        return cls(basis, jnp.asarray(Y64, dtype), jnp.asarray(rotated, dtype), jnp.asarray(scatter, dtype), inputs,
+                   InterceptTerms.from_rows(U, Y64, rotated, scatter, dtype))
 
     def prediction_kernel(self, X_test=None, *, cross_gram=None, test_gram=None) -> PredictionKernel:
         r"""Kernel quantities at test inputs: ``X_test`` (``(P*, N0)``) for the linear kernel, or

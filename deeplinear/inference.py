@@ -237,11 +237,9 @@ class PosteriorFit:
             raise ValueError(f"{what} would hold S x P x D = {C * S * P * D:.3g} numbers, more than "
                              f"LOO_BUDGET_ENTRIES = {LOO_BUDGET_ENTRIES:.3g}; thin the draws first")
         dtype = self.data.dtype
-        kw = self._draw_keywords(dtype)
-        noise = kw["noise_variance"] if kw["noise_covariance"] is None else kw["noise_covariance"]
-        q, lam = jnp.asarray(self.draws("Q"), dtype), jnp.asarray(self.draws("lambda_star"), dtype)
+        q, lam, noise, mu = self._per_draw_arrays(dtype)
         keys = jax.random.split(jax.random.fold_in(rng, 0), C * S)
-        rep = np.asarray(replicate(keys, q, lam, noise, kw["intercept"], self.data)).reshape(C, S, P, D)
+        rep = np.asarray(replicate(keys, q, lam, noise, mu, self.data)).reshape(C, S, P, D)
         if not np.all(np.isfinite(rep)):
             raise FloatingPointError(f"{what}: the drawn labels are not finite in this precision; use float64")
         return rep
@@ -267,10 +265,7 @@ class PosteriorFit:
         sites = _prior_site_names(model_args)
         params = {k: jnp.asarray(self.draws(k), dtype) for k in sites}
         log_prior = _log_prior_draws(model_args, params)
-        kw = self._draw_keywords(dtype)
-        noise = kw["noise_variance"] if kw["noise_covariance"] is None else kw["noise_covariance"]
-        q, lam = jnp.asarray(self.draws("Q"), dtype), jnp.asarray(self.draws("lambda_star"), dtype)
-        joint = _joint_log_likelihood(q, lam, noise, kw["intercept"], self.data)
+        joint = _joint_log_likelihood(*self._per_draw_arrays(dtype), self.data)
         groups = {
             "posterior": post.to_dataset(),
             "log_prior": {k: np.asarray(v).reshape(C, S) for k, v in log_prior.items()},
@@ -283,6 +278,13 @@ class PosteriorFit:
     def intercept_draws(self) -> np.ndarray | None:
         """Per-draw intercepts ``(S, D)``, or ``None`` for a model without intercepts."""
         return None if self.spec.intercept is None else self.draws("intercept")
+
+    def _per_draw_arrays(self, dtype) -> tuple:
+        """``(Q, lambda_star, noise, intercept)`` per draw as arrays of ``dtype`` (noise: :meth:`noise_draws`;
+        intercept ``None`` without one), as the compiled per-draw loops take them."""
+        mu = self.intercept_draws()
+        return (jnp.asarray(self.draws("Q"), dtype), jnp.asarray(self.draws("lambda_star"), dtype),
+                jnp.asarray(self.noise_draws(), dtype), None if mu is None else jnp.asarray(mu, dtype))
 
     def _draw_keywords(self, dtype) -> dict:
         """``noise_variance=`` (``None`` for a noise covariance), ``noise_covariance=`` and
@@ -538,9 +540,7 @@ def _replicate_labels(keys, q, lam, noise, intercept, data):
 
     def one(a):
         key, q1, lam1, noise1, mu1 = a
-        matrix = jnp.ndim(noise1) == 2
-        return KroneckerNormal(q1, lam1, None if matrix else noise1, data, root=psd_root(q1),
-                               noise_covariance=noise1 if matrix else None, intercept=mu1).sample(key)
+        return KroneckerNormal.for_draw(q1, lam1, noise1, data, root=psd_root(q1), intercept=mu1).sample(key)
 
     return jax.lax.map(one, (keys, q, lam, noise, intercept), batch_size=64)
 
@@ -575,9 +575,8 @@ def _joint_log_likelihood(q, lam, noise, intercept, data):
 
     def one(a):
         q1, lam1, noise1, mu1 = a
-        matrix = jnp.ndim(noise1) == 2
-        return KroneckerNormal(q1, lam1, None if matrix else noise1, data, root=psd_root(q1), labels_are_data=True,
-                               noise_covariance=noise1 if matrix else None, intercept=mu1).data_log_prob()
+        return KroneckerNormal.for_draw(q1, lam1, noise1, data, root=psd_root(q1), labels_are_data=True,
+                                        intercept=mu1).data_log_prob()
 
     return jax.lax.map(one, (q, lam, noise, intercept), batch_size=64)
 

@@ -126,9 +126,9 @@ def load_fit(path) -> PosteriorFit:
 
     basis = KernelEigenbasis(arr("kernel_eigenvalues"), arr("kernel_eigenvectors"), arr("input_projection"))
     rows = (const["kernel_eigenvectors"].values, const["labels"].values, const["rotated_labels"].values)
-    scatter = jnp.asarray(null_scatter(*rows), dtype)
-    data = RegressionData(basis, arr("labels"), arr("rotated_labels"), scatter, arr("X"),
-                          InterceptTerms.from_rows(*rows, dtype))
+    scatter = null_scatter(*rows)
+    data = RegressionData(basis, arr("labels"), arr("rotated_labels"), jnp.asarray(scatter, dtype), arr("X"),
+                          InterceptTerms.from_rows(*rows, scatter, dtype))
     tree = dt.copy()
     del tree["constant_data"]
     for key in _ATTRS:

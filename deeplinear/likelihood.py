@@ -268,6 +268,14 @@ class KroneckerNormal(dist.Distribution):
             self.arg_constraints = {k: c for k, c in type(self).arg_constraints.items() if k != "noise_variance"}
         super().__init__(batch, (data.num_obs, D), validate_args=validate_args)
 
+    @classmethod
+    def for_draw(cls, q, lambda_star, noise, data: RegressionData, **kwargs) -> KroneckerNormal:
+        r"""The likelihood of one draw whose ``noise`` is a variance :math:`\sigma^2` (scalar) or a
+        ``(D, D)`` noise covariance, as the per-draw loops hold it (``kwargs`` as in the constructor)."""
+        if jnp.ndim(noise) == 2:
+            return cls(q, lambda_star, None, data, noise_covariance=noise, **kwargs)
+        return cls(q, lambda_star, noise, data, **kwargs)
+
     def block_cholesky(self):
         """Lower factors of the blocks :math:`C_p`, shape ``batch + (R, D, D)`` (square-root
         form when ``root`` was given)."""

@@ -84,8 +84,7 @@ def _quantities(draws, labels, model_args, inferred):
         else:
             cols.append(draws[h].reshape(batch + (-1,)))
     lam = draws["lambda_star"] if "lambda_star" in draws else jnp.broadcast_to(fixed_lam, batch)
-    matrix_noise = isinstance(fixed_noise, NoiseArguments)
-    if matrix_noise:
+    if isinstance(fixed_noise, NoiseArguments):
         noise = draws["noise_covariance"]
     else:
         noise = draws["noise_variance"] if "noise_variance" in draws else jnp.broadcast_to(fixed_noise, batch)
@@ -101,9 +100,7 @@ def _quantities(draws, labels, model_args, inferred):
 
     def loglik_one(qq, ll, nn, mu):
         mu = None if fixed_intercept is None else mu
-        if matrix_noise:
-            return KroneckerNormal(qq, ll, None, data, noise_covariance=nn, intercept=mu).log_prob(labels)
-        return KroneckerNormal(qq, ll, nn, data, intercept=mu).log_prob(labels)
+        return KroneckerNormal.for_draw(qq, ll, nn, data, intercept=mu).log_prob(labels)
 
     loglik = jax.vmap(loglik_one)(flat(q), flat(lam), flat(noise), flat(intercept)).reshape(batch + (1,))
     cols.append(loglik)
