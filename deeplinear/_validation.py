@@ -417,7 +417,7 @@ def check_noise_for_data(noise_variance, data, name: str = "noise_variance", lam
             name, noise_variance, data.dtype, positive=True,
             remedy="rescale the labels (e.g. standardize them) or use float64 (jax_enable_x64)",
         )
-    if is_concrete(noise_variance) and is_concrete(data.labels):
+    if is_concrete(noise_variance) and is_concrete(data.rotated_labels) and is_concrete(data.null_scatter):
         _check_quadratic_form(name, float(noise_variance), data, lambda_star)
     if is_concrete(noise_variance) and float(noise_variance) == 0 and data.basis.num_null > 0:
         raise ValueError(

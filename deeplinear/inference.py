@@ -49,8 +49,9 @@ from deeplinear.likelihood import (
     loo_log_likelihood_draws,
 )
 from deeplinear.models import ModelSpec
+from deeplinear.models import arviz_dims_and_coords as _dims_and_coords
 from deeplinear.predictive import PredictiveMixture
-from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
+from deeplinear.priors import NNGPPrior
 from deeplinear.sampler import CHAIN_METHODS, run_nuts
 
 __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
@@ -67,31 +68,6 @@ class ConvergenceWarning(UserWarning):
 
 def _interactive() -> bool:
     return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-
-
-def _dims_and_coords(prior, data, output_names=None, per_output_noise: bool = False):
-    D = data.num_outputs
-    outputs = list(output_names) if output_names is not None else list(range(D))
-    coords = {"output": outputs, "output_bis": outputs}
-    if data.has_rows:
-        coords["obs"] = np.arange(data.num_obs)
-    dims = {"Q": ["output", "output_bis"], "Y": ["obs", "output"], "noise_covariance": ["output", "output_bis"],
-            "noise_correlation": ["output", "output_bis"], "noise_correlation_cholesky": ["output", "output_bis"]}
-    dims["intercept"] = ["output"]
-    if per_output_noise:  # per-output variances (a scalar noise variance has no dims)
-        dims["noise_variance"] = ["output"]
-    if D > 1:
-        rows, cols = np.tril_indices(D, k=-1)
-        coords["offdiag"] = [f"{outputs[r]},{outputs[c]}" for r, c in zip(rows, cols)]
-    if isinstance(prior, FiniteWidthPrior):
-        coords["layer"] = np.arange(1, prior.depth + 1)
-        dims["bartlett_diag"] = ["layer", "output"]
-        dims["bartlett_offdiag"] = ["layer", "offdiag"]
-    elif isinstance(prior, ProportionalLimitPrior):
-        coords["step"] = np.arange(1, prior.num_steps + 1)
-        dims["brownian_diag"] = ["step", "output"]
-        dims["brownian_offdiag"] = ["step", "offdiag"]
-    return dims, coords
 
 
 class Diagnostics(NamedTuple):

@@ -307,8 +307,9 @@ class KroneckerNormal(dist.Distribution):
         rotated, null = self.data.basis.rotate(value)
         chol = self.block_cholesky()
         # batch of chol (batch, R, D, D) broadcasts against the value's rotated labels (..., R, D)
-        return _rotated_log_prob(chol, rotated, null, self.noise_variance, self.data.basis.num_null, self.relative,
-                                 self.noise_factor)
+        lp = _rotated_log_prob(chol, rotated, null, self.noise_variance, self.data.basis.num_null, self.relative,
+                               self.noise_factor)
+        return lp + self._learned_kernel_term(chol, rotated)
 
     def data_log_prob(self):
         r""":meth:`log_prob` of ``data``'s own labels, from their rotation and null-space scatter
@@ -322,8 +323,46 @@ class KroneckerNormal(dist.Distribution):
             rotated = rotated - terms.rotated_ones[:, None] * self.intercept[..., None, :]
             scatter = terms.centred_null_scatter
             shift = jnp.sqrt(terms.null_ones) * (self.intercept - terms.null_mean)
-        return _rotated_log_prob(chol, rotated, scatter, self.noise_variance, self.data.basis.num_null, self.relative,
-                                 self.noise_factor, shift)
+        lp = _rotated_log_prob(chol, rotated, scatter, self.noise_variance, self.data.basis.num_null, self.relative,
+                               self.noise_factor, shift)
+        return lp + self._learned_kernel_term(chol, rotated)
+
+    def _learned_kernel_term(self, chol, rotated):
+        r"""For data with a learned Gram matrix (:meth:`RegressionData.learned_gram`, whose ``eigh`` is
+        not differentiated): a term that is zero in value and whose gradient with respect to ``K`` is
+        the exact :math:`\partial\log p/\partial K` of :math:`N(\operatorname{vec} Y^\top; 1\mu^\top,
+        \lambda_* Q\otimes K + \Sigma_\varepsilon\otimes I)`, namely
+
+        .. math:: G = \tfrac12\left(A\,\lambda_* Q\, A^\top - \sum_p u_p u_p^\top
+            \operatorname{tr}(C_p^{-1}\lambda_* Q)\right) = \frac{\lambda_*}{2}\,U\left(ZQZ^\top -
+            \operatorname{diag}_p t_p\right)U^\top,
+
+        from :math:`d\log N = \tfrac12\alpha^\top dC\,\alpha - \tfrac12\operatorname{tr}(C^{-1}dC)`
+        with :math:`dC = \lambda_* Q\otimes dK`, :math:`\alpha = C^{-1}\operatorname{vec}(Y - 1\mu^\top)`
+        reshaped to :math:`A = UZ` (``P x D``; :math:`z_p = C_p^{-1} r_p` for the rotated residuals
+        :math:`r_p`) and :math:`C^{-1} = \sum_p u_pu_p^\top\otimes C_p^{-1}`,
+        :math:`t_p = \operatorname{tr}(C_p^{-1}Q)`. No eigenvalue gap appears, so the gradient stays
+        exact at repeated or clustered eigenvalues, where differentiating ``eigh`` divides by zero.
+        Returns ``sum(stop_gradient(G) * (K - stop_gradient(K)))``: value 0, gradient ``G`` with
+        respect to ``K``, none with respect to anything else (their gradients flow through the
+        eigenbasis, held fixed)."""
+        gram = self.data.traced_gram
+        if gram is None:
+            return 0.0
+        sg = jax.lax.stop_gradient
+        chol, rotated = sg(chol), sg(rotated)
+        dtype = chol.dtype
+        q = sg(self.q).astype(dtype)
+        z = solve_triangular(chol, rotated[..., None], lower=True)
+        z = solve_triangular(jnp.swapaxes(chol, -1, -2), z, lower=False)[..., 0]  # C_p^-1 r_p, (..., P, D)
+        half = solve_triangular(chol, jnp.broadcast_to(q[..., None, :, :], chol.shape), lower=True)
+        t = jnp.trace(solve_triangular(chol, jnp.swapaxes(half, -1, -2), lower=True), axis1=-2, axis2=-1)
+        inner = jnp.einsum("...pd,...de,...re->...pr", z, q, z) - t[..., :, None] * jnp.eye(t.shape[-1], dtype=dtype)
+        U = self.data.basis.eigenvectors.astype(dtype)
+        lam = sg(self.lambda_star).astype(dtype)[..., None, None]
+        grad = 0.5 * lam * (U @ inner @ U.T)
+        gram = jnp.asarray(gram, dtype)
+        return jnp.sum(sg(grad) * (gram - sg(gram)), axis=(-2, -1))
 
     def sample(self, key, sample_shape=()):
         r""":math:`Y = \sqrt{\lambda_*}\, (U_R \sqrt{\kappa})\, G\, \mathrm{chol}(Q)^\top + \sigma E`,

@@ -57,7 +57,7 @@ from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.likelihood import KroneckerNormal
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
 
-__all__ = ["ModelSpec", "deep_linear_model", "numpyro_q"]
+__all__ = ["ModelSpec", "arviz_dims_and_coords", "deep_linear_model", "numpyro_q"]
 
 HYPERPARAMETERS = ("lambda_star", "noise_variance", "ratio")
 NOISE_MODELS = ("scalar", "diagonal", "full")
@@ -395,6 +395,21 @@ class ModelSpec:
             intercept = jnp.asarray(intercept, data.dtype)
         return (self.prior, argument(self.lambda_star), noise, argument(self.ratio), data, intercept)
 
+    def arviz_dims(self, data: RegressionData, output_names=None, prefix: str = "") -> dict:
+        """``{"dims": ..., "coords": ...}`` naming this model's sites for ArviZ, for converting your
+        own NumPyro run: ``arviz_base.from_numpyro(mcmc, **spec.arviz_dims(data))`` gives ``Q`` the dims
+        ``(output, output_bis)`` and the prior's latents ``(layer|step, output|offdiag)``, as
+        :func:`~deeplinear.fit` does (not ``Q_dim_0``). ``output_names``: ``D`` names for the
+        ``output`` coordinate; ``prefix``: as given to ``prior.numpyro_vbar(prefix)``."""
+        from deeplinear._validation import check_output_names
+
+        self.check_data(data)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, got {describe(prefix)}")
+        names = check_output_names(output_names, data.num_outputs)
+        dims, coords = arviz_dims_and_coords(self.prior, data, names, self.noise_model != "scalar", prefix)
+        return {"dims": dims, "coords": coords}
+
     # -- written form --------------------------------------------------------------
     def to_dict(self) -> dict:
         """Plain-data form (JSON-ready): the prior as ``{"kind": ...}``, each hyperparameter as a
@@ -501,6 +516,37 @@ def _correlation_from_dict(value):
             raise ValueError(f"noise_correlation: {value!r} is not an LKJCholesky(dimension, concentration) prior")
         return dist.LKJCholesky(int(params["dimension"]), concentration=float(params["concentration"]))
     return value
+
+
+def arviz_dims_and_coords(prior, data, output_names=None, per_output_noise: bool = False, prefix: str = ""):
+    r"""ArviZ ``dims`` and ``coords`` for the sites of :func:`deep_linear_model` (and of your own model
+    built from ``prior.numpyro_vbar(prefix)``): ``Q``, ``noise_covariance``, ``noise_correlation(_cholesky)``
+    ``(output, output_bis)``; ``Y`` ``(obs, output)``; ``intercept`` and per-output ``noise_variance``
+    ``(output,)``; the prior's latents ``(layer, output)``/``(layer, offdiag)`` (finite width) or
+    ``(step, output)``/``(step, offdiag)`` (limit), named ``prefix + name``. ``prior`` may be ``None``
+    (no latent dims)."""
+    D = data.num_outputs
+    outputs = list(output_names) if output_names is not None else list(range(D))
+    coords = {"output": outputs, "output_bis": outputs}
+    if data.has_rows:
+        coords["obs"] = np.arange(data.num_obs)
+    dims = {"Q": ["output", "output_bis"], "Y": ["obs", "output"], "noise_covariance": ["output", "output_bis"],
+            "noise_correlation": ["output", "output_bis"], "noise_correlation_cholesky": ["output", "output_bis"]}
+    dims["intercept"] = ["output"]
+    if per_output_noise:  # per-output variances (a scalar noise variance has no dims)
+        dims["noise_variance"] = ["output"]
+    if D > 1:
+        rows, cols = np.tril_indices(D, k=-1)
+        coords["offdiag"] = [f"{outputs[r]},{outputs[c]}" for r, c in zip(rows, cols)]
+    if isinstance(prior, FiniteWidthPrior):
+        coords["layer"] = np.arange(1, prior.depth + 1)
+        dims[prefix + "bartlett_diag"] = ["layer", "output"]
+        dims[prefix + "bartlett_offdiag"] = ["layer", "offdiag"]
+    elif isinstance(prior, ProportionalLimitPrior):
+        coords["step"] = np.arange(1, prior.num_steps + 1)
+        dims[prefix + "brownian_diag"] = ["step", "output"]
+        dims[prefix + "brownian_offdiag"] = ["step", "offdiag"]
+    return dims, coords
 
 
 def _writable(value) -> bool:
