@@ -41,6 +41,7 @@ from deeplinear._validation import (
     check_probability,
     raw_key,
 )
+from deeplinear.custom import CustomModel, inspect_model, run_custom_nuts
 from deeplinear.data import RegressionData
 from deeplinear.likelihood import (
     KroneckerNormal,
@@ -91,15 +92,16 @@ class PosteriorFit:
         ``log_likelihood``); pass it to ``az.summary``, ``az.loo``, ``az.compare``, plots (for the
         exact NNGP fit, whose draws are all equal, use :func:`deeplinear.loo` and
         :func:`deeplinear.compare_models` instead of ``az.loo``/``az.compare``).
-    spec : ModelSpec
-        The model that was fitted (prior and hyperparameters).
+    spec : ModelSpec or CustomModel
+        The model that was fitted (prior and hyperparameters), or for ``fit(data, model=...)`` a
+        :class:`~deeplinear.custom.CustomModel` describing your model.
     data : RegressionData
         The training data.
     """
 
-    def __init__(self, datatree, spec: ModelSpec, data: RegressionData):
-        if not isinstance(spec, ModelSpec):
-            raise TypeError(f"spec must be a deeplinear.ModelSpec, got {type(spec).__name__}")
+    def __init__(self, datatree, spec: ModelSpec | CustomModel, data: RegressionData):
+        if not isinstance(spec, (ModelSpec, CustomModel)):
+            raise TypeError(f"spec must be a deeplinear.ModelSpec (or a CustomModel), got {type(spec).__name__}")
         spec.check_data(data)
         self.datatree = datatree
         self.spec = spec
@@ -156,6 +158,9 @@ class PosteriorFit:
         rng = raw_key(key)
         if prior_draws is not None:
             prior_draws = check_positive_int("prior_draws", prior_draws)
+            if isinstance(self.spec, CustomModel):
+                raise ValueError("prior_draws: the prior groups of your own model come from "
+                                 "numpyro.infer.Predictive(model) with the labels unobserved")
         rep = self._replicates(rng, _replicate_labels, "add_predictive_groups (replicated labels)")
         groups = {"posterior_predictive": {"Y": rep}}
         if prior_draws is not None:
@@ -234,6 +239,9 @@ class PosteriorFit:
 
         if not self.spec.has_latent_sites:
             raise ValueError("the exact NNGP fit has no sampled parameters: nothing to power-scale")
+        if isinstance(self.spec, CustomModel):
+            raise ValueError("power_scaling_tree needs the built-in model's prior sites; for your own model "
+                             "compute log_prior with numpyro.infer.util.log_density at each draw")
         post = self.datatree["posterior"]
         C, S = post.sizes["chain"], post.sizes["draw"]
         dtype = self.data.dtype
@@ -360,8 +368,9 @@ class PosteriorFit:
 
     def __repr__(self):
         post = self.datatree["posterior"]
+        what = f"model={self.spec.name!r}" if isinstance(self.spec, CustomModel) else f"prior={self.prior!r}"
         return (
-            f"PosteriorFit(prior={self.prior!r}, chains={post.sizes['chain']}, draws={post.sizes['draw']}, "
+            f"PosteriorFit({what}, chains={post.sizes['chain']}, draws={post.sizes['draw']}, "
             f"divergences={self.num_divergences})"
         )
 
@@ -393,7 +402,7 @@ def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target
 
 def fit(
     data: RegressionData,
-    prior,
+    prior=None,
     *,
     lambda_star=1.0,
     noise_variance=1.0,
@@ -411,6 +420,7 @@ def fit(
     max_tree_depth: int = 10,
     log_likelihood: bool | None = None,
     output_names=None,
+    model=None,
 ) -> PosteriorFit:
     r"""Sample the posterior of a deep linear network with NUTS.
 
@@ -455,6 +465,14 @@ def fit(
         ``True`` where that is impossible is an error (before sampling).
     output_names : list of str, optional
         ``D`` distinct names, the coordinates of the ``output`` dimension (default ``0..D-1``).
+    model : callable, optional
+        Your own NumPyro model ``model(data)`` built from the building blocks, in place of ``prior``
+        and the hyperparameter keywords (leave those out). Its posterior must hold ``Q``,
+        ``lambda_star``, ``noise_variance`` or ``noise_covariance`` and optionally ``intercept``,
+        and it must observe ``Y`` with a :class:`~deeplinear.KroneckerNormal` on ``data``
+        (:mod:`deeplinear.custom`, checked before sampling); then ``predict``, LOO,
+        :func:`~deeplinear.compare_models` and :func:`~deeplinear.save_fit` work as for the
+        built-in model. Sampled by NumPyro's ``MCMC`` (compiled per call).
 
     Returns
     -------
@@ -471,6 +489,15 @@ def fit(
         when the prior's ``Q`` underflows in the data's precision
         (:meth:`deeplinear.priors.VbarPrior.warn_if_underflows`).
     """
+    if model is not None:
+        return _fit_custom(data, prior, model, (lambda_star, noise_variance, ratio, noise_model, noise_correlation,
+                                                 intercept), num_warmup=num_warmup, num_samples=num_samples,
+                           num_chains=num_chains, chain_method=chain_method, key=key, progress_bar=progress_bar,
+                           target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+                           log_likelihood=log_likelihood, output_names=output_names)
+    if prior is None:
+        raise TypeError("fit needs a prior (FiniteWidthPrior, ProportionalLimitPrior, NNGPPrior or a ModelSpec) "
+                        "or model= (your own NumPyro model)")
     spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
     spec.check_data(data)
     _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target_accept_prob, max_tree_depth,
@@ -506,6 +533,33 @@ def fit(
         _add_loo_group(result)
     if spec.has_latent_sites:
         _warn_on_convergence(result)
+    return result
+
+
+def _fit_custom(data, prior, model, hyperparameters, *, num_warmup, num_samples, num_chains, chain_method, key,
+                progress_bar, target_accept_prob, max_tree_depth, log_likelihood, output_names) -> PosteriorFit:
+    """:func:`fit` with ``model=``: check the arguments and the model's site contract, run NumPyro's NUTS."""
+    if prior is not None or any(a is not b and a != b for a, b in zip(
+            hyperparameters, (1.0, 1.0, None, "scalar", None, None))):
+        raise ValueError("with model=, your model defines its prior and hyperparameters: leave prior and the "
+                         "hyperparameter keywords (lambda_star, noise_variance, ratio, noise_model, "
+                         "noise_correlation, intercept) out")
+    _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target_accept_prob, max_tree_depth,
+                       progress_bar, log_likelihood)
+    rng_key = raw_key(key)
+    log_likelihood = _store_loo_terms(log_likelihood, data, num_chains * num_samples)
+    output_names = check_output_names(output_names, data.num_outputs)
+    custom = inspect_model(model, data)
+    run = run_custom_nuts(custom, data, rng_key, num_chains=num_chains, num_warmup=num_warmup,
+                          num_samples=num_samples, target_accept_prob=target_accept_prob,
+                          max_tree_depth=max_tree_depth, chain_method=chain_method,
+                          progress_bar=_interactive() if progress_bar is None else progress_bar)
+    per_output = run.samples.get("noise_variance", np.zeros((1, 1))).ndim == 3
+    dims, coords = _dims_and_coords(None, data, output_names, per_output)
+    result = PosteriorFit(_sampled_tree(run, data, dims, coords), custom, data)
+    if log_likelihood:
+        _add_loo_group(result)
+    _warn_on_convergence(result, stacklevel=4)
     return result
 
 
@@ -642,7 +696,7 @@ def _add_loo_group(result: PosteriorFit):
     result.datatree["log_likelihood"] = xr.DataTree(ds)
 
 
-def _warn_on_convergence(result: PosteriorFit):
+def _warn_on_convergence(result: PosteriorFit, stacklevel: int = 3):
     diag = result.diagnostics()
     msgs = []
     if diag.divergences:
@@ -654,4 +708,4 @@ def _warn_on_convergence(result: PosteriorFit):
             f"max R-hat of {list(diag.variables)} is {diag.max_rhat:.3f} > {RHAT_THRESHOLD} (run longer or more warmup)"
         )
     if msgs:
-        warnings.warn("; ".join(msgs), ConvergenceWarning, stacklevel=3)
+        warnings.warn("; ".join(msgs), ConvergenceWarning, stacklevel=stacklevel)

@@ -14,6 +14,7 @@ it, ready for ``predict`` (without the MCMC object).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import xarray as xr
 
 from deeplinear._files import atomic_write
 from deeplinear._validation import check_bool
+from deeplinear.custom import CustomModel
 from deeplinear.data import InterceptTerms, KernelEigenbasis, RegressionData, null_scatter
 from deeplinear.inference import PosteriorFit
 from deeplinear.models import ModelSpec
@@ -81,6 +83,14 @@ def save_fit(result: PosteriorFit, path, *, overwrite: bool = False) -> Path:
     return path
 
 
+def _read_model(text):
+    """The fitted model's description: a :class:`ModelSpec`, or for a fit of your own model
+    (``fit(data, model=...)``) a :class:`~deeplinear.custom.CustomModel` without its function."""
+    if isinstance(text, str) and text.lstrip().startswith("{") and '"custom_model"' in text:
+        return CustomModel.from_dict(json.loads(text))
+    return ModelSpec.from_json(text)
+
+
 def load_fit(path) -> PosteriorFit:
     """Read a fit written by :func:`save_fit`.
 
@@ -115,7 +125,7 @@ def load_fit(path) -> PosteriorFit:
             )
         raise ValueError(f"{path} was not written by deeplinear.save_fit (format {FORMAT})")
     try:
-        spec = ModelSpec.from_json(dt.attrs.get("deeplinear_model"))
+        spec = _read_model(dt.attrs.get("deeplinear_model"))
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(f"{path}: its model specification cannot be read: {err}") from None
     dtype = _stored_dtype(path, dt.attrs.get("deeplinear_dtype"))

@@ -38,6 +38,7 @@ __all__ = ["loo", "LOO_BUDGET_ENTRIES"]
 
 DEFAULT_SUBSAMPLE = 2000  # inputs in the subsample, unless the budget allows fewer draws x inputs
 ROW_CHUNK = 2**15  # rows per compiled step of the approximation pass
+ROUNDING_SPREAD = 64  # terms spread over the draws by at most this many ulps are constant (an exact posterior)
 
 
 def loo(result, *, rows=None, observations: int | None = None, seed: int = 0):
@@ -88,13 +89,16 @@ def loo(result, *, rows=None, observations: int | None = None, seed: int = 0):
 
 def _psis(datatree, ll: xr.DataArray, pointwise: bool | None = None):
     """``arviz_stats.loo`` of the pointwise terms ``ll`` (chain, draw, obs); constant terms (an exact
-    posterior) get uniform weights and ``k = 0``."""
+    posterior, whose terms computed in batches may differ by rounding: within ``ROUNDING_SPREAD``
+    units of the last place) get uniform weights and ``k = 0``."""
     import arviz_stats
 
     tree = xr.DataTree.from_dict({"posterior": datatree["posterior"].to_dataset(),
                                   "log_likelihood": xr.Dataset({"Y": ll})})
     kwargs = {} if pointwise is None else {"pointwise": pointwise}
-    if float((ll.max(("chain", "draw")) - ll.min(("chain", "draw"))).max()) > 0:
+    spread = ll.max(("chain", "draw")) - ll.min(("chain", "draw"))
+    rounding = ROUNDING_SPREAD * np.finfo(ll.dtype).eps * (1 + np.abs(ll).max(("chain", "draw")))
+    if bool((spread > rounding).any()):
         return arviz_stats.loo(tree, **kwargs)
     log_weights = xr.zeros_like(ll) - np.log(ll.sizes["chain"] * ll.sizes["draw"])
     pareto_k = xr.zeros_like(ll.isel(chain=0, draw=0, drop=True))

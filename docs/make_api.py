@@ -22,6 +22,7 @@ MODULES = [
     "deeplinear.likelihood",
     "deeplinear.predictive",
     "deeplinear.inference",
+    "deeplinear.custom",
     "deeplinear.comparison",
     "deeplinear.exact",
     "deeplinear.sbc",
