@@ -35,7 +35,10 @@ class ModelComparison(NamedTuple):
     table : pandas.DataFrame
         One row per model: ``elpd_loo``, ``elpd_loo_se``, ``max_pareto_k`` (PSIS reliability:
         above 0.7 the LOO estimate for some input is unreliable), ``heldout_lpd`` (if test labels
-        were given), mean predictive variance and mean/max absolute cross-output correlation
+        were given) with ``heldout_lpd_se`` (:math:`\sqrt{P_*}` times the standard deviation of its
+        per-input terms, as for ``elpd_loo_se``; for the difference of two models use the paired
+        terms, ``predictive[name].log_predictive_density(Y_test, pointwise=True)``), mean predictive variance
+        and mean/max absolute cross-output correlation
         at the test inputs, and the mean absolute off-diagonal entry of the posterior mean of
         ``corr(Q)`` (absolute values, so correlations of opposite signs do not cancel; the
         entries with their signs are in ``q_correlation``).
@@ -107,7 +110,9 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
             row["mean_abs_pred_corr"] = float(np.abs(off).mean()) if off.size else 0.0
             row["max_abs_pred_corr"] = float(np.abs(off).max()) if off.size else 0.0
             if Y_test is not None:
-                row["heldout_lpd"] = float(pm.log_predictive_density(Y_test))
+                terms = np.asarray(pm.log_predictive_density(Y_test, pointwise=True), np.float64)
+                row["heldout_lpd"] = float(terms.sum())
+                row["heldout_lpd_se"] = float(np.sqrt(terms.size) * terms.std(ddof=1)) if terms.size > 1 else np.nan
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
     ranked = arviz_stats.compare(loos, round_to="none") if len(loos) > 1 else None

@@ -310,7 +310,8 @@ class PosteriorFit:
     def distinct_entries(self):
         """The ``posterior`` group as a DataTree in which each symmetric ``D x D`` variable
         (``Q``, ``noise_covariance``, ``noise_correlation``) holds only its upper triangle (row by
-        row), along a dimension ``<name>_entry`` labelled ``"row, column"`` (output names): every distinct entry
+        row; strictly above the diagonal for ``noise_correlation``, whose diagonal is 1), along a dimension
+        ``<name>_entry`` labelled ``"row, column"`` (output names): every distinct entry
         once, for ``arviz_stats.summary`` and forest plots (the full matrices repeat each
         off-diagonal entry). Other variables are unchanged."""
         post = self.datatree["posterior"].to_dataset()
@@ -321,9 +322,10 @@ class PosteriorFit:
         for name, var in post.data_vars.items():
             if name in SYMMETRIC_VARIABLES and var.dims[-2:] == ("output", "output_bis"):
                 dim = f"{name}_entry"
+                r, c = (rows, cols) if name != "noise_correlation" else np.triu_indices(D, k=1)  # its diagonal is 1
                 out[name] = xr.DataArray(
-                    var.values[..., rows, cols], dims=(*var.dims[:-2], dim),
-                    coords={dim: [f"{names[r]}, {names[c]}" for r, c in zip(rows, cols)]},
+                    var.values[..., r, c], dims=(*var.dims[:-2], dim),
+                    coords={dim: [f"{names[i]}, {names[j]}" for i, j in zip(r, c)]},
                 )
             else:
                 out[name] = var

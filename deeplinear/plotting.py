@@ -8,12 +8,17 @@ import math
 
 import numpy as np
 
-__all__ = ["plot_predictive_correlations", "plot_sbc"]
+__all__ = ["plot_predictive_correlations", "plot_q_correlations", "plot_sbc"]
 
 
-def plot_predictive_correlations(comparison, pair=(0, 1), ax=None, label_corr=None):
+def plot_predictive_correlations(comparison, pair=(0, 1), ax=None, label_corr=None, output_names=None):
     """Bar chart of the predictive cross-output correlation (outputs ``pair``) per test
-    input, one bar group per model; a dashed line at the labels' correlation if given."""
+    input, one bar group per model; a dashed line at the labels' correlation if given.
+
+    When the inputs have few features (``N0`` much smaller than ``P``) the data pin the linear map
+    down and the predictive covariance of the outputs is small and nearly uncorrelated whatever
+    ``Q`` learned, so these bars are all near 0; :func:`plot_q_correlations` then shows what the
+    models learned."""
     import matplotlib.pyplot as plt
 
     if not comparison.predictive:
@@ -30,10 +35,66 @@ def plot_predictive_correlations(comparison, pair=(0, 1), ax=None, label_corr=No
         ax.axhline(label_corr, color="k", ls="--", lw=1, label="labels' correlation")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("test input")
-    ax.set_ylabel(f"predictive corr(f_{i}, f_{j})")
+    first, second = (f"f_{i}", f"f_{j}") if output_names is None else (output_names[i], output_names[j])
+    ax.set_ylabel(f"predictive corr({first}, {second})")
     lo, hi = ax.get_ylim()
     ax.set_ylim(min(lo, -0.05), max(hi, 0.05) + 0.35 * (max(hi, 0.05) - min(lo, -0.05)))
     ax.legend(fontsize=7, ncol=3, loc="upper left")
+    return ax
+
+
+def plot_q_correlations(fits, references=None, output_names=None, ax=None, prob: float = 0.9):
+    r"""What each model learned about the outputs' correlations: for every output pair ``(d, e)``
+    (x axis) and model (side by side), the posterior mean of
+    :math:`\operatorname{corr}(Q)_{de} = Q_{de}/\sqrt{Q_{dd}Q_{ee}}` with its central ``prob``
+    interval; ``references`` (``{label: D x D matrix}``, e.g. the labels' correlation) as short
+    horizontal lines. The NNGP's ``Q = I`` shows as a point at 0.
+
+    Parameters
+    ----------
+    fits : dict[str, PosteriorFit]
+    references : dict[str, array (D, D)], optional
+    output_names : sequence of str, optional
+        Names of the ``D`` outputs for the pair labels (default: the fits' ``output`` coordinate).
+    """
+    import matplotlib.pyplot as plt
+
+    from deeplinear.predictive import correlation_matrix
+
+    if not isinstance(fits, dict) or not fits:
+        raise TypeError("fits must be a non-empty dict {name: PosteriorFit}")
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must be in (0, 1), got {prob!r}")
+    first = next(iter(fits.values()))
+    D = first.data.num_outputs
+    if D < 2:
+        raise ValueError("corr(Q) has no off-diagonal entry with one output")
+    if output_names is None:
+        output_names = [str(x) for x in first.datatree["posterior"]["Q"].coords["output"].values]
+    pairs = [(e, d) for d in range(D) for e in range(d)]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(pairs) + 2), 3.5))
+    width = 0.8 / len(fits)
+    x = np.arange(len(pairs))
+    tail = (1 - prob) / 2
+    for k, (name, f) in enumerate(fits.items()):
+        corr = correlation_matrix(f.draws("Q"))
+        values = np.stack([corr[:, i, j] for i, j in pairs], axis=1)  # (S, pairs)
+        mean = values.mean(0)
+        lo, hi = np.quantile(values, [tail, 1 - tail], axis=0)
+        pos = x - 0.4 + (k + 0.5) * width
+        ax.errorbar(pos, mean, yerr=[mean - lo, hi - mean], fmt="o", ms=4, capsize=2, label=name, color=f"C{k}")
+    for m, (label, matrix) in enumerate((references or {}).items()):
+        matrix = np.asarray(matrix)
+        style = ("k", "--") if m == 0 else ("0.45", ":")
+        for p, (i, j) in enumerate(pairs):
+            ax.hlines(matrix[i, j], p - 0.45, p + 0.45, colors=style[0], linestyles=style[1],
+                      label=label if p == 0 else None)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(x, [f"{output_names[i]}-{output_names[j]}" for i, j in pairs])
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel(f"corr(Q): posterior mean, {prob:.0%} interval")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     return ax
 
 

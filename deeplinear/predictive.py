@@ -293,8 +293,9 @@ def _moments(q, lam, noise, mu, data, test, batch_size):
 
 @partial(jax.jit, static_argnames="batch_size")
 def _pointwise_log_density(q, lam, noise, mu, data, test, Y_test, batch_size):
-    r""":math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s), \Sigma_{*jj}(Q_s) + \sigma_s^2 I)` with a
-    running log-sum-exp over batches of draws: memory ``O(b P* D^2)``, never ``(S, P*)``."""
+    r""":math:`\log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s), \Sigma_{*jj}(Q_s) + \sigma_s^2 I)` for each test
+    input ``j``, ``(P*,)``, with a running log-sum-exp over batches of draws: memory ``O(b P* D^2)``,
+    never ``(S, P*)``."""
     S = q.shape[0]
     P, D = test.num_test, data.num_outputs
     args = (_batches(q, batch_size), _batches(lam, batch_size), _batches(noise, batch_size), _batches(mu, batch_size),
@@ -313,7 +314,7 @@ def _pointwise_log_density(q, lam, noise, mu, data, test, Y_test, batch_size):
 
     start = (jnp.full((P,), -jnp.inf, q.dtype), jnp.zeros((P,), q.dtype))
     (top, total), _ = jax.lax.scan(step, start, args)
-    return jnp.sum(top + jnp.log(total) - jnp.log(S))
+    return top + jnp.log(total) - jnp.log(S)
 
 
 def _noise_matrix(noise, D: int):
@@ -563,22 +564,26 @@ class PredictiveMixture:
         out = jax.lax.map(one, jax.random.split(key, n), batch_size=self.batch_size)
         return out.reshape(sample_shape + (P, D))
 
-    def log_predictive_density(self, Y_test, joint: bool = False):
+    def log_predictive_density(self, Y_test, joint: bool = False, pointwise: bool = False):
         r"""Held-out log predictive density of labels ``Y_test`` (``(P*, D)``, one row per test input).
 
         ``joint=False`` (default): :math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s),
         \Sigma_{*jj}(Q_s) + \Sigma_{\varepsilon,s})`, the usual pointwise sum (:math:`\Sigma_{\varepsilon,s} =
-        \sigma_s^2 I` for scalar noise). ``joint=True``: :math:`\log \frac1S \sum_s
+        \sigma_s^2 I` for scalar noise); with ``pointwise=True`` its ``P*`` terms (an array), e.g. for
+        the standard error of a paired difference between models. ``joint=True``: :math:`\log \frac1S \sum_s
         N(\operatorname{vec} Y_*; m_*(Q_s), \Sigma_*(Q_s) + I_{P_*}\otimes\Sigma_{\varepsilon,s})`.
         """
         P, D = self.num_test, self.data.num_outputs
         Y_test = jnp.asarray(check_labels(Y_test, num_obs=P, num_outputs=D, name="Y_test"), self.q.dtype)
         joint = check_bool("joint", joint)
+        pointwise = check_bool("pointwise", pointwise)
+        if joint and pointwise:
+            raise ValueError("pointwise=True gives one term per test input; the joint density has no such terms")
         if not joint:
-            lpd = _pointwise_log_density(self.q, self.lambda_star, self._noise, self._intercept, self.data, self.test,
-                                         Y_test, self._draw_batch())
-            _check_finite("the held-out log predictive density", lpd)
-            return lpd
+            terms = _pointwise_log_density(self.q, self.lambda_star, self._noise, self._intercept, self.data,
+                                           self.test, Y_test, self._draw_batch())
+            _check_finite("the held-out log predictive density", terms)
+            return terms if pointwise else jnp.sum(terms)
         check_joint_size(P, D)
 
         def per_draw(a):

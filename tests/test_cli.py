@@ -2,6 +2,7 @@
 is ``infer`` then ``simulate``; ``fit``; ``compare``), everything else in-process through
 ``main(argv)``, which returns the exit code."""
 
+import re
 import subprocess
 import sys
 
@@ -33,7 +34,11 @@ def test_default_run_infers_compares_and_simulates(tmp_path, capsys, monkeypatch
     assert "ratio" in out.stdout  # posterior summary of the inferred depth-to-width ratio
     # Linnerud: corr(Q) per output pair against the labels', and the held-out verdict.
     assert "Weight-Waist" in out.stdout and "Waist-Pulse" in out.stdout
-    assert "Held-out log density: the limit with a inferred" in out.stdout
+    assert "Held-out log density:" in out.stdout
+    # item 6/7 of issue 14: full noise, against the NNGP, the Wishart baseline and scalar noise, each stated
+    for other in ("the NNGP", "the Wishart baseline", "the same model with scalar noise"):
+        assert re.search(rf"the limit with a inferred \(full noise\) (beats|does not beat) {other}.*nats", out.stdout)
+    assert "What correlated noise changes" in out.stdout and "corr(Q), scalar noise" in out.stdout
     assert (tmp_path / "figs" / "predictive_correlations.png").stat().st_size > 0
     assert (tmp_path / "figs" / "posterior_correlation_and_ratio.png").stat().st_size > 0
     assert "N(-a/2, a/2)" in out.stdout and "E[Q_12^2]" in out.stdout

@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats as st
 
-from deeplinear.plotting import plot_predictive_correlations
-from deeplinear.predictive import correlation_matrix
+from deeplinear.plotting import plot_predictive_correlations, plot_q_correlations
 
 __all__ = ["plot_demo", "plot_lognormal_convergence", "plot_offdiagonal_variance"]
 
 
 def plot_demo(demo):
-    """Two figures: predictive correlations per test input for each output pair; posterior
-    of corr(Q) for each pair and of the inferred ratio ``a``."""
+    """Two figures: predictive correlations per test input for each output pair; the posterior
+    of corr(Q) of every fit (mean and 90% interval) against the labels' and the least-squares
+    correlations, and the posterior of the inferred ratio ``a``."""
     import matplotlib.pyplot as plt
 
     D = demo.label_correlation.shape[0]
@@ -22,32 +22,28 @@ def plot_demo(demo):
     n = max(len(pairs), 1)
     fig1, axes1 = plt.subplots(1, n, figsize=(4.5 * n, 3.5), squeeze=False)
     for ax, (i, j) in zip(axes1[0], pairs):
-        plot_predictive_correlations(demo.comparison, pair=(i, j), ax=ax, label_corr=demo.label_correlation[i, j])
+        plot_predictive_correlations(demo.comparison, pair=(i, j), ax=ax, label_corr=demo.label_correlation[i, j],
+                                     output_names=demo.output_names)
         ax.set_title(f"{demo.output_names[i]}-{demo.output_names[j]}")
-        ax.set_ylabel("predictive correlation")
-        ax.legend(fontsize=6)
+        ax.get_legend().remove()
+    handles, labels = axes1[0, 0].get_legend_handles_labels()
+    fig1.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
     fig1.suptitle("Predictive cross-output correlation at held-out inputs")
-    fig1.tight_layout()
+    fig1.tight_layout(rect=(0, 0.14, 1, 1))
 
-    fig2, axes2 = plt.subplots(1, n + 1, figsize=(4 * (n + 1), 3.5), squeeze=False)
-    for ax, (i, j) in zip(axes2[0], pairs):
-        for name, f in demo.fits.items():
-            c = correlation_matrix(f.draws("Q"))[:, i, j]
-            if np.ptp(c) > 0:  # the NNGP's Q = I has no spread
-                ax.hist(c, bins=40, range=(-1, 1), histtype="step", density=True, label=name)
-        ax.axvline(demo.label_correlation[i, j], color="k", ls="--", lw=1, label="labels")
-        ax.axvline(demo.least_squares_correlation[i, j], color="gray", ls=":", lw=1.5, label="least squares")
-        ax.set_xlabel(f"corr(Q) {demo.output_names[i]}-{demo.output_names[j]}")
-        ax.legend(fontsize=6)
-    ax = axes2[0, -1]
+    fig2, (ax_q, ax_a) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [2.2, 1]})
+    references = {"labels": demo.label_correlation, "least squares": demo.least_squares_correlation}
+    plot_q_correlations(demo.fits, references, output_names=demo.output_names, ax=ax_q)
+    ax_q.set_title("What each model learned: E[corr(Q) | Y]")
     inferred = demo.fits.get(demo.inferred)
     if inferred is not None:
         a = inferred.draws("ratio")
-        ax.hist(a, bins=40, density=True, histtype="stepfilled", alpha=0.6, label="posterior")
+        ax_a.hist(a, bins=40, density=True, histtype="stepfilled", alpha=0.6, label="posterior")
         grid = np.linspace(1e-3, max(a.max(), 1e-3), 200)
-        ax.plot(grid, np.exp(-np.log(grid) ** 2 / 2) / (grid * np.sqrt(2 * np.pi)), "k-", lw=1, label="prior")
-        ax.set_xlabel("depth-to-width ratio a")
-        ax.legend(fontsize=8)
+        ax_a.plot(grid, np.exp(-np.log(grid) ** 2 / 2) / (grid * np.sqrt(2 * np.pi)), "k-", lw=1, label="prior")
+        ax_a.set_xlabel("depth-to-width ratio a")
+        ax_a.set_title(demo.inferred)
+        ax_a.legend(fontsize=8)
     fig2.tight_layout()
     return fig1, fig2
 

@@ -219,7 +219,7 @@ def run_compare(args) -> int:
 
     from deeplinear.app.outputs import OutputFiles
     from deeplinear.comparison import compare_models
-    from deeplinear.plotting import plot_predictive_correlations
+    from deeplinear.plotting import plot_predictive_correlations, plot_q_correlations
     from deeplinear.priors import NNGPPrior
 
     prep = _Prepared(args)
@@ -248,10 +248,15 @@ def run_compare(args) -> int:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
 
-            ax = plot_predictive_correlations(comp, label_corr=float(np.corrcoef(prep.Y, rowvar=False)[0, 1]))
-            ax.set_title(f"predictive corr({prep.output_names[0]}, {prep.output_names[1]}) at test rows")
-            ax.figure.tight_layout()
-            path = outputs.write("comparison.png", lambda tmp: ax.figure.savefig(tmp, format="png", dpi=120))
+            label_corr = np.corrcoef(prep.Y, rowvar=False)
+            fig, (ax_q, ax_p) = plt.subplots(1, 2, figsize=(12, 4.6))
+            plot_q_correlations(fits, {"labels' correlation": label_corr}, output_names=prep.output_names, ax=ax_q)
+            ax_q.set_title("what each model learned: E[corr(Q) | Y]")
+            plot_predictive_correlations(comp, label_corr=float(label_corr[0, 1]), ax=ax_p,
+                                         output_names=prep.output_names)
+            ax_p.set_title(f"predictive corr({prep.output_names[0]}, {prep.output_names[1]}) at test rows")
+            fig.tight_layout()
+            path = outputs.write("comparison.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
             plt.close("all")
             print(f"figure written to {path}")
     return 0
