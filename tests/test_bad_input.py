@@ -23,6 +23,7 @@ from deeplinear import (
 )
 from deeplinear import moments as mom
 from deeplinear.app.demo import inference_demo
+from deeplinear.app.prior_laws import lognormal_convergence, offdiagonal_variance
 from deeplinear.datasets import correlated_outputs
 from deeplinear.likelihood import loo_log_likelihood
 from deeplinear.predictive import conditional_predictive
@@ -212,6 +213,9 @@ CASES = [
         dist.Normal(0.0, 1.0), dist.transforms.ExpTransform())).to_dict(), ValueError, "cannot be written down"),
     (lambda: deep_linear_model(DATA, ModelSpec(LIM2), noise_variance=0.5), ValueError, "inside the ModelSpec"),
     (lambda: inference_demo(dataset=correlated_outputs(), output_names=["a"]), ValueError, "output_names"),
+    # L = aN must be whole, so that L/N is the a of the limit it is compared with (issue 14, item 7)
+    (lambda: lognormal_convergence(KEY, ratios=(0.25,), widths=(2,)), ValueError, "aN = 0.5"),
+    (lambda: offdiagonal_variance(KEY, ratio=0.5, widths=(3,)), ValueError, "whole number"),
 ]
 
 

@@ -19,6 +19,10 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
     resources = {"metadata": {"path": str(tmp_path)}}
     NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", resources=resources).execute()
+    # quiet under nbconvert (issue 14, item 7): no progress bars or warnings on stderr
+    stderr = [o["text"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not stderr, stderr[:3]
 
 
 def test_notebooks_exist():

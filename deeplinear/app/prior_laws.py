@@ -58,11 +58,18 @@ class OffDiagonalRow(NamedTuple):
 
 
 def _depth(ratio, width):
-    return max(1, int(round(ratio * width)))
+    """``L = aN``, which must be a whole number ``>= 1``: a rounded depth would make ``L/N`` differ from
+    the ``a`` of the limit it is compared with (``a = 0.25, N = 2`` would give ``L = 1``, ``L/N = 0.5``)."""
+    depth = ratio * width
+    if depth < 1 - 1e-9 or abs(depth - round(depth)) > 1e-9:
+        raise ValueError(f"L = a N must be a whole number >= 1 so that L/N = a, but a = {ratio:g} and N = {width} give "
+                         f"aN = {depth:g}; choose widths that are multiples of 1/a")
+    return int(round(depth))
 
 
 def lognormal_convergence(key, ratios=(0.25, 0.5, 1.0), widths=(4, 16, 64), num_samples=20_000):
-    r"""``D = 1``: :math:`\log \bar V` for ``L = round(aN)`` against :math:`N(-a/2, a/2)`.
+    r"""``D = 1``: :math:`\log \bar V` for ``L = aN`` (a whole number, else a ``ValueError``) against
+    :math:`N(-a/2, a/2)`.
 
     The exact finite law has mean :math:`\sum_l \tfrac12(\psi(N/2) + \log(2/N))` and
     variance :math:`L\,\psi'(N/2)/4`; both tend to the limit's at rate ``O(1/N)``.
