@@ -49,6 +49,7 @@ __all__ = ["InferenceDemo", "correlation_table", "heldout_verdicts", "inference_
 
 DEMO_RATIOS = (0.5, 2.0)
 DEMO_STEPS = 32
+DEMO_TARGET_ACCEPT = 0.9  # smaller steps for the curved posteriors of a and the LKJ noise correlation
 DEMO_NOISE = "full"  # the residuals of Weight and Waist correlate: a full noise covariance (LKJ(3, 1) correlation)
 INFERRED = "limit a~LogNormal"  # name of the fit with the ratio inferred
 SCALAR_NOISE = "limit a~LogNormal, scalar noise"  # the same model with noise sigma^2 I
@@ -129,7 +130,8 @@ def inference_demo(
     data_x, data_y = sx.transform(ds.X_train), sy.transform(ds.Y_train)
     data = RegressionData.linear(data_x, data_y)
     kw = dict(noise_variance=dist.HalfNormal(1.0), num_warmup=num_warmup, num_samples=num_samples,
-              num_chains=num_chains, key=key, progress_bar=progress_bar, output_names=list(names))
+              num_chains=num_chains, key=key, progress_bar=progress_bar, output_names=list(names),
+              target_accept_prob=DEMO_TARGET_ACCEPT)
     full = dict(kw, noise_model=DEMO_NOISE)
     limit = ProportionalLimitPrior(1.0, D, DEMO_STEPS)
     runs = {f"limit a={a:g}": (ProportionalLimitPrior(a, D, DEMO_STEPS), {}, full) for a in DEMO_RATIOS}
