@@ -29,6 +29,7 @@ from deeplinear import (
 from deeplinear.network import weight_space_model
 
 SIGMAS = 5.0  # tolerance in Monte Carlo standard errors
+WS_SIGMAS = 4.0  # against weight-space NUTS (issue 14's acceptance: within 4 MCSE)
 NUM_CHAINS = 2
 NUM_WARMUP = 500
 NUM_DRAWS = 1500  # per chain, Q-space NUTS
@@ -123,8 +124,12 @@ def test_d2_predictive_matches_weight_space_nuts(noise_model):
         dl_mean, dl_mean_se = _mcse(md)
         ddev = md - dl_mean
         dl_cov, dl_cov_se = _mcse(cd + np.einsum("csjd,csje->csjde", ddev, ddev))
-        np.testing.assert_array_less(np.abs(dl_mean - ws_mean), SIGMAS * np.hypot(dl_mean_se, ws_mean_se))
-        np.testing.assert_array_less(np.abs(dl_cov - ws_cov), SIGMAS * np.hypot(dl_cov_se, ws_cov_se))
+        z_mean = np.abs(dl_mean - ws_mean) / np.hypot(dl_mean_se, ws_mean_se)
+        z_cov = np.abs(dl_cov - ws_cov) / np.hypot(dl_cov_se, ws_cov_se)
+        print(f"{noise_model}: max |z| of the predictive mean {z_mean.max():.2f}, of its covariance "
+              f"{np.nanmax(z_cov):.2f}")
+        np.testing.assert_array_less(z_mean, WS_SIGMAS)
+        np.testing.assert_array_less(np.abs(dl_cov - ws_cov), WS_SIGMAS * np.hypot(dl_cov_se, ws_cov_se))
         np.testing.assert_allclose(np.asarray(pm.covariance()), dl_cov, rtol=1e-8, atol=1e-12)
 
 
