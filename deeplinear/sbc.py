@@ -36,6 +36,7 @@ import numpyro.distributions as dist
 from numpyro.infer import Predictive
 from scipy import stats
 
+from deeplinear._executor import check_executor, run_with_retry
 from deeplinear._types import KeyLike
 from deeplinear._validation import check_positive_int, check_probability, raw_key
 from deeplinear.inference import _interactive, check_sampler_settings
@@ -150,11 +151,7 @@ class SBCTaskError(RuntimeError):
 def _checked_executor(executor, spec: ModelSpec) -> str:
     """``executor`` is a ``concurrent.futures.Executor`` and ``spec`` can be written down (tasks ship
     its JSON); returns the JSON."""
-    if not isinstance(executor, concurrent.futures.Executor):
-        raise TypeError(
-            f"executor must be a concurrent.futures.Executor (e.g. ProcessPoolExecutor, or a Dask client's "
-            f"get_executor()), got {type(executor).__name__}"
-        )
+    check_executor(executor)
     try:
         return spec.to_json()
     except ValueError as err:
@@ -182,25 +179,12 @@ def _run_on_executor(executor, spec_json, data, keys, labels, indices, target_ac
     keys, labels = np.asarray(keys), np.asarray(labels)
     x64 = bool(jax.config.jax_enable_x64)
 
-    def submit(b):
-        return executor.submit(_batch_task, spec_json, host_data, keys[indices[b]], labels[indices[b]],
-                               float(target_accept_prob), settings, x64)
+    def submit(pool, b):
+        return pool.submit(_batch_task, spec_json, host_data, keys[indices[b]], labels[indices[b]],
+                           float(target_accept_prob), settings, x64)
 
-    pending = {submit(b): (b, None) for b in range(len(indices))}
-    results, failed = {}, {}
-    while pending:
-        done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-        for future in done:
-            b, first_error = pending.pop(future)
-            error = future.exception()
-            if error is None:
-                results[b] = future.result()
-                if progress is not None:
-                    progress.update(1)
-            elif first_error is None:
-                pending[submit(b)] = (b, error)  # one retry
-            else:
-                failed[b] = (first_error, error)
+    results, failed = run_with_retry(executor, range(len(indices)), submit,
+                                     None if progress is None else lambda *_: progress.update(1))
     if failed:
         lines = [f"simulations {indices[b].min()}..{indices[b].max()} (batch {b}): {type(e1).__name__}: {e1}; "
                  f"retry: {type(e2).__name__}: {e2}" for b, (e1, e2) in sorted(failed.items())]
