@@ -130,6 +130,31 @@ class LinearStatistics:
         )
 
     @classmethod
+    def from_dask(cls, X, Y, *, split_every: int = 8) -> LinearStatistics:
+        """Statistics of rows held by Dask -- ``X`` ``(P, N0)`` and ``Y`` ``(P, D)`` as dask arrays or
+        dask DataFrames (e.g. from ``dask.dataframe.read_parquet`` or ``dask.array.from_zarr``), chunked
+        along the rows.
+
+        Each row chunk becomes :meth:`from_chunk` on the worker that holds it (columns are rechunked
+        to one block, ``Y`` to the row chunks of ``X``), and the statistics are merged in a tree of
+        fan-in ``split_every`` (float64 TSQR), so only ``(N0 + D)``-square matrices travel. It runs on
+        Dask's current scheduler: a ``distributed.Client`` when one is active. Equal to
+        :meth:`from_chunk` of all the rows to round-off."""
+        import dask
+
+        split_every = check_positive_int("split_every", split_every, minimum=2)
+        X, Y = _dask_matrix(X, "X"), _dask_matrix(Y, "Y")
+        if X.shape[0] != Y.shape[0]:
+            raise ValueError(f"X and Y must have the same rows (one observation per row): {X.shape[0]} and "
+                             f"{Y.shape[0]}")
+        X = X.rechunk({1: -1})
+        Y = Y.rechunk({0: X.chunks[0], 1: -1})
+        parts = [dask.delayed(cls.from_chunk)(x, y) for x, y in zip(X.to_delayed().ravel(), Y.to_delayed().ravel())]
+        while len(parts) > 1:
+            parts = [dask.delayed(_merge_all)(*parts[i:i + split_every]) for i in range(0, len(parts), split_every)]
+        return dask.compute(parts[0])[0]
+
+    @classmethod
     def accumulate(cls, chunks) -> LinearStatistics:
         """Statistics of an iterable of ``(X_chunk, Y_chunk)`` pairs (e.g. :class:`ArrayChunks`), in
         one pass with one chunk in memory at a time."""
@@ -142,6 +167,31 @@ class LinearStatistics:
         if total is None:
             raise ValueError("chunks is empty: no rows to set up from")
         return total
+
+
+def _merge_all(*parts: LinearStatistics) -> LinearStatistics:
+    """Merge several statistics (one node of a tree reduction)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merge(part)
+    return total
+
+
+def _dask_matrix(value, name: str):
+    """A 2-D dask array from a dask array, DataFrame or Series (row lengths computed)."""
+    import dask.array as da
+
+    if hasattr(value, "to_dask_array"):  # dask DataFrame / Series
+        value = value.to_dask_array(lengths=True)
+    if not isinstance(value, da.Array):
+        raise TypeError(f"{name} must be a dask array or dask DataFrame, got {describe(value)}")
+    if value.ndim == 1:
+        value = value[:, None]
+    if value.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows are observations), got {value.ndim} dimensions")
+    if any(np.isnan(c) for c in value.chunks[0]):
+        raise ValueError(f"{name} has unknown chunk lengths; compute them first (e.g. to_dask_array(lengths=True))")
+    return value
 
 
 def _square(r: np.ndarray, n: int) -> np.ndarray:

@@ -1,7 +1,9 @@
-"""Simulation-based calibration on an executor (issue 15, item 1, first part): the same ranks as in
+"""Beyond one process (issue 15). Simulation-based calibration on an executor: the same ranks as in
 process for the same key, on a spawned process pool and on a Dask ``LocalCluster`` with worker
 processes; a failed task is retried once, and a batch that fails twice is reported with its
-simulations; bad executors and unwritable specifications are refused before anything runs."""
+simulations; bad executors and unwritable specifications are refused before anything runs.
+Sufficient statistics reduced by Dask from a chunked array of 10^6 rows (and a dask DataFrame)
+equal the in-memory set-up to round-off."""
 
 import concurrent.futures
 import multiprocessing
@@ -13,6 +15,7 @@ import pytest
 
 import deeplinear as dl
 from deeplinear.sbc import SBCTaskError
+from deeplinear.streaming import LinearStatistics
 
 NUM_SIMULATIONS = 8
 BATCH = 3  # three tasks, the last one padded
@@ -49,14 +52,61 @@ def test_process_pool_gives_the_in_process_ranks(in_process):
         _same(in_process, _sbc(data, prior, executor=pool))
 
 
-def test_dask_local_cluster_gives_the_in_process_ranks_in_float64():
+@pytest.fixture(scope="module")
+def client():
+    """A Dask ``LocalCluster`` with two worker processes, and a client (the current scheduler)."""
     distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as connected:
+        yield connected
+
+
+def test_dask_local_cluster_gives_the_in_process_ranks_in_float64(client):
     with jax.enable_x64(True):
         data, prior = _problem("float64")
-        expected = _sbc(data, prior)
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                      silence_logs=40) as cluster, distributed.Client(cluster) as client:
-            _same(expected, _sbc(data, prior, executor=client.get_executor()))
+        _same(_sbc(data, prior), _sbc(data, prior, executor=client.get_executor()))
+
+
+STATS_ROWS = 10**6  # rows of the chunked dask array (issue 15's acceptance)
+
+
+def test_sufficient_statistics_from_dask_equal_the_in_memory_set_up(client):
+    """10^6 rows in 10 dask chunks (labels in 20), reduced on the cluster's worker processes: the
+    set-up equals RegressionData.linear on the same rows to round-off; a dask DataFrame too."""
+    import dask.array as da
+    import dask.dataframe as dd
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(STATS_ROWS, 5)) * np.array([1.0, 10.0, 0.1, 3.0, 1.0])
+    Y = X @ rng.normal(size=(5, 2)) + rng.normal(size=(STATS_ROWS, 2)) + 4.0
+    with jax.enable_x64(True):
+        whole = dl.RegressionData.linear(X, Y, dtype="float64")
+        stats = LinearStatistics.from_dask(da.from_array(X, chunks=(100_000, 5)), da.from_array(Y, chunks=(50_000, 2)))
+        frame = dd.from_pandas(pd.DataFrame(np.hstack([X[:1000], Y[:1000]]), columns=list("abcdefg")), npartitions=4)
+        small = LinearStatistics.from_dask(frame[list("abcde")], frame[["f", "g"]])
+        streamed = dl.RegressionData.from_statistics(stats, dtype="float64")
+        small_data = dl.RegressionData.from_statistics(small, dtype="float64")
+        small_whole = dl.RegressionData.linear(X[:1000], Y[:1000], dtype="float64")
+    assert stats.num_rows == STATS_ROWS
+    np.testing.assert_allclose(stats.input_sums, X.sum(0), rtol=1e-10)
+    for got, want in ((streamed, whole), (small_data, small_whole)):
+        np.testing.assert_allclose(got.basis.eigenvalues, want.basis.eigenvalues, rtol=1e-10)
+        np.testing.assert_allclose(got.rotated_labels, want.rotated_labels, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(got.null_scatter, want.null_scatter, rtol=1e-9)
+        np.testing.assert_allclose(got.intercept_terms.null_mean, want.intercept_terms.null_mean, rtol=1e-9)
+
+
+def test_bad_dask_input_is_refused():
+    pytest.importorskip("dask")
+    import dask.array as da
+
+    with pytest.raises(TypeError, match="dask array"):
+        LinearStatistics.from_dask(np.ones((4, 2)), da.ones((4, 1)))
+    with pytest.raises(ValueError, match="same rows"):
+        LinearStatistics.from_dask(da.ones((4, 2)), da.ones((5, 1)))
+    with pytest.raises(ValueError, match="split_every"):
+        LinearStatistics.from_dask(da.ones((4, 2)), da.ones((4, 1)), split_every=1)
 
 
 class _FlakyExecutor(concurrent.futures.ThreadPoolExecutor):
