@@ -2,17 +2,17 @@
 LocalCluster with 1 and 2 worker processes against in-process, on this machine (issue 15).
 
 * SBC: configurations of the SBC matrix (benchmarks/sbc.py: N0 = 3, P = 8, 500 warmup, 1000 draws
-  thinned by 10), SIMULATIONS simulations each in batches of BATCH (one task per batch). In process,
-  then on the cluster twice: cold (each worker compiles the batch program) and warm (the workers
-  reuse it). Throughput in simulations per second; the ranks must equal the in-process ones.
+  thinned by 10), SIMULATIONS simulations each in batches of BATCH (one task per batch). Each way
+  twice: cold (the first call compiles the batch program, in each worker) and warm (it is reused):
+  in process, then on the cluster. Throughput in simulations per second; the ranks must equal the in-process ones.
 * Set-up: ROWS rows (N0 = 5 inputs, D = 2 labels) written by the benchmark as Parquet files of
   ROWS_PER_FILE rows in a temporary folder (removed at the end). In process: read file by file and
   LinearStatistics.accumulate; on the cluster: dask.dataframe.read_parquet and
-  LinearStatistics.from_dask. Throughput in rows per second; the kernel eigenvalues must agree.
+  LinearStatistics.from_dask_dataframe. Throughput in rows per second; the kernel eigenvalues must agree.
 
 Run with nothing else busy on the machine:
 
-    python benchmarks/distributed.py [--quick] [--rows N] [--simulations N]
+    python benchmarks/distributed.py [--quick] [--rows N] [--simulations N] [--all-configs]
 
 Writes benchmarks/results/distributed_<platform>.md, with a paragraph that scales the measured
 per-task and per-chunk costs to N machines.
@@ -84,7 +84,7 @@ def setup_on_cluster(folder: Path, inputs, outputs):
 
     t = time.perf_counter()
     frame = dd.read_parquet(str(folder))
-    stats = LinearStatistics.from_dask(frame[inputs], frame[outputs])
+    stats = LinearStatistics.from_dask_dataframe(frame, inputs, outputs)
     return time.perf_counter() - t, stats
 
 
@@ -113,19 +113,22 @@ def main():
     parser.add_argument("--quick", action="store_true", help="10^6 rows, 20 simulations")
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--simulations", type=int, default=None)
+    parser.add_argument("--all-configs", action="store_true",
+                        help="every configuration of the SBC matrix (about 2 h here at 500 simulations), not two")
     args = parser.parse_args()
     rows = args.rows or (10**6 if args.quick else ROWS)
     simulations = args.simulations or (20 if args.quick else SIMULATIONS)
     machine = describe()
     rng = np.random.default_rng(0)
     data = dl.RegressionData.linear(rng.normal(size=(P, N0)), np.zeros((P, 2)))
-    configs = [c for c in configurations() if c[0] in SBC_CONFIGS]
+    configs = [c for c in configurations() if args.all_configs or c[0] in SBC_CONFIGS]
 
     sbc_rows = []
     for name, prior, kw in configs:
-        seconds, reference = sbc_run(data, prior, kw, simulations)
-        sbc_rows.append((name, "in process", "-", seconds, simulations / seconds, True))
-        print(sbc_rows[-1], flush=True)
+        for phase in ("cold", "warm"):  # cold: the first call compiles; warm: the compiled program again
+            seconds, reference = sbc_run(data, prior, kw, simulations)
+            sbc_rows.append((name, "in process", phase, seconds, simulations / seconds, True))
+            print(sbc_rows[-1], flush=True)
         for workers in WORKER_COUNTS:
             with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                           dashboard_address=None, silence_logs=40) as cluster, \
@@ -154,7 +157,7 @@ def main():
                     distributed.Client(cluster):
                 seconds, stats = setup_on_cluster(folder, inputs, outputs)
                 err = float(np.max(np.abs(eigenvalues(stats) - ref_eig) / ref_eig))
-                setup_rows.append((f"LocalCluster, {workers} worker(s) (read_parquet, from_dask)", seconds,
+                setup_rows.append((f"LocalCluster, {workers} worker(s) (read_parquet, from_dask_dataframe)", seconds,
                                    rows / seconds, err))
                 print(setup_rows[-1], flush=True)
     finally:
@@ -188,7 +191,7 @@ def main():
     one = [k for k in warm if k[1].endswith("1 worker(s)")]
     task_s = np.mean([warm[k] / math.ceil(simulations / BATCH) for k in one])
     compile_s = np.mean([cold[k] - warm[k] for k in one])
-    in_proc = {n: s for n, w, ph, s, _, _ in sbc_rows if w == "in process"}
+    in_proc = {n: s for n, w, ph, s, _, _ in sbc_rows if w == "in process" and ph == "warm"}
     chunk_s = setup_rows[1][1] / files
     matrix_tasks = 18 * 500 / BATCH
     lines += [
@@ -198,7 +201,7 @@ def main():
         f"Measured here: one SBC task ({BATCH} simulations) takes {task_s:.1f} s on one warm worker process; "
         f"a worker's first task adds {compile_s:.1f} s of compilation (per model structure); one "
         f"{ROWS_PER_FILE:.0e}-row Parquet chunk takes {chunk_s:.2f} s to read and reduce on one worker. "
-        f"In process, SBC of the same configurations took {', '.join(f'{v:.0f} s' for v in in_proc.values())} "
+        f"In process, warm, SBC of the same configurations took {', '.join(f'{v:.0f} s' for v in in_proc.values())} "
         "(XLA may use both cores there, a single-threaded worker one). This machine has 2 cores, so 2 workers "
         "can at best double the throughput of one, and the scheduler, the client and the workers share "
         "those cores.",

@@ -84,7 +84,7 @@ def test_sufficient_statistics_from_dask_equal_the_in_memory_set_up(client):
         whole = dl.RegressionData.linear(X, Y, dtype="float64")
         stats = LinearStatistics.from_dask(da.from_array(X, chunks=(100_000, 5)), da.from_array(Y, chunks=(50_000, 2)))
         frame = dd.from_pandas(pd.DataFrame(np.hstack([X[:1000], Y[:1000]]), columns=list("abcdefg")), npartitions=4)
-        small = LinearStatistics.from_dask(frame[list("abcde")], frame[["f", "g"]])
+        small = LinearStatistics.from_dask_dataframe(frame, list("abcde"), ["f", "g"])
         streamed = dl.RegressionData.from_statistics(stats, dtype="float64")
         small_data = dl.RegressionData.from_statistics(small, dtype="float64")
         small_whole = dl.RegressionData.linear(X[:1000], Y[:1000], dtype="float64")
@@ -97,12 +97,25 @@ def test_sufficient_statistics_from_dask_equal_the_in_memory_set_up(client):
         np.testing.assert_allclose(got.intercept_terms.null_mean, want.intercept_terms.null_mean, rtol=1e-9)
 
 
+def _frame():
+    import dask.dataframe as dd
+    import pandas as pd
+
+    return dd.from_pandas(pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 1.0, 0.0, 2.0]}), npartitions=2)
+
+
 def test_bad_dask_input_is_refused():
     pytest.importorskip("dask")
     import dask.array as da
 
     with pytest.raises(TypeError, match="dask array"):
         LinearStatistics.from_dask(np.ones((4, 2)), da.ones((4, 1)))
+    with pytest.raises(ValueError, match="missing"):
+        LinearStatistics.from_dask_dataframe(_frame(), ["a", "z"], ["b"])
+    with pytest.raises(ValueError, match="both an input and an output"):
+        LinearStatistics.from_dask_dataframe(_frame(), ["a"], ["a"])
+    with pytest.raises(TypeError, match="from_dask_dataframe"):
+        LinearStatistics.from_dask(_frame()[["a"]], da.ones((4, 1)))
     with pytest.raises(ValueError, match="same rows"):
         LinearStatistics.from_dask(da.ones((4, 2)), da.ones((5, 1)))
     with pytest.raises(ValueError, match="split_every"):
