@@ -247,9 +247,20 @@ def run_sweep(
             return
         stem = _file_stem(i, checked[i][0])  # names may hold dots ("a=0.5"): append, never with_suffix
         if tree is not None:
-            atomic_write(folder / (stem + ".nc"), lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
-        text = json.dumps({"format": FORMAT, "name": checked[i][0], "fingerprint": prints[i], "row": row})
-        atomic_write(folder / (stem + ".json"), lambda tmp: Path(tmp).write_text(text))
+            tree_path = folder / (stem + ".nc")
+            if tree_path.exists():  # left by an interrupted run (written before the row): the same fit?
+                with xr.open_datatree(tree_path, engine="h5netcdf") as old:
+                    if old.attrs.get("deeplinear_sweep_fingerprint") != prints[i]:
+                        raise ValueError(f"{tree_path} holds the DataTree of a different fit; use another "
+                                         "checkpoint folder -- nothing was overwritten")
+            else:
+                tree = tree.copy()
+                tree.attrs["deeplinear_sweep_fingerprint"] = prints[i]
+                atomic_write(tree_path, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
+        row_path = folder / (stem + ".json")
+        if not row_path.exists():  # else: the same fit's row (checked above), kept when only its DataTree was missing
+            text = json.dumps({"format": FORMAT, "name": checked[i][0], "fingerprint": prints[i], "row": row})
+            atomic_write(row_path, lambda tmp: Path(tmp).write_text(text))
 
     def submit(pool, i):
         name, _, spec_json = checked[i]

@@ -78,6 +78,15 @@ def test_checkpoint_is_read_back_and_never_overwritten(in_process, tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_datatrees_asked_after_a_run_without_them_are_added(tmp_path):
+    rows_only = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, **SETTINGS)
+    assert not list(tmp_path.glob("*.nc"))
+    with_trees = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
+    assert with_trees.reused == () and len(with_trees.datatrees) == 6 and len(list(tmp_path.glob("*.nc"))) == 6
+    np.testing.assert_allclose(with_trees.table.drop(columns="warnings").to_numpy(float),
+                               rows_only.table.drop(columns="warnings").to_numpy(float))
+
+
 class _BrokenForOne(concurrent.futures.ThreadPoolExecutor):
     """Every submission of the task named ``broken`` fails."""
 
