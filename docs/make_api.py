@@ -26,7 +26,6 @@ MODULES = [
     "deeplinear.comparison",
     "deeplinear.exact",
     "deeplinear.sbc",
-    "deeplinear.sweep",
     "deeplinear.plotting",
     "deeplinear.datasets",
     "deeplinear.cache",
