@@ -25,6 +25,7 @@ reused across calls (labels, inputs, ratio and hyperparameter values are argumen
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 from functools import partial
 
@@ -35,6 +36,7 @@ import numpyro.distributions as dist
 from numpyro.infer import Predictive
 from scipy import stats
 
+from deeplinear._executor import check_executor, run_with_retry
 from deeplinear._types import KeyLike
 from deeplinear._validation import check_positive_int, check_probability, raw_key
 from deeplinear.inference import _interactive, check_sampler_settings
@@ -43,7 +45,7 @@ from deeplinear.models import ModelSpec, NoiseArguments
 from deeplinear.priors import NNGPPrior
 from deeplinear.sampler import model_of_arguments, nuts_kernel
 
-__all__ = ["simulation_based_calibration", "SBCResult"]
+__all__ = ["simulation_based_calibration", "SBCResult", "SBCTaskError"]
 
 
 def _quantity_names(spec: ModelSpec):
@@ -140,6 +142,55 @@ def _run_simulations(keys, labels, model_args, target_accept_prob, *, num_warmup
         return _quantities(jax.vmap(postprocess)(zs), y, model_args, inferred), div
 
     return jax.vmap(one_simulation)(keys, labels)
+
+
+class SBCTaskError(RuntimeError):
+    """A batch of simulations failed on the executor twice (its first try and one retry)."""
+
+
+def _checked_executor(executor, spec: ModelSpec) -> str:
+    """``executor`` is a ``concurrent.futures.Executor`` and ``spec`` can be written down (tasks ship
+    its JSON); returns the JSON."""
+    check_executor(executor)
+    try:
+        return spec.to_json()
+    except ValueError as err:
+        raise ValueError(f"executor= ships the model specification as JSON, and this one cannot be written: {err}"
+                         ) from None
+
+
+def _batch_task(spec_json: str, data, keys, labels, target_accept_prob: float, settings: dict, x64: bool):
+    """One batch of simulations in a worker: rebuild the model arguments from the written
+    specification and the data's arrays, run the compiled batch program (compiled once per worker
+    process and reused), return NumPy arrays. ``x64``: the caller's precision."""
+    with jax.enable_x64(x64):
+        spec = ModelSpec.from_json(spec_json)
+        data = jax.tree_util.tree_map(jnp.asarray, data)
+        model_args = spec.model_arguments(data)
+        accept = jnp.asarray(target_accept_prob, data.dtype)
+        qs, div = _run_simulations(jnp.asarray(keys), jnp.asarray(labels), model_args, accept, **settings)
+        return np.asarray(qs), np.asarray(div)
+
+
+def _run_on_executor(executor, spec_json, data, keys, labels, indices, target_accept_prob, settings, progress=None):
+    """Every batch ``indices[b]`` as one task; results in batch order. A failed task is submitted once
+    more; batches that fail twice raise :class:`SBCTaskError` (after the others finished)."""
+    host_data = jax.tree_util.tree_map(np.asarray, data)
+    keys, labels = np.asarray(keys), np.asarray(labels)
+    x64 = bool(jax.config.jax_enable_x64)
+
+    def submit(pool, b):
+        return pool.submit(_batch_task, spec_json, host_data, keys[indices[b]], labels[indices[b]],
+                           float(target_accept_prob), settings, x64)
+
+    results, failed = run_with_retry(executor, range(len(indices)), submit,
+                                     None if progress is None else lambda *_: progress.update(1))
+    if failed:
+        lines = [f"simulations {indices[b].min()}..{indices[b].max()} (batch {b}): {type(e1).__name__}: {e1}; "
+                 f"retry: {type(e2).__name__}: {e2}" for b, (e1, e2) in sorted(failed.items())]
+        raise SBCTaskError(f"{len(failed)} of {len(indices)} SBC batches failed twice on the executor:\n"
+                           + "\n".join(lines))
+    return [results[b] for b in range(len(indices))]
 
 
 class SBCResult:
@@ -287,6 +338,7 @@ def simulation_based_calibration(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     progress_bar: bool | None = None,
+    executor: concurrent.futures.Executor | None = None,
 ) -> SBCResult:
     r"""Simulation-based calibration of :func:`~deeplinear.inference.fit`'s sampler for one configuration.
 
@@ -314,7 +366,17 @@ def simulation_based_calibration(
     batch_size : int, optional
         Simulations per compiled batch (default ``min(num_simulations, 100)``).
     key : PRNG key or int, default 0
-        Same key, same ranks (on the same device).
+        Same key, same ranks (on the same device), whatever the executor: every simulation's
+        labels and NUTS key come from ``key`` and its index, and the batches are the same.
+    executor : concurrent.futures.Executor, optional
+        Run the batches as tasks on an executor: a local ``ProcessPoolExecutor`` (use the
+        ``spawn`` or ``forkserver`` start method: forking a process in which JAX runs can
+        deadlock) or a Dask cluster's ``client.get_executor()``. Each task ships arrays, the
+        written specification (:meth:`~deeplinear.ModelSpec.to_json`) and keys, never a compiled
+        object; a worker compiles the batch program once and reuses it for its later tasks. A
+        task that fails is submitted once more; if it fails again, a :class:`SBCTaskError` names its
+        simulations and both errors. Default: in this process. Limit XLA's threads per worker
+        process (e.g. ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false"`` and one worker per core).
 
     Returns
     -------
@@ -337,6 +399,7 @@ def simulation_based_calibration(
     _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, target_accept_prob, max_tree_depth,
                     progress_bar)
     rng_key = raw_key(key)
+    spec_json = None if executor is None else _checked_executor(executor, spec)
     if not spec.has_latent_sites:
         raise ValueError(
             "nothing to calibrate: with NNGPPrior and fixed lambda_star and noise_variance the posterior is "
@@ -362,15 +425,22 @@ def simulation_based_calibration(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"SBC ({num_simulations} simulations)", unit="batch")
-    draws, divergences = [], []
-    for b in batches:
-        idx = np.arange(b * batch_size, (b + 1) * batch_size) % num_simulations  # pad the last batch
-        qs, div = _run_simulations(keys[idx], labels[idx], model_args, accept, **settings)
-        keep = num_simulations - b * batch_size
-        draws.append(np.asarray(qs)[:keep])
-        divergences.append(np.asarray(div)[:keep])
-    draws = np.concatenate(draws)  # (S, M, k)
-    divergences = np.concatenate(divergences)
+    indices = [np.arange(b * batch_size, (b + 1) * batch_size) % num_simulations for b in range(num_batches)]
+    if executor is None:
+        results = []
+        for b in batches:
+            qs, div = _run_simulations(keys[indices[b]], labels[indices[b]], model_args, accept, **settings)
+            results.append((np.asarray(qs), np.asarray(div)))
+    else:
+        try:
+            results = _run_on_executor(executor, spec_json, data, keys, labels, indices, target_accept_prob,
+                                       settings, progress=batches if progress_bar else None)
+        finally:
+            if progress_bar:
+                batches.close()
+    keeps = [min(batch_size, num_simulations - b * batch_size) for b in range(num_batches)]  # drop the padding
+    draws = np.concatenate([qs[:keep] for (qs, _), keep in zip(results, keeps)])  # (S, M, k)
+    divergences = np.concatenate([div[:keep] for (_, div), keep in zip(results, keeps)])
     true_q = np.asarray(true_q)  # (S, k)
 
     if not np.all(np.isfinite(draws)) or not np.all(np.isfinite(true_q)):

@@ -130,6 +130,48 @@ class LinearStatistics:
         )
 
     @classmethod
+    def from_dask(cls, X, Y, *, split_every: int = 8) -> LinearStatistics:
+        """Statistics of rows held by Dask -- ``X`` ``(P, N0)`` and ``Y`` ``(P, D)`` as dask arrays (e.g.
+        ``dask.array.from_zarr``), chunked along the rows (tables: :meth:`from_dask_dataframe`).
+
+        Each row chunk becomes :meth:`from_chunk` on the worker that holds it (columns are rechunked
+        to one block, ``Y`` to the row chunks of ``X``), and the statistics are merged in a tree of
+        fan-in ``split_every`` (float64 TSQR), so only ``(N0 + D)``-square matrices travel. It runs on
+        Dask's current scheduler: a ``distributed.Client`` when one is active. Equal to
+        :meth:`from_chunk` of all the rows to round-off."""
+        import dask
+
+        split_every = check_positive_int("split_every", split_every, minimum=2)
+        X, Y = _dask_matrix(X, "X"), _dask_matrix(Y, "Y")
+        if X.shape[0] != Y.shape[0]:
+            raise ValueError(f"X and Y must have the same rows (one observation per row): {X.shape[0]} and "
+                             f"{Y.shape[0]}")
+        X = X.rechunk({1: -1})
+        Y = Y.rechunk({0: X.chunks[0], 1: -1})
+        parts = [dask.delayed(cls.from_chunk)(x, y) for x, y in zip(X.to_delayed().ravel(), Y.to_delayed().ravel())]
+        return _tree_merge(parts, split_every)
+
+    @classmethod
+    def from_dask_dataframe(cls, frame, inputs, outputs, *, split_every: int = 8) -> LinearStatistics:
+        """Statistics of the rows of a dask DataFrame (e.g. ``dask.dataframe.read_parquet`` or
+        ``read_csv``): the ``inputs`` columns are ``X``, the ``outputs`` columns ``Y`` (lists of
+        names). Each partition is read once, on its worker, and reduced as in :meth:`from_dask`."""
+        import dask
+
+        split_every = check_positive_int("split_every", split_every, minimum=2)
+        if not hasattr(frame, "to_delayed") or not hasattr(frame, "columns"):
+            raise TypeError(f"frame must be a dask DataFrame, got {describe(frame)}")
+        inputs, outputs = list(inputs), list(outputs)
+        missing = [c for c in inputs + outputs if c not in frame.columns]
+        if missing or not inputs or not outputs:
+            raise ValueError(f"inputs and outputs must be non-empty lists of the frame's columns; missing: {missing}")
+        if set(inputs) & set(outputs):
+            raise ValueError(f"a column cannot be both an input and an output: {sorted(set(inputs) & set(outputs))}")
+        parts = [dask.delayed(_chunk_of_frame)(part, inputs, outputs)
+                 for part in frame[inputs + outputs].to_delayed()]
+        return _tree_merge(parts, split_every)
+
+    @classmethod
     def accumulate(cls, chunks) -> LinearStatistics:
         """Statistics of an iterable of ``(X_chunk, Y_chunk)`` pairs (e.g. :class:`ArrayChunks`), in
         one pass with one chunk in memory at a time."""
@@ -142,6 +184,48 @@ class LinearStatistics:
         if total is None:
             raise ValueError("chunks is empty: no rows to set up from")
         return total
+
+
+def _merge_all(*parts: LinearStatistics) -> LinearStatistics:
+    """Merge several statistics (one node of a tree reduction)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merge(part)
+    return total
+
+
+def _chunk_of_frame(part, inputs, outputs) -> LinearStatistics:
+    """:meth:`LinearStatistics.from_chunk` of one pandas partition (``inputs``/``outputs``: column lists)."""
+    return LinearStatistics.from_chunk(part[inputs].to_numpy(np.float64), part[outputs].to_numpy(np.float64))
+
+
+def _tree_merge(parts, split_every: int):
+    """Merge delayed statistics in a tree of fan-in ``split_every`` and compute the root."""
+    import dask
+
+    if not parts:
+        raise ValueError("no rows to set up from (no chunks)")
+    while len(parts) > 1:
+        parts = [dask.delayed(_merge_all)(*parts[i:i + split_every]) for i in range(0, len(parts), split_every)]
+    return dask.compute(parts[0])[0]
+
+
+def _dask_matrix(value, name: str):
+    """A 2-D dask array with known row chunks."""
+    import dask.array as da
+
+    if hasattr(value, "to_dask_array"):  # a dask DataFrame: its columns may be split differently from another's
+        raise TypeError(f"{name} is a dask DataFrame: use LinearStatistics.from_dask_dataframe(frame, inputs, "
+                        "outputs), which reads each partition once")
+    if not isinstance(value, da.Array):
+        raise TypeError(f"{name} must be a dask array, got {describe(value)}")
+    if value.ndim == 1:
+        value = value[:, None]
+    if value.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows are observations), got {value.ndim} dimensions")
+    if any(np.isnan(c) for c in value.chunks[0]):
+        raise ValueError(f"{name} has unknown chunk lengths; compute them first (e.g. to_dask_array(lengths=True))")
+    return value
 
 
 def _square(r: np.ndarray, n: int) -> np.ndarray:

@@ -26,6 +26,7 @@ MODULES = [
     "deeplinear.comparison",
     "deeplinear.exact",
     "deeplinear.sbc",
+    "deeplinear.sweep",
     "deeplinear.plotting",
     "deeplinear.datasets",
     "deeplinear.cache",
