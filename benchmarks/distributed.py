@@ -193,7 +193,8 @@ def main():
     compile_s = np.mean([cold[k] - warm[k] for k in one])
     in_proc = {n: s for n, w, ph, s, _, _ in sbc_rows if w == "in process" and ph == "warm"}
     chunk_s = setup_rows[1][1] / files
-    matrix_tasks = 18 * 500 / BATCH
+    matrix_size = sum(1 for _ in configurations())
+    matrix_tasks = matrix_size * 500 / BATCH
     lines += [
         "",
         "## What N machines would do",
@@ -201,14 +202,16 @@ def main():
         f"Measured here: one SBC task ({BATCH} simulations) takes {task_s:.1f} s on one warm worker process; "
         f"a worker's first task adds {compile_s:.1f} s of compilation (per model structure); one "
         f"{ROWS_PER_FILE:.0e}-row Parquet chunk takes {chunk_s:.2f} s to read and reduce on one worker. "
-        f"In process, warm, SBC of the same configurations took {', '.join(f'{v:.0f} s' for v in in_proc.values())} "
+        f"In process, warm, SBC of the same configurations took {sum(in_proc.values()):.0f} s in all "
+        f"against {sum(warm[k] for k in one):.0f} s on one worker "
         "(XLA may use both cores there, a single-threaded worker one). This machine has 2 cores, so 2 workers "
         "can at best double the throughput of one, and the scheduler, the client and the workers share "
         "those cores.",
         "",
-        f"Scaled to N machines with C cores each (one worker per core, tasks independent): the 18-configuration "
-        f"matrix at 500 simulations is {matrix_tasks:.0f} tasks of about {task_s:.1f} s (configurations differ; "
-        f"this is the mean of the two measured), so about {matrix_tasks * task_s:.0f} s of work: "
+        f"Scaled to N machines with C cores each (one worker per core, tasks independent): the {matrix_size}-"
+        f"configuration matrix at 500 simulations is {matrix_tasks:.0f} tasks of about {task_s:.1f} s "
+        f"(configurations differ; this is the mean over the {len(one)} measured), so about "
+        f"{matrix_tasks * task_s:.0f} s of work: "
         f"{matrix_tasks * task_s / 16 + compile_s:.0f} s on one 16-core machine and "
         f"{matrix_tasks * task_s / 64 + compile_s:.0f} s on 4 such machines, plus one compilation "
         f"per worker and configuration, until there are fewer tasks than cores. A set-up of 1e9 rows is "
