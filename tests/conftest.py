@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,40 @@ import pytest
 # The command line switches on JAX's persistent compilation cache in the user's cache folder;
 # the tests (in-process runs of main() and subprocesses alike) leave the user's folders alone.
 os.environ["DEEPLINEAR_COMPILATION_CACHE"] = "off"
+
+MAPPING_SHARE = 0.5  # clear JAX's caches between test modules above this share of vm.max_map_count
+
+
+def _mapping_share() -> float:
+    """Memory mappings this process holds, as a share of the kernel's limit (0 where unknown)."""
+    try:
+        limit = int(Path("/proc/sys/vm/max_map_count").read_text())
+        with open("/proc/self/maps", "rb") as maps:
+            held = sum(1 for _ in maps)
+    except (OSError, ValueError):
+        return 0.0
+    return held / limit
+
+
+class _CompiledProgramRelease:
+    """Each compiled XLA CPU program holds memory mappings (about ten for a small one) until JAX's
+    caches drop it. A pytest-xdist worker runs hundreds of tests in one process and keeps every
+    program it compiled, and on Linux a process may hold at most ``vm.max_map_count`` mappings
+    (65530 by default): past that, the next compilation segfaults or aborts inside XLA (one worker
+    reached 64401 mappings and crashed). So when a test module ends and the worker holds more than
+    ``MAPPING_SHARE`` of the limit, JAX's caches are cleared; the next module compiles afresh.
+    Clearing only between modules keeps the compile-once tests, which count compilations within a
+    module, meaningful. Registered as a plugin (not a hook of this file) so that it also runs after
+    the doctests in ``deeplinear/``."""
+
+    @staticmethod
+    def pytest_runtest_teardown(item, nextitem):
+        if (nextitem is None or nextitem.path != item.path) and _mapping_share() > MAPPING_SHARE:
+            jax.clear_caches()
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_CompiledProgramRelease(), "deeplinear-compiled-program-release")
 
 
 @pytest.fixture(params=["float32", "float64"])
