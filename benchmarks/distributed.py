@@ -120,11 +120,12 @@ def main():
     simulations = args.simulations or (20 if args.quick else SIMULATIONS)
     machine = describe()
     rng = np.random.default_rng(0)
-    data = dl.RegressionData.linear(rng.normal(size=(P, N0)), np.zeros((P, 2)))
+    X = rng.normal(size=(P, N0))
     configs = [c for c in configurations() if args.all_configs or c[0] in SBC_CONFIGS]
 
     sbc_rows = []
     for name, prior, kw in configs:
+        data = dl.RegressionData.linear(X, np.zeros((P, prior.num_outputs)))  # labels are simulated
         for phase in ("cold", "warm"):  # cold: the first call compiles; warm: the compiled program again
             seconds, reference = sbc_run(data, prior, kw, simulations)
             sbc_rows.append((name, "in process", phase, seconds, simulations / seconds, True))
