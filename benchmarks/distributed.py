@@ -114,7 +114,7 @@ def main():
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--simulations", type=int, default=None)
     parser.add_argument("--all-configs", action="store_true",
-                        help="every configuration of the SBC matrix (about 2 h here at 500 simulations), not two")
+                        help="every configuration of the SBC matrix (40 min on 2 cores at 100 simulations), not two")
     args = parser.parse_args()
     rows = args.rows or (10**6 if args.quick else ROWS)
     simulations = args.simulations or (20 if args.quick else SIMULATIONS)
