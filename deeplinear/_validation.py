@@ -68,6 +68,15 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def check_choice(name: str, value, allowed: tuple[str, ...]) -> str:
+    """``value`` is one of the strings in ``allowed`` (a ``TypeError`` for a non-string)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {allowed}, got {describe(value)}")
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
 def check_positive_int(name: str, value, minimum: int = 1, maximum: int | None = None, why: str = "") -> int:
     """Return ``value`` as a Python ``int`` if it is an integer ``>= minimum`` (and ``<= maximum``
     when given; ``why`` says why in the message)."""

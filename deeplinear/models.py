@@ -87,7 +87,7 @@ def _prior_to_dict(prior) -> dict:
         return {"kind": "finite", "widths": list(prior.widths), "num_outputs": prior.num_outputs}
     if isinstance(prior, ProportionalLimitPrior):
         return {"kind": "limit", "ratio": float(prior.ratio), "num_outputs": prior.num_outputs,
-                "num_steps": prior.num_steps}
+                "num_steps": prior.num_steps, "scheme": prior.scheme}
     return {"kind": "nngp", "num_outputs": prior.num_outputs}
 
 

@@ -5,6 +5,12 @@ where the M_k are independent lower-triangular matrices with *independent entrie
 of known raw moments. Both the Bartlett factors and the Euler steps of the limit
 simulator are of that form, so this gives exact moments of either, by brute-force
 tensor contraction rather than the closed forms of ``deeplinear.moments``.
+
+``second_order_step_tensors`` gives the same tensors for one step of the limit simulator's
+second-order scheme (docs/limit_timestep_error.md), whose entries depend on each other: by
+tensor-product Gaussian quadrature over the step's normals (exact in the off-diagonal normals,
+in which the step is a polynomial of degree <= 8) and a fine Gauss-Legendre rule for the
+variance integral. ``chain_moments`` then multiplies K independent steps.
 """
 
 import itertools
@@ -64,18 +70,66 @@ def _step_tensors(mom):
     return t2, t4
 
 
-def product_moments(entry_moments):
-    """Exact E[Q] (D, D) and E[Q_ij Q_kl] (D, D, D, D) for a list of per-factor entry moments."""
-    D = entry_moments[0].shape[0]
+def chain_moments(step_tensors):
+    """Exact E[Q] (D, D) and E[Q_ij Q_kl] (D, D, D, D) for Q = Vbar Vbar^T, Vbar = M_K ... M_1 with
+    independent factors, given each factor's ``(E[M_ia M_jb], E[M_ia M_jb M_kc M_ld])``."""
+    D = step_tensors[0][0].shape[0]
     eq = np.eye(D)
     eqq = np.einsum("ij,kl->ijkl", np.eye(D), np.eye(D))
-    cache = {}
-    for mom in entry_moments:
-        key = mom.tobytes()
-        if key not in cache:
-            cache[key] = _step_tensors(mom)
-        t2, t4 = cache[key]
+    for t2, t4 in step_tensors:
         # Q' = M Q M^T:  Q'_ij = sum_ab M_ia Q_ab M_jb.
         eq = np.einsum("iajb,ab->ij", t2, eq)
         eqq = np.einsum("iajbkcld,abcd->ijkl", t4, eqq)
     return eq, eqq
+
+
+def product_moments(entry_moments):
+    """Exact E[Q] (D, D) and E[Q_ij Q_kl] (D, D, D, D) for a list of per-factor entry moments."""
+    cache, tensors = {}, []
+    for mom in entry_moments:
+        key = mom.tobytes()
+        if key not in cache:
+            cache[key] = _step_tensors(mom)
+        tensors.append(cache[key])
+    return chain_moments(tensors)
+
+
+def _hermite(n):
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    return x, w / w.sum()
+
+
+def second_order_step_tensors(h, D, diagonal_nodes=None, legendre_nodes=16):
+    """``(E[M_ia M_jb], E[M_ia M_jb M_kc M_ld])`` of one step of the second-order limit scheme:
+    ``M_rr = exp(dZ_r)``, ``dZ_r = -r h/2 + sqrt(h/2) g_r``; for ``r > s``
+    ``M_rs = sqrt(v_rs + (r-s-1) h^2/4) xi_rs + 1/2 sum_{s<k<r} G_rk G_ks``, ``G_rs = sqrt(v_rs) xi_rs``,
+    ``v_rs = h int_0^1 exp(2 dZ_r (1-u) + 2 dZ_s u + 2 h u (1-u)) du``."""
+    if D > 3:
+        raise ValueError("the quadrature grid grows as nodes^(D(D+1)/2): D <= 3 only")
+    gx, gw = _hermite(diagonal_nodes or (20 if D <= 2 else 8))
+    xx, xw = _hermite(5)  # exact for the step's polynomials (degree <= 8) in the off-diagonal normals
+    u, uw = np.polynomial.legendre.leggauss(legendre_nodes)
+    u, uw = (u + 1) / 2, uw / 2
+    pairs = [(r, s) for r in range(D) for s in range(r)]
+    axes = [gx] * D + [xx] * len(pairs)
+    weights = [gw] * D + [xw] * len(pairs)
+    nodes = [g.ravel() for g in np.meshgrid(*axes, indexing="ij")]
+    weight = np.prod([g.ravel() for g in np.meshgrid(*weights, indexing="ij")], axis=0)
+    dz = [-(r + 1) * h / 2 + np.sqrt(h / 2) * nodes[r] for r in range(D)]
+    xi = dict(zip(pairs, nodes[D:]))
+    v = {(r, s): h * np.sum(uw[:, None] * np.exp(2 * dz[r] * (1 - u[:, None]) + 2 * dz[s] * u[:, None]
+                                                 + 2 * h * u[:, None] * (1 - u[:, None])), axis=0)
+         for r, s in pairs}
+    M = np.zeros((len(weight), D, D))
+    for r in range(D):
+        M[:, r, r] = np.exp(dz[r])
+    for r, s in pairs:
+        M[:, r, s] = np.sqrt(v[r, s] + (r - s - 1) * h * h / 4) * xi[r, s]
+        for k in range(s + 1, r):
+            M[:, r, s] += 0.5 * np.sqrt(v[r, k]) * xi[r, k] * np.sqrt(v[k, s]) * xi[k, s]
+    t2 = np.einsum("n,nia,njb->iajb", weight, M, M)
+    t4 = np.zeros((D,) * 8)
+    for start in range(0, len(weight), 20_000):
+        m, w = M[start:start + 20_000], weight[start:start + 20_000]
+        t4 += np.einsum("n,nia,njb,nkc,nld->iajbkcld", w, m, m, m, m, optimize=True)
+    return t2, t4

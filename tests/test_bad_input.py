@@ -73,6 +73,8 @@ CASES = [
     (lambda: ProportionalLimitPrior(np.ones(2), 2), ValueError, "ratio"),
     (lambda: ProportionalLimitPrior(1.0, 2, num_steps=0), ValueError, "num_steps"),
     (lambda: ProportionalLimitPrior(1.0, 2, num_steps=3.5), TypeError, "num_steps"),
+    (lambda: ProportionalLimitPrior(1.0, 2, scheme="milstein"), ValueError, "scheme must be one of"),
+    (lambda: ProportionalLimitPrior(1.0, 2, scheme=2), TypeError, "scheme must be one of"),
     (lambda: NNGPPrior(0), ValueError, "num_outputs"),
     (lambda: NNGPPrior(2).sample_q(0.5), TypeError, "key"),
     (lambda: NNGPPrior(2).sample_q(2**32 + 3), ValueError, "[0, 2**32)"),

@@ -29,13 +29,17 @@ def _add_common(p):
     p.add_argument("--test", type=Path, default=None, help="test file with the same columns (labels optional for fit)")
     p.add_argument("--model", type=Path, default=None,
                    help="a model specification in JSON (deeplinear.ModelSpec.to_json); replaces --prior, --depth, "
-                   "--width, --ratio, --infer-ratio, --steps, --noise, --noise-model, --intercept and --lambda-star")
+                   "--width, --ratio, --infer-ratio, --steps, --scheme, --noise, --noise-model, --intercept and "
+                   "--lambda-star")
     p.add_argument("--prior", choices=("finite", "limit", "nngp"), default="limit", help="prior over Q (default limit)")
     p.add_argument("--depth", type=positive_int, help="finite: number of hidden layers L")
     p.add_argument("--width", type=positive_int, help="finite: hidden width N (>= number of outputs)")
     p.add_argument("--ratio", type=float, default=1.0, help="limit: depth-to-width ratio a (default 1)")
     p.add_argument("--infer-ratio", action="store_true", help="limit: infer a with a LogNormal(0, 1) prior")
-    p.add_argument("--steps", type=positive_int, default=32, help="limit: time steps of the simulator")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="limit: time steps of the simulator (default 16 with the second-order scheme, 64 with euler)")
+    p.add_argument("--scheme", choices=("second-order", "euler"), default="second-order",
+                   help="limit: time discretization of the simulator (default second-order; weak error O((a/K)^2))")
     p.add_argument("--noise", type=float, default=None,
                    help="fixed noise variance (standardized units; with --noise-model diagonal or full, every "
                    "output's); default: inferred, HalfNormal(1) prior")
@@ -118,7 +122,7 @@ def model_spec(args, num_outputs: int):
             raise ValueError("--prior finite needs --depth and --width")
         prior = {"kind": "finite", "depth": args.depth, "width": args.width}
     elif args.prior == "limit":
-        prior = {"kind": "limit", "ratio": args.ratio, "num_steps": args.steps}
+        prior = {"kind": "limit", "ratio": args.ratio, "num_steps": args.steps, "scheme": args.scheme}
     else:
         prior = {"kind": "nngp"}
     prior["num_outputs"] = num_outputs
