@@ -117,6 +117,33 @@ def _null_term_matrix(null_scatter, noise_factor, num_null, dtype, relative):
     return jnp.where(usable, -0.5 * num_null * deviance, absolute)
 
 
+def relative_constant(data, *, matrix_noise: bool, intercept: bool) -> float:
+    r"""The data constant that ``relative=True`` leaves out of :meth:`KroneckerNormal.data_log_prob`,
+    in float64: absolute = relative + this (zero without a null space).
+
+    Scalar noise (:func:`_null_term_scalar`): :math:`-\tfrac n2(\log 2\pi\hat\sigma^2 + 1)`,
+    ``n = (P - R) D``, :math:`\hat\sigma^2 = E/n` (zero when :math:`E = 0`). Per-output or full noise
+    (:func:`_null_term_matrix`): :math:`-\tfrac n2(D\log 2\pi + \log\det\hat\Sigma + D)`, ``n = P - R``,
+    :math:`\hat\Sigma = S/n` (zero where :math:`\hat\Sigma` is numerically singular, as there). With
+    ``intercept`` the scatter is the centred one, :math:`S_c`."""
+    n = data.basis.num_null
+    if not n:
+        return 0.0
+    D = data.num_outputs
+    scatter = data.intercept_terms.centred_null_scatter if intercept else data.null_scatter
+    scatter = np.asarray(scatter, np.float64)
+    if not matrix_noise:
+        energy, size = float(np.trace(scatter)), n * D
+        return -0.5 * size * (np.log(2 * np.pi * energy / size) + 1) if energy > 0 else 0.0
+    try:
+        diag = np.diagonal(np.linalg.cholesky(scatter / n))
+    except np.linalg.LinAlgError:
+        return 0.0
+    if not np.all(diag > np.sqrt(np.finfo(data.dtype).eps) * diag.max()):
+        return 0.0
+    return -0.5 * n * (D * LOG_2PI + 2 * np.sum(np.log(diag)) + D)
+
+
 def _rotated_log_prob(chol, rotated, null_scatter, noise_variance, num_null, relative=False, noise_factor=None,
                       null_shift=None):
     r"""Log density from factors ``(..., R, D, D)`` of the blocks and rotated labels ``(..., R, D)``,

@@ -1,0 +1,562 @@
+r"""The marginal likelihood (evidence) of a model, for every prior, any ``D`` and every noise model.
+
+.. math:: Z = p(Y \mid \mathcal M) = \int p(Y \mid \theta)\, \pi(\theta)\, d\theta,
+
+where :math:`\theta` is everything the model samples: the prior's latents (Bartlett factors,
+Brownian increments) and the inferred hyperparameters (:math:`\lambda_*`, noise, ``a``,
+intercepts), taken in NumPyro's unconstrained coordinates :math:`z` (with the Jacobian in
+:math:`\pi(z)`). Given :math:`\theta` the likelihood :math:`p(Y \mid \theta)` is the closed-form
+Gaussian of :class:`~deeplinear.likelihood.KroneckerNormal`, so the evidence is an integral over
+the prior. Two estimators (``method``):
+
+* ``"ais"`` (default) -- **annealed importance sampling** (Neal 2001) along the geometric path
+  :math:`\pi_\beta(z) \propto \pi(z)\, p(Y \mid z)^\beta`, :math:`0 = \beta_0 < \dots < \beta_T = 1`:
+  each of ``n`` particles starts from the prior, gains :math:`(\beta_t - \beta_{t-1}) \log p(Y \mid
+  z_{t-1})` in log weight, then moves by Hamiltonian Monte Carlo that leaves :math:`\pi_{\beta_t}`
+  invariant. :math:`\hat Z = \tfrac1n\sum_i w_i` is unbiased and the particles are independent,
+  so its error is estimated from the weights themselves (below).
+* ``"prior"`` -- **importance sampling from the prior**, :math:`\hat Z = \tfrac1n \sum_i p(Y \mid
+  z_i)`, :math:`z_i \sim \pi`: AIS with :math:`T = 1` and no moves. Exact in expectation but its
+  variance grows like :math:`e^{\mathrm{KL}}`: fine for a few rows, hopeless for hundreds.
+
+**Standard error.** With weights normalized to mean one, :math:`u_i = w_i/\bar w`,
+:math:`\operatorname{SE}(\log \hat Z) \approx \sqrt{\widehat{\operatorname{Var}}(u)/n}` (delta
+method); the effective sample size is :math:`(\sum u_i)^2/\sum u_i^2`. The particles being
+independent, this is honest as long as the weights' variance is finite and ``n`` large enough to
+see it (``tests/test_evidence.py`` checks it across 20 seeds).
+
+**The schedule** comes from an independent pilot run, an adaptive tempered SMC with
+``pilot_particles`` particles (each next :math:`\beta` keeps half the particles effective; resampled
+every step; a few HMC moves whose step size is tuned to an acceptance of 0.65 and whose mass
+matrix is the particles' spread). The pilot measures the standard deviation :math:`s(\beta)` of
+:math:`\log p(Y\mid z)` under :math:`\pi_\beta`; the main run puts its temperatures equally spaced in
+the thermodynamic length :math:`\Lambda(\beta) = \int_0^\beta s(b)\,db`. With well-mixed moves
+the log weights' variance is then :math:`\sum_t \Delta\beta_t^2 s_t^2 = \Lambda^2/T`, so by default
+:math:`T = \lceil \Lambda^2 / 0.5\rceil` (log-weight variance 0.5, :data:`LOG_WEIGHT_VARIANCE`).
+The main run reuses the pilot's step sizes and scales, interpolated in :math:`\Lambda`: being fixed
+before it starts, they keep its particles independent and :math:`\hat Z` unbiased.
+
+Why AIS: on the problems of ``benchmarks/evidence.py`` (results in
+``benchmarks/results/evidence_cpu.md``) it reached a given accuracy at the lowest cost with an
+error it states itself; prior importance sampling collapses beyond a few dozen rows, and the
+tempered SMC pilot, cheaper per particle, gives no error of its own (its particles are not
+independent).
+
+The likelihood inside the run is the models' ``relative`` one (``O(1)`` near the posterior, so
+that float32 resolves it at large ``P``); the data constant it leaves out
+(:func:`~deeplinear.likelihood.relative_constant`) is added back in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+
+from deeplinear._types import KeyLike
+from deeplinear._validation import check_bool, check_choice, check_key, check_positive_int, raw_key
+from deeplinear.data import RegressionData, check_regression_data
+from deeplinear.likelihood import relative_constant
+from deeplinear.models import ModelSpec
+from deeplinear.sampler import model_of_arguments
+
+__all__ = ["EVIDENCE_METHODS", "EvidenceEstimate", "evidence_curve", "log_evidence"]
+
+EVIDENCE_METHODS = ("ais", "prior")
+DEFAULT_PARTICLES = 1024
+DEFAULT_PILOT_PARTICLES = 256
+LOG_WEIGHT_VARIANCE = 0.5  # the default schedule's Lambda^2 / T: variance of the log weights under perfect moves
+MIN_TEMPERATURES = 16
+MAX_TEMPERATURES = 20_000
+MAX_PARTICLES = 2**22
+MAX_LEAPFROG = 256
+PILOT_ESS_FRACTION = 0.5  # each pilot temperature keeps this share of the particles effective
+PILOT_MOVES = 3  # HMC moves per pilot temperature (the step size is adapted after each)
+MAX_PILOT_TEMPERATURES = 2000
+TARGET_ACCEPTANCE = 0.65
+STEP_ADAPTATION_RATE = 2.0  # step <- step * exp(rate * (acceptance - target)) after each pilot move
+INITIAL_STEP = 0.5  # in units of the particles' spread
+STEP_JITTER = 0.2  # each particle's step is drawn uniformly in step * [1 - jitter, 1 + jitter]
+PROGRESS_UPDATES = 20
+
+
+class EvidenceEstimate(NamedTuple):
+    r"""An estimate of :math:`\log p(Y \mid \mathcal M)` and its Monte Carlo standard error.
+
+    Attributes
+    ----------
+    log_evidence : float
+        :math:`\log \hat Z`.
+    standard_error : float
+        Its standard error (delta method from the normalized weights; 0 when nothing is sampled).
+    effective_sample_size : float
+        :math:`(\sum w_i)^2 / \sum w_i^2` of the final weights.
+    num_particles, num_temperatures : int
+        ``n`` and ``T`` (``T = 1`` for ``"prior"``; ``0`` when the model samples nothing).
+    method : str
+        ``"ais"``, ``"prior"`` or ``"exact"`` (no latent sites: the likelihood itself).
+    acceptance_rate : float
+        Mean HMC acceptance over the main run's moves (NaN without moves).
+    thermodynamic_length : float
+        :math:`\Lambda(1)` measured by the pilot (NaN without one).
+    seconds : float
+        Wall time, pilot and compilation included.
+    """
+
+    log_evidence: float
+    standard_error: float
+    effective_sample_size: float
+    num_particles: int
+    num_temperatures: int
+    method: str
+    acceptance_rate: float
+    thermodynamic_length: float
+    seconds: float
+
+
+# -- the model as a function of unconstrained coordinates --------------------------------------------------
+
+
+def _latent_sites(model_args, key):
+    """The model's latent sample sites, drawn from the prior (observed sites stay observed)."""
+    tr = handlers.trace(handlers.seed(model_of_arguments, key)).get_trace(model_args)
+    return {name: s for name, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+
+
+def _structure(model_args):
+    """At trace time: the latent sites' supports and the map from a flat vector to the dict of
+    unconstrained values (:func:`jax.flatten_util.ravel_pytree`), with the vector's size."""
+    sites = _latent_sites(model_args, jax.random.PRNGKey(0))
+    supports = {name: s["fn"].support for name, s in sites.items()}
+    example = {name: biject_to(supports[name]).inv(s["value"]) for name, s in sites.items()}
+    flat, unravel = ravel_pytree(example)
+    return supports, unravel, flat.size
+
+
+def _prior_draw(model_args, key, dtype):
+    """One prior draw of every latent site, in unconstrained coordinates, flattened."""
+    sites = _latent_sites(model_args, key)
+    z = {name: biject_to(s["fn"].support).inv(s["value"]) for name, s in sites.items()}
+    return ravel_pytree(z)[0].astype(dtype)
+
+
+def _log_parts(model_args, supports, unravel, x):
+    r"""``(log pi(z), log p(Y | z))`` at the flat unconstrained point ``x``: the prior's log density
+    with the Jacobian of the map to constrained values, and the (relative) log likelihood;
+    a NaN likelihood counts as :math:`-\infty` (zero weight; HMC rejects moves into it)."""
+    values, log_jacobian = {}, 0.0
+    for name, u in unravel(x).items():
+        transform = biject_to(supports[name])
+        values[name] = transform(u)
+        log_jacobian = log_jacobian + jnp.sum(transform.log_abs_det_jacobian(u, values[name]))
+    tr = handlers.trace(handlers.substitute(model_of_arguments, data=values)).get_trace(model_args)
+    log_prior, log_lik = log_jacobian, 0.0
+    for site in tr.values():
+        if site["type"] != "sample":
+            continue
+        term = jnp.sum(site["fn"].log_prob(site["value"]))
+        if site["is_observed"]:
+            log_lik = log_lik + term
+        else:
+            log_prior = log_prior + term
+    dtype = x.dtype
+    log_lik = jnp.asarray(log_lik, dtype)
+    return jnp.asarray(log_prior, dtype), jnp.where(jnp.isnan(log_lik), -jnp.inf, log_lik)
+
+
+def _hmc_moves(model_args, x, lp, ll, key, beta, step, scale, num_moves, num_leapfrog):
+    r"""``num_moves`` HMC moves of one particle leaving :math:`\pi_\beta \propto \pi(z) p(Y\mid z)^\beta`
+    invariant: momentum :math:`p \sim N(0, \operatorname{diag}(1/\mathrm{scale}^2))`, ``num_leapfrog``
+    leapfrog steps of size ``step`` (jittered per move), Metropolis acceptance. Returns the new
+    ``(x, lp, ll)`` and the mean acceptance probability."""
+    supports, unravel, _ = _structure(model_args)
+
+    def target(y):
+        lp_y, ll_y = _log_parts(model_args, supports, unravel, y)
+        return lp_y + beta * ll_y, (lp_y, ll_y)
+
+    value_and_grad = jax.value_and_grad(target, has_aux=True)
+    dtype = x.dtype
+
+    def move(carry, k):
+        x, lp, ll = carry
+        k_p, k_j, k_u = jax.random.split(k, 3)
+        eps = step * jax.random.uniform(k_j, (), dtype, 1 - STEP_JITTER, 1 + STEP_JITTER)
+        p = jax.random.normal(k_p, x.shape, dtype) / scale
+        (_, _), g = value_and_grad(x)
+        energy0 = -(lp + beta * ll) + 0.5 * jnp.sum((scale * p) ** 2)
+
+        def leapfrog(state, _):
+            y, q, g = state
+            q = q + 0.5 * eps * g
+            y = y + eps * scale**2 * q
+            (_, parts), g = value_and_grad(y)
+            q = q + 0.5 * eps * g
+            return (y, q, g), parts
+
+        (y, q, _), parts = jax.lax.scan(leapfrog, (x, p, g), None, length=num_leapfrog)
+        lp_y, ll_y = parts[0][-1], parts[1][-1]
+        energy1 = -(lp_y + beta * ll_y) + 0.5 * jnp.sum((scale * q) ** 2)
+        delta = jnp.where(jnp.isfinite(energy0), energy0 - energy1, jnp.inf)
+        delta = jnp.where(jnp.isfinite(energy1) & jnp.all(jnp.isfinite(y)), delta, -jnp.inf)
+        accept_prob = jnp.exp(jnp.minimum(delta, 0.0))
+        accept = jnp.log(jax.random.uniform(k_u, (), dtype)) < delta
+        new = (jnp.where(accept, y, x), jnp.where(accept, lp_y, lp), jnp.where(accept, ll_y, ll))
+        return new, accept_prob
+
+    (x, lp, ll), probs = jax.lax.scan(move, (x, lp, ll), jax.random.split(key, num_moves))
+    return x, lp, ll, jnp.mean(probs)
+
+
+# -- compiled pieces (one program per model structure, particle number and move settings) -------------------
+
+
+@partial(jax.jit, static_argnames="num_particles")
+def _start(model_args, key, *, num_particles):
+    """``num_particles`` prior draws (flat, unconstrained) with their ``(log prior, log likelihood)``."""
+    dtype = model_args[4].dtype
+    supports, unravel, _ = _structure(model_args)
+    x = jax.vmap(lambda k: _prior_draw(model_args, k, dtype))(jax.random.split(key, num_particles))
+    lp, ll = jax.vmap(lambda y: _log_parts(model_args, supports, unravel, y))(x)
+    return x, lp, ll
+
+
+@partial(jax.jit, static_argnames=("num_moves", "num_leapfrog"))
+def _move_all(model_args, x, lp, ll, key, beta, step, scale, *, num_moves, num_leapfrog):
+    """:func:`_hmc_moves` for every particle; returns ``(x, lp, ll)`` and the mean acceptance."""
+    keys = jax.random.split(key, x.shape[0])
+    x, lp, ll, acc = jax.vmap(
+        lambda *a: _hmc_moves(model_args, *a, beta, step, scale, num_moves, num_leapfrog))(x, lp, ll, keys)
+    return x, lp, ll, jnp.mean(acc)
+
+
+@partial(jax.jit, static_argnames=("num_moves", "num_leapfrog"), donate_argnames="carry")
+def _anneal(carry, model_args, key, betas, steps, scales, start, stop, *, num_moves, num_leapfrog):
+    r"""Temperatures ``start..stop`` (``1 <= t <= T``) of the annealed run: the log weights gain
+    :math:`(\beta_t - \beta_{t-1}) \log p(Y \mid z)`, then the particles move at :math:`\beta_t`. The
+    moves of temperature ``t`` use the key ``fold_in(key, t)``, so slicing changes nothing."""
+
+    def temperature(t, carry):
+        x, lp, ll, log_w, acc = carry
+        log_w = log_w + (betas[t] - betas[t - 1]) * ll
+        if num_moves:
+            x, lp, ll, a = _move_all(model_args, x, lp, ll, jax.random.fold_in(key, t), betas[t], steps[t],
+                                     scales[t], num_moves=num_moves, num_leapfrog=num_leapfrog)
+            acc = acc + a
+        return x, lp, ll, log_w, acc
+
+    return jax.lax.fori_loop(start, stop, temperature, carry)
+
+
+# -- the pilot: adaptive tempered SMC -----------------------------------------------------------------------
+
+
+class _Schedule(NamedTuple):
+    """What the pilot measured at each of its temperatures."""
+
+    betas: np.ndarray  # (T_p + 1,)
+    steps: np.ndarray  # (T_p + 1,)
+    scales: np.ndarray  # (T_p + 1, d)
+    spreads: np.ndarray  # (T_p + 1,) standard deviation of log p(Y | z) under pi_beta
+    log_evidence: float  # the pilot's own (SMC) estimate, no standard error
+
+    @property
+    def thermodynamic_length(self) -> np.ndarray:
+        r""":math:`\Lambda(\beta_t) = \int_0^{\beta_t} s(b)\, db` at the pilot's temperatures (trapezoid rule)."""
+        return np.concatenate([[0.0], np.cumsum(np.diff(self.betas) * (self.spreads[1:] + self.spreads[:-1]) / 2)])
+
+    def resample(self, num_temperatures: int):
+        r"""``num_temperatures`` temperatures equally spaced in :math:`\Lambda`, with the step sizes
+        (log-linearly) and scales (linearly) interpolated there."""
+        length = self.thermodynamic_length
+        grid = np.linspace(0.0, length[-1], num_temperatures + 1)
+        if length[-1] > 0:
+            betas = np.interp(grid, length, self.betas)
+        else:
+            betas = np.linspace(0.0, 1.0, num_temperatures + 1)
+            grid, length = betas, self.betas
+        betas[0], betas[-1] = 0.0, 1.0
+        steps = np.exp(np.interp(grid, length, np.log(self.steps)))
+        scales = np.stack([np.interp(grid, length, col) for col in self.scales.T], axis=1)
+        return betas, steps, scales
+
+
+def _finite_log_lik(ll) -> np.ndarray:
+    ll = np.asarray(ll, np.float64)
+    return np.where(np.isfinite(ll), ll, -np.inf)
+
+
+def _effective_fraction(log_w) -> float:
+    """``ESS / n`` of the weights ``exp(log_w)``."""
+    w = np.exp(log_w - np.max(log_w))
+    return float(w.sum() ** 2 / (w**2).sum() / w.size)
+
+
+def _next_beta(beta: float, ll: np.ndarray, fraction: float) -> float:
+    """The largest next temperature in ``(beta, 1]`` whose incremental weights ``exp(dbeta * ll)``
+    keep ``fraction`` of the particles effective (bisection)."""
+    if _effective_fraction((1.0 - beta) * ll) >= fraction:
+        return 1.0
+    lo, hi = 0.0, 1.0 - beta
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _effective_fraction(mid * ll) >= fraction else (lo, mid)
+    return beta + max(lo, 1e-12)
+
+
+def _systematic_resample(rng, log_w) -> np.ndarray:
+    w = np.exp(log_w - np.max(log_w))
+    cdf = np.cumsum(w / w.sum())
+    positions = (rng.uniform() + np.arange(w.size)) / w.size
+    return np.minimum(np.searchsorted(cdf, positions), w.size - 1)
+
+
+def _spread(ll: np.ndarray) -> float:
+    finite = ll[np.isfinite(ll)]
+    return float(np.std(finite)) if finite.size > 1 else 0.0
+
+
+def _tempered_smc(model_args, key, num_particles: int, num_leapfrog: int, bar=None) -> _Schedule:
+    r"""Adaptive tempered SMC from the prior to the posterior (the pilot; module docstring).
+    Its own estimate :math:`\sum_t \log \tfrac1n \sum_i e^{\Delta\beta_t \ell_i}` is kept for comparison."""
+    k_start, k_moves, k_resample = jax.random.split(key, 3)
+    x, lp, ll = _start(model_args, k_start, num_particles=num_particles)
+    rng = np.random.default_rng(np.asarray(raw_key(k_resample)).astype(np.uint64))
+    ll_host = _finite_log_lik(ll)
+    if not np.any(np.isfinite(ll_host)):
+        raise FloatingPointError("the log likelihood is -inf or NaN at every prior draw; the evidence cannot be "
+                                 "estimated (check the data's scale, the noise variance and the precision)")
+    dtype = x.dtype
+    step, scale = INITIAL_STEP, np.std(np.asarray(x, np.float64), axis=0) + 1e-3
+    betas, steps, scales, spreads = [0.0], [step], [scale], [_spread(ll_host)]
+    beta, log_z = 0.0, 0.0
+    while beta < 1.0:
+        if len(betas) > MAX_PILOT_TEMPERATURES:
+            raise RuntimeError(f"the pilot needed more than {MAX_PILOT_TEMPERATURES} temperatures to reach the "
+                               "posterior; the posterior is too far from the prior for this estimator")
+        new_beta = _next_beta(beta, ll_host, PILOT_ESS_FRACTION)
+        inc = (new_beta - beta) * ll_host
+        log_z += float(np.logaddexp.reduce(inc) - math.log(num_particles))
+        w = np.exp(inc - inc.max())
+        w /= w.sum()
+        xs = np.asarray(x, np.float64)
+        mean = w @ xs
+        scale = np.sqrt(np.maximum(w @ (xs - mean) ** 2, 0.0)) + 1e-6 * (np.abs(mean) + 1)
+        idx = _systematic_resample(rng, inc)
+        x, lp, ll = x[idx], lp[idx], ll[idx]
+        beta = new_beta
+        for m in range(PILOT_MOVES):
+            x, lp, ll, acc = _move_all(model_args, x, lp, ll, jax.random.fold_in(k_moves, len(betas) * PILOT_MOVES + m),
+                                       jnp.asarray(beta, dtype), jnp.asarray(step, dtype), jnp.asarray(scale, dtype),
+                                       num_moves=1, num_leapfrog=num_leapfrog)
+            step *= math.exp(STEP_ADAPTATION_RATE * (float(acc) - TARGET_ACCEPTANCE))
+        ll_host = _finite_log_lik(ll)
+        betas.append(beta)
+        steps.append(step)
+        scales.append(scale)
+        spreads.append(_spread(ll_host))
+        if bar is not None:
+            bar.set_postfix(beta=f"{beta:.3g}")
+            bar.update(1)
+    return _Schedule(np.array(betas), np.array(steps), np.stack(scales), np.array(spreads), log_z)
+
+
+# -- public --------------------------------------------------------------------------------------------------
+
+
+def _weights_summary(log_w: np.ndarray):
+    r"""``(log mean w, SE of it, ESS)`` from log weights (delta method; module docstring)."""
+    n = log_w.size
+    top = np.max(log_w)
+    if not np.isfinite(top):
+        raise FloatingPointError("every importance weight is zero or NaN: the log likelihood is -inf or NaN at "
+                                 "every particle; the evidence cannot be estimated")
+    w = np.exp(log_w - top)
+    u = w / w.mean()
+    estimate = float(top + np.log(w.mean()))
+    se = float(np.sqrt(np.var(u, ddof=1) / n)) if n > 1 else float("inf")
+    return estimate, se, float(u.sum() ** 2 / (u**2).sum())
+
+
+def log_evidence(
+    data: RegressionData,
+    prior=None,
+    *,
+    lambda_star=1.0,
+    noise_variance=1.0,
+    ratio=None,
+    noise_model: str = "scalar",
+    noise_correlation=None,
+    intercept=None,
+    method: str = "ais",
+    num_particles: int = DEFAULT_PARTICLES,
+    num_temperatures: int | None = None,
+    num_leapfrog: int = 8,
+    num_moves: int = 1,
+    pilot_particles: int = DEFAULT_PILOT_PARTICLES,
+    key: KeyLike = 0,
+    progress_bar: bool = False,
+) -> EvidenceEstimate:
+    r"""The log marginal likelihood :math:`\log p(Y \mid \mathcal M)` of a model, with its standard error.
+
+    .. math:: p(Y \mid \mathcal M) = \int N(\operatorname{vec} Y^\top; 1\mu^\top, \lambda_* Q \otimes K
+        + \Sigma_\varepsilon \otimes I_P)\; \pi(\text{latents}, \theta)\, d(\text{latents}, \theta),
+
+    over the prior's latents (so over :math:`Q`) and every inferred hyperparameter :math:`\theta`;
+    fixed hyperparameters are conditioned on. Estimated by annealed importance sampling from
+    the prior to the posterior, or by importance sampling from the prior (module docstring for
+    the algorithms, the schedule and the error). Compare models by differences of log
+    evidence (log Bayes factors) whose standard errors add in quadrature.
+
+    Parameters
+    ----------
+    data : RegressionData
+    prior : FiniteWidthPrior | ProportionalLimitPrior | NNGPPrior | ModelSpec
+        As in :func:`~deeplinear.fit`, with the same hyperparameter keywords.
+    method : {"ais", "prior"}, default "ais"
+    num_particles : int, default 1024
+        Independent particles ``n`` (prior draws for ``"prior"``); the standard error falls like
+        :math:`1/\sqrt n`.
+    num_temperatures : int, optional
+        ``T`` for ``"ais"``. Default :math:`\lceil\Lambda^2/0.5\rceil` (at least 16) from the pilot's
+        thermodynamic length :math:`\Lambda`: log weights of variance about 0.5.
+    num_leapfrog, num_moves : int
+        Leapfrog steps per HMC move and moves per temperature (``"ais"``).
+    pilot_particles : int, default 256
+        Particles of the pilot that sets the schedule (``"ais"``).
+    key : PRNG key or int, default 0
+        Same key, same estimate (on the same device).
+    progress_bar : bool, default False
+
+    Returns
+    -------
+    EvidenceEstimate
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deeplinear import RegressionData, FiniteWidthPrior
+    >>> from deeplinear.evidence import log_evidence
+    >>> rng = np.random.default_rng(0)
+    >>> data = RegressionData.linear(rng.normal(size=(10, 3)), rng.normal(size=(10, 2)))
+    >>> est = log_evidence(data, FiniteWidthPrior((4, 4), 2), noise_variance=0.5, num_particles=256)
+    >>> bool(np.isfinite(est.log_evidence) and 0 < est.standard_error < 0.2)
+    True
+    """
+    started = time.perf_counter()
+    check_regression_data(data)
+    spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
+    model_args = spec.model_arguments(data)
+    method = check_choice("method", method, EVIDENCE_METHODS)
+    num_particles = check_positive_int("num_particles", num_particles, minimum=2, maximum=MAX_PARTICLES)
+    if num_temperatures is not None:
+        num_temperatures = check_positive_int("num_temperatures", num_temperatures, maximum=MAX_TEMPERATURES)
+    num_leapfrog = check_positive_int("num_leapfrog", num_leapfrog, maximum=MAX_LEAPFROG)
+    num_moves = check_positive_int("num_moves", num_moves, maximum=MAX_LEAPFROG)
+    pilot_particles = check_positive_int("pilot_particles", pilot_particles, minimum=2, maximum=MAX_PARTICLES)
+    key = check_key(key)
+    progress_bar = check_bool("progress_bar", progress_bar)
+    constant = relative_constant(data, matrix_noise=spec.noise_model != "scalar", intercept=spec.intercept is not None)
+
+    if not spec.has_latent_sites:  # NNGP with everything fixed: the evidence is the likelihood
+        _, _, ll = _start(model_args, key, num_particles=1)
+        value = float(np.asarray(ll, np.float64)[0]) + constant
+        _check_finite(value)
+        nan = float("nan")
+        return EvidenceEstimate(value, 0.0, nan, 0, 0, "exact", nan, nan, time.perf_counter() - started)
+
+    k_pilot, k_start, k_run = jax.random.split(key, 3)
+    dtype = data.dtype
+    bar = None
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="evidence: pilot", unit="temperature")
+    try:
+        length = float("nan")
+        if method == "prior":
+            betas, steps, scales, moves = np.array([0.0, 1.0]), np.ones(2), None, 0
+        else:
+            schedule = _tempered_smc(model_args, k_pilot, pilot_particles, num_leapfrog, bar)
+            length = float(schedule.thermodynamic_length[-1])
+            if num_temperatures is None:
+                num_temperatures = int(np.clip(math.ceil(length**2 / LOG_WEIGHT_VARIANCE), MIN_TEMPERATURES,
+                                               MAX_TEMPERATURES))
+            betas, steps, scales = schedule.resample(num_temperatures)
+            moves = num_moves
+        T = len(betas) - 1
+        x, lp, ll = _start(model_args, k_start, num_particles=num_particles)
+        if scales is None:
+            scales = np.ones((T + 1, x.shape[1]))
+        carry = (x, lp, ll, jnp.zeros(num_particles, dtype), jnp.zeros((), dtype))
+        schedule_args = (jnp.asarray(betas, dtype), jnp.asarray(steps, dtype), jnp.asarray(scales, dtype))
+        bounds = np.linspace(1, T + 1, min(PROGRESS_UPDATES, T) + 1 if progress_bar else 2).round().astype(int)
+        if bar is not None:
+            bar.reset(total=T)
+            bar.set_description(f"evidence: {method} ({num_particles} particles)")
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            carry = _anneal(carry, model_args, k_run, *schedule_args, jnp.int32(lo), jnp.int32(hi), num_moves=moves,
+                            num_leapfrog=num_leapfrog)
+            if bar is not None:
+                bar.update(int(hi - lo))
+    finally:
+        if bar is not None:
+            bar.close()
+    log_w = _finite_log_lik(carry[3])
+    estimate, se, ess = _weights_summary(log_w)
+    acceptance = float(carry[4]) / T if moves else float("nan")
+    value = estimate + constant
+    _check_finite(value)
+    return EvidenceEstimate(value, se, ess, num_particles, T, method, acceptance, length, time.perf_counter() - started)
+
+
+def _check_finite(value: float) -> None:
+    if not np.isfinite(value):
+        raise FloatingPointError(f"the estimated log evidence is not finite ({value}); check the data's scale and "
+                                 "the precision (float64 may help)")
+
+
+def evidence_curve(data: RegressionData, specs: dict, *, key: KeyLike = 0, **options):
+    r""":func:`log_evidence` of several models of the same data: an evidence curve over ``a``
+    (limit priors), depth at fixed width or width at fixed depth (finite priors), or any other
+    family of :class:`~deeplinear.models.ModelSpec`.
+
+    ``specs`` maps names to specifications (or priors, with the default hyperparameters);
+    ``options`` go to :func:`log_evidence`. Model ``i`` gets the key ``jax.random.fold_in(key, i)``.
+    Priors that differ only in ``ratio`` (or in fixed hyperparameter values) share one compiled
+    program. Returns a ``pandas.DataFrame`` indexed by name with the columns of
+    :class:`EvidenceEstimate` (less ``method``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deeplinear import RegressionData, ProportionalLimitPrior
+    >>> from deeplinear.evidence import evidence_curve
+    >>> rng = np.random.default_rng(0)
+    >>> data = RegressionData.linear(rng.normal(size=(10, 3)), rng.normal(size=(10, 1)))
+    >>> curve = evidence_curve(data, {a: ProportionalLimitPrior(a, 1) for a in (0.5, 1.0)}, num_particles=128)
+    >>> list(curve.index), bool(curve["standard_error"].max() < 0.1)
+    ([0.5, 1.0], True)
+    """
+    import pandas as pd
+
+    if not isinstance(specs, dict) or not specs:
+        raise TypeError(f"specs must be a non-empty dict of name -> ModelSpec or prior, got {type(specs).__name__}")
+    check_regression_data(data)
+    key = check_key(key)
+    built = {name: ModelSpec.build(spec) for name, spec in specs.items()}
+    for spec in built.values():
+        spec.check_data(data)
+    rows = {}
+    for i, (name, spec) in enumerate(built.items()):
+        est = log_evidence(data, spec, key=jax.random.fold_in(key, i), **options)
+        rows[name] = {k: v for k, v in est._asdict().items() if k != "method"}
+    return pd.DataFrame.from_dict(rows, orient="index")
