@@ -25,6 +25,7 @@ MODULES = [
     "deeplinear.custom",
     "deeplinear.comparison",
     "deeplinear.exact",
+    "deeplinear.evidence",
     "deeplinear.sbc",
     "deeplinear.sweep",
     "deeplinear.plotting",

@@ -45,10 +45,16 @@ def test_d1_log_evidence_agrees_with_the_exact_reference(prior):
     with jax.enable_x64(True):
         data = _data(14, 1, 3)
         exact = exact_posterior_d1(data, prior, lambda_star=1.3, noise_variance=NOISE).log_evidence
-        est = log_evidence(data, prior, lambda_star=1.3, noise_variance=NOISE, num_particles=PARTICLES, key=3)
+        est = log_evidence(data, prior, lambda_star=1.3, noise_variance=NOISE, method="ais", num_particles=PARTICLES,
+                           key=3)
+        plain = log_evidence(data, prior, lambda_star=1.3, noise_variance=NOISE, method="prior", num_particles=2**14,
+                             key=3)
     assert est.method == "ais" and est.num_temperatures >= 16
     assert 0 < est.standard_error < 0.05
     assert abs(est.log_evidence - exact) < TOLERANCE_SE * est.standard_error, (est, exact)
+    # few latent dimensions: the prior is close enough to the posterior for prior importance sampling
+    assert plain.method == "prior" and plain.num_temperatures == 1
+    assert abs(plain.log_evidence - exact) < TOLERANCE_SE * plain.standard_error, (plain, exact)
 
 
 def test_nngp_log_evidence_is_the_closed_form():
@@ -103,7 +109,7 @@ def test_d2_log_evidence_agrees_with_plain_importance_sampling():
     with jax.enable_x64(True):
         X, Y = _arrays(6, 2, 3, seed=2)
         est = log_evidence(RegressionData.linear(X, Y), FiniteWidthPrior(widths, 2), lambda_star=lam,
-                           noise_variance=NOISE, num_particles=PARTICLES, key=5)
+                           noise_variance=NOISE, method="ais", num_particles=PARTICLES, key=5)
     ref, ref_se = _plain_importance_sampling(X, Y, widths, lam, NOISE, seed=7)
     assert ref_se < 0.01
     combined = np.hypot(est.standard_error, ref_se)
@@ -115,7 +121,7 @@ def test_standard_error_is_honest_across_seeds():
     deliberately coarse setting (128 particles, 16 temperatures) so that the error is visible."""
     data = _data(10, 2, 3, seed=4)
     spec = ModelSpec(ProportionalLimitPrior(1.0, 2, num_steps=4), noise_variance=dist.HalfNormal(1.0))
-    runs = [log_evidence(data, spec, num_particles=HONESTY_PARTICLES, num_temperatures=16, key=s)
+    runs = [log_evidence(data, spec, method="ais", num_particles=HONESTY_PARTICLES, num_temperatures=16, key=s)
             for s in range(SEEDS)]
     values = np.array([r.log_evidence for r in runs])
     stated = np.sqrt(np.mean([r.standard_error**2 for r in runs]))
@@ -127,7 +133,7 @@ def test_standard_error_is_honest_across_seeds():
 def test_prior_importance_sampling_and_float32_agree_with_ais():
     data = _data(8, 2, 3, seed=6)
     prior = ProportionalLimitPrior(0.8, 2, num_steps=4)
-    ais = log_evidence(data, prior, noise_variance=NOISE, num_particles=PARTICLES, key=1)  # float32
+    ais = log_evidence(data, prior, noise_variance=NOISE, method="ais", num_particles=PARTICLES, key=1)  # float32
     with jax.enable_x64(True):
         data64 = _data(8, 2, 3, seed=6)
         plain = log_evidence(data64, prior, noise_variance=NOISE, method="prior", num_particles=20_000, key=2)
@@ -188,3 +194,4 @@ def test_evidence_curve_refuses_bad_specs():
         evidence_curve(_data(6, 2, 3), [ProportionalLimitPrior(1.0, 2)])
     with pytest.raises(ValueError, match="num_outputs"):
         evidence_curve(_data(6, 2, 3), {"one": ProportionalLimitPrior(1.0, 1)})
+
