@@ -33,7 +33,7 @@ import numpyro.distributions as dist  # noqa: E402
 from _machine import describe  # noqa: E402
 
 import deeplinear as dl  # noqa: E402
-from deeplinear.evidence import _tempered_smc, log_evidence  # noqa: E402
+from deeplinear.evidence import _data_constant, _tempered_smc, log_evidence  # noqa: E402
 
 REPEATS = 5
 PARTICLES = 1024
@@ -68,11 +68,8 @@ def run(estimator, data_, spec, key):
         est = log_evidence(data_, spec, method="prior", num_particles=PRIOR_DRAWS, key=key)
         value, se, k = est.log_evidence, est.standard_error, est.effective_sample_size
     elif estimator == "tempered SMC":
-        from deeplinear.likelihood import relative_constant
-
         args = spec.model_arguments(data_)
-        value = _tempered_smc(args, jax.random.key(key), PARTICLES, 8).log_evidence + relative_constant(
-            data_, matrix_noise=False, intercept=False)
+        value = _tempered_smc(args, jax.random.key(key), PARTICLES, 8).log_evidence + _data_constant(spec, data_)
         se, k = float("nan"), float("nan")
     else:
         est = log_evidence(data_, spec, method="ais", num_particles=PARTICLES, key=key)

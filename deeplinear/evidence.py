@@ -485,7 +485,7 @@ def log_evidence(
     pilot_particles = check_positive_int("pilot_particles", pilot_particles, minimum=2, maximum=MAX_PARTICLES)
     key = check_key(key)
     progress_bar = check_bool("progress_bar", progress_bar)
-    constant = relative_constant(data, matrix_noise=spec.noise_model != "scalar", intercept=spec.intercept is not None)
+    constant = _data_constant(spec, data)
 
     if not spec.has_latent_sites:  # NNGP with everything fixed: the evidence is the likelihood
         value = float(_log_likelihood_alone(model_args)) + constant
@@ -543,6 +543,11 @@ def _estimate(model_args, key, method, num_particles, num_temperatures, num_leap
     value = estimate + constant
     _check_finite(value)
     return EvidenceEstimate(value, se, ess, num_particles, T, method, acceptance, length, time.perf_counter() - started)
+
+
+def _data_constant(spec: ModelSpec, data: RegressionData) -> float:
+    """What the models' relative likelihood leaves out for this specification (float64)."""
+    return relative_constant(data, matrix_noise=spec.noise_model != "scalar", intercept=spec.intercept is not None)
 
 
 def _check_finite(value: float) -> None:
