@@ -43,7 +43,7 @@ before it starts, they keep its particles independent and :math:`\hat Z` unbiase
 
 **Which one.** On the four problems of ``benchmarks/evidence.py``
 (``benchmarks/results/evidence_cpu.md``; RMSE² × time, lower is better) prior importance sampling
-with 65536 draws was 3.6 to 180 times cheaper than AIS where the data say little beyond the prior
+with 65536 draws was 3.5 to 180 times cheaper than AIS where the data say little beyond the prior
 (``D = 1``; ``D = 2``, ``P = 100``; ``D = 2``, ``P = 12`` with full noise and ``a`` inferred), and AIS 2
 times cheaper on ``D = 3``, ``P = 200`` with :math:`\lambda_*` and :math:`\sigma^2` inferred, where
 prior IS kept 16 effective draws of 65536. Prior IS fails without saying so where the posterior is
