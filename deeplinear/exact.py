@@ -13,7 +13,17 @@ Writing :math:`u = \log s`:
   evidence are 1-D integrals, done by adaptive quadrature (``scipy.integrate.quad``);
 * **finite width** -- :math:`u = \sum_l \log(\chi^2_{N_l}/N_l)`: the density of ``u`` is the
   ``L``-fold convolution of log-Gamma densities, computed by FFT on a fine uniform grid
-  (``scipy.signal.fftconvolve``), then integrated by the trapezoid rule;
+  (``scipy.signal.fftconvolve``), then integrated by the trapezoid rule. The FFT's error is
+  relative to the density's largest value (about :math:`10^{-16}`), so where the posterior sits
+  far in the prior's tail -- at large width and many rows, the regime of
+  :mod:`deeplinear.renormalized`, :math:`O(\sqrt N)` prior standard deviations away -- the
+  convolution is done for the **exponentially tilted** law :math:`f_\theta(u) \propto e^{\theta u}
+  f(u)`, whose factors are again log-Gamma (shape :math:`N_l/2 + \theta`) and whose normalizer
+  :math:`\prod_l E[g_l^\theta] = \prod_l \Gamma(N_l/2+\theta)\,(N_l/2)^{-\theta}/\Gamma(N_l/2)` is
+  known: :math:`\pi(u \mid Y) \propto f_\theta(u)\, e^{-\theta u} p(Y \mid e^u)`. The tilt
+  :math:`\theta` is iterated to the log likelihood's slope at the posterior mode, which puts the
+  tilted law's mode there (without it, at ``N = 256``, ``L = 2``, ``P = 128`` the posterior mean
+  of ``s`` came out 4.19 instead of 2.17);
 * **NNGP** -- :math:`s = 1`.
 
 Returned: posterior mean and variance of ``s``, the log evidence :math:`\log p(Y)`, and
@@ -36,6 +46,9 @@ from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrio
 
 __all__ = ["ExactPosteriorD1", "exact_posterior_d1", "log_product_density"]
 
+MAX_TILT_ITERATIONS = 12
+TILT_TOLERANCE = 1e-3  # any tilt near the posterior mode's slope serves; this one is cheap to reach
+
 
 class ExactPosteriorD1(NamedTuple):
     """Exact posterior summaries for ``D = 1``.
@@ -51,20 +64,22 @@ class ExactPosteriorD1(NamedTuple):
     pred_var: np.ndarray | None
 
 
-def log_product_density(widths, num_points: int | None = None):
+def log_product_density(widths, num_points: int | None = None, tilt: float = 0.0):
     r"""Density of :math:`u = \log \prod_l \chi^2_{N_l}/N_l` on a uniform grid, by FFT convolution.
 
     Each factor :math:`v = \log g`, :math:`g \sim \mathrm{Gamma}(N/2, \mathrm{rate}\ N/2)`, has
     density :math:`\beta^\alpha e^{\alpha v - \beta e^v}/\Gamma(\alpha)`. Returns
-    ``(grid, density)`` with ``density`` integrating to 1 on ``grid``.
+    ``(grid, density)`` with ``density`` integrating to 1 on ``grid``. With ``tilt`` :math:`\theta`, the
+    density of the tilted law :math:`\propto e^{\theta u} f(u)` (factors of shape :math:`N_l/2 + \theta`,
+    which must stay positive).
     """
     widths = [int(w) for w in widths]
-    alphas = np.array(widths) / 2.0
+    rates = np.array(widths) / 2.0
+    alphas = rates + float(tilt)
     sds = np.sqrt(special.polygamma(1, alphas))
     h = float(sds.min()) / 60 if num_points is None else None
     parts, start = [], 0.0
-    for a in alphas:
-        b = a  # rate N/2
+    for a, b in zip(alphas, rates):  # shape N/2 + tilt, rate N/2
         m, sd = special.digamma(a) - np.log(b), math.sqrt(special.polygamma(1, a))
         lo, hi = m - 12 * sd - 60 / a, m + 12 * sd + 4
         v = np.arange(lo, hi, h)
@@ -184,14 +199,23 @@ def exact_posterior_d1(
             pv = pc + pm2 - pm**2
         return ExactPosteriorD1(m1, m2 - m1**2, log_ev, pm, pv)
 
-    # finite width: FFT convolution of log-Gamma densities, trapezoid rule
-    grid, dens = log_product_density(prior.widths)
-    with np.errstate(divide="ignore"):
-        lw = loglik(np.exp(grid)) + np.log(dens)
+    # finite width: FFT convolution of (tilted) log-Gamma densities, trapezoid rule
+    rates = np.asarray(prior.widths, np.float64) / 2
+    slope = _log_likelihood_slope(lam, noise, kappa, ytil)
+    tilt, lowest = 0.0, 0.5 - rates.min()  # shapes N_l/2 + tilt stay >= 1/2
+    for _ in range(MAX_TILT_ITERATIONS):
+        grid, dens = log_product_density(prior.widths, tilt=tilt)
+        with np.errstate(divide="ignore"):
+            lw = loglik(np.exp(grid)) - tilt * grid + np.log(dens)
+        new_tilt = max(float(slope(grid[np.argmax(lw)])), lowest)
+        if abs(new_tilt - tilt) <= TILT_TOLERANCE * (1 + abs(tilt)):
+            break
+        tilt = new_tilt
     c = lw.max()
     w = np.exp(lw - c)
     z = integrate.trapezoid(w, grid)
     w = w / z
+    log_normalizer = float(np.sum(special.gammaln(rates + tilt) - special.gammaln(rates) - tilt * np.log(rates)))
     s = np.exp(grid)
     m1 = integrate.trapezoid(w * s, grid)
     m2 = integrate.trapezoid(w * s**2, grid)
@@ -200,4 +224,16 @@ def exact_posterior_d1(
         mean, cov = _pred_moments(s, lam, noise, kappa, ytil, *test)
         pm = integrate.trapezoid(w[:, None] * mean, grid, axis=0)
         pv = integrate.trapezoid(w[:, None] * (cov + mean**2), grid, axis=0) - pm**2
-    return ExactPosteriorD1(float(m1), float(m2 - m1**2), float(math.log(z) + c), pm, pv)
+    return ExactPosteriorD1(float(m1), float(m2 - m1**2), float(math.log(z) + c + log_normalizer), pm, pv)
+
+
+def _log_likelihood_slope(lam, noise, kappa, ytil):
+    r""":math:`u \mapsto \frac{d}{du}\log p(Y \mid s = e^u) = -\frac s2 \sum_p \lambda_*\kappa_p
+    \big(1/v_p - \tilde y_p^2/v_p^2\big)`, :math:`v_p = \lambda_*\kappa_p s + \sigma^2`."""
+
+    def slope(u):
+        s = math.exp(u)
+        var = lam * kappa * s + noise
+        return -0.5 * s * float(np.sum(lam * kappa * (1 / var - ytil**2 / var**2)))
+
+    return slope

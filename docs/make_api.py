@@ -26,6 +26,7 @@ MODULES = [
     "deeplinear.comparison",
     "deeplinear.exact",
     "deeplinear.evidence",
+    "deeplinear.renormalized",
     "deeplinear.sbc",
     "deeplinear.sweep",
     "deeplinear.plotting",
