@@ -208,7 +208,7 @@ def test_nngp_is_the_identity_and_specs_are_accepted():
 def test_bad_input_is_refused_before_solving():
     X, Y = _arrays(12, 2, 5)
     data = RegressionData.linear(X, Y)
-    with pytest.raises(ValueError, match="proportional limit"):
+    with pytest.raises(ValueError, match="proportional limit does not have"):
         renormalized_kernel(data, ProportionalLimitPrior(1.0, 2))
     with pytest.raises(ValueError, match="noise_variance has a prior"):
         renormalized_kernel(data, FiniteWidthPrior((8,), 2), noise_variance=dist.HalfNormal(1.0))
