@@ -40,12 +40,13 @@ from typing import NamedTuple
 import numpy as np
 from scipy import integrate, optimize, signal, special
 
-from deeplinear._validation import check_noise_for_data, check_positive_scalar
+from deeplinear._validation import check_noise_for_data, check_positive_int, check_positive_scalar
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
 
 __all__ = ["ExactPosteriorD1", "exact_posterior_d1", "log_product_density"]
 
+GRID_POINTS_PER_SD = 60
 MAX_TILT = 1e9
 TILT_TOLERANCE = 1e-6  # any tilt near the posterior mode's slope serves
 
@@ -71,13 +72,16 @@ def log_product_density(widths, num_points: int | None = None, tilt: float = 0.0
     density :math:`\beta^\alpha e^{\alpha v - \beta e^v}/\Gamma(\alpha)`. Returns
     ``(grid, density)`` with ``density`` integrating to 1 on ``grid``. With ``tilt`` :math:`\theta`, the
     density of the tilted law :math:`\propto e^{\theta u} f(u)` (factors of shape :math:`N_l/2 + \theta`,
-    which must stay positive).
+    which must stay positive). The grid step is the narrowest factor's standard deviation over
+    ``num_points`` (default 60).
     """
     widths = [int(w) for w in widths]
     rates = np.array(widths) / 2.0
     alphas = rates + float(tilt)
+    if alphas.min() <= 0:
+        raise ValueError(f"tilt must exceed -min(widths)/2 = {-rates.min():g}, got {tilt!r}")
     sds = np.sqrt(special.polygamma(1, alphas))
-    h = float(sds.min()) / 60 if num_points is None else None
+    h = float(sds.min()) / (GRID_POINTS_PER_SD if num_points is None else check_positive_int("num_points", num_points))
     parts, start = [], 0.0
     for a, b in zip(alphas, rates):  # shape N/2 + tilt, rate N/2
         m, sd = special.digamma(a) - np.log(b), math.sqrt(special.polygamma(1, a))

@@ -147,14 +147,16 @@ def test_log_predictive_density_nngp_equals_scipy():
 # ---------------------------------------------------------------- exact D = 1 references
 
 
-def test_log_product_density_moments():
+@pytest.mark.parametrize("tilt", [0.0, -1.2, 7.5])
+def test_log_product_density_moments(tilt):
+    """The tilted law e^{tilt u} f(u) / E[e^{tilt u}] has log-Gamma factors of shape N/2 + tilt, rate N/2."""
     widths = [3, 5, 8, 20]
-    grid, dens = log_product_density(widths)
+    grid, dens = log_product_density(widths, tilt=tilt)
     mean = trapezoid(grid * dens, grid)
     var = trapezoid(grid**2 * dens, grid) - mean**2
     a = np.array(widths) / 2
-    np.testing.assert_allclose(mean, np.sum(special.digamma(a) - np.log(a)), atol=1e-9)
-    np.testing.assert_allclose(var, np.sum(special.polygamma(1, a)), rtol=1e-9)
+    np.testing.assert_allclose(mean, np.sum(special.digamma(a + tilt) - np.log(a)), atol=1e-9)
+    np.testing.assert_allclose(var, np.sum(special.polygamma(1, a + tilt)), rtol=1e-9)
 
 
 @pytest.mark.parametrize(
