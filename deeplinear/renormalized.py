@@ -57,7 +57,10 @@ to take a saddle point of: give the finite prior of its depth and width instead,
 
 The solver works in float64 whatever the data's precision (the unknowns are ``L`` lower Cholesky
 factors, :math:`L\,D(D+1)/2` numbers, with log-diagonals), by Newton's method with a trust region
-(``scipy.optimize.minimize(method="trust-exact")``, exact Hessian by JAX) from :math:`Q_l = I`.
+(``scipy.optimize.minimize(method="trust-exact")``, exact Hessian by JAX) from :math:`Q_l = I`, then
+plain Newton steps until the gradient is below :data:`GRADIENT_TOLERANCE` times :math:`\sum_l N_l + RD`
+(the trust region's test compares values of size ``N`` whose last changes are below their rounding).
+The programs are compiled once per ``(L, D, R)``.
 """
 
 from __future__ import annotations
