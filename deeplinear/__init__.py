@@ -23,26 +23,77 @@ The command line and the demonstrations live in :mod:`deeplinear.app`, which the
 never imports.
 """
 
-from deeplinear._compat import repair_lazy_numpyro
+from typing import TYPE_CHECKING
 
-repair_lazy_numpyro()  # arviz_base lazy-loads numpyro; see deeplinear/_compat.py
+# Where each public name lives. Importing deeplinear imports none of them: a name's module (and
+# what it needs: JAX, NumPyro, xarray, SciPy, ...) loads on first use (PEP 562), so that
+# ``import deeplinear`` is quick and a session that never plots, compares or reads files never
+# loads matplotlib, pandas or SciPy's optimizers.
+_LAZY = {
+    "ArrayChunks": "deeplinear.streaming",
+    "ConvergenceWarning": "deeplinear.inference",
+    "FiniteWidthPrior": "deeplinear.priors",
+    "KroneckerNormal": "deeplinear.likelihood",
+    "ModelSpec": "deeplinear.models",
+    "NNGPPrior": "deeplinear.priors",
+    "PosteriorFit": "deeplinear.inference",
+    "PrecisionWarning": "deeplinear._precision",
+    "PredictionKernel": "deeplinear.data",
+    "PredictiveMixture": "deeplinear.predictive",
+    "ProportionalLimitPrior": "deeplinear.priors",
+    "RegressionData": "deeplinear.data",
+    "compare_models": "deeplinear.comparison",
+    "correlation_matrix": "deeplinear.predictive",
+    "deep_linear_model": "deeplinear.models",
+    "enable_compilation_cache": "deeplinear.cache",
+    "exact_posterior_d1": "deeplinear.exact",
+    "fit": "deeplinear.inference",
+    "load_fit": "deeplinear.io",
+    "loo": "deeplinear.loo",
+    "moments": None,  # the submodule itself
+    "numpyro_q": "deeplinear.models",
+    "sample_network_outputs": "deeplinear.network",
+    "save_fit": "deeplinear.io",
+    "simulation_based_calibration": "deeplinear.sbc",
+}
 
-from deeplinear import moments  # noqa: E402
-from deeplinear._precision import PrecisionWarning  # noqa: E402
-from deeplinear.cache import enable_compilation_cache  # noqa: E402
-from deeplinear.comparison import compare_models  # noqa: E402
-from deeplinear.data import PredictionKernel, RegressionData  # noqa: E402
-from deeplinear.exact import exact_posterior_d1  # noqa: E402
-from deeplinear.inference import ConvergenceWarning, PosteriorFit, fit  # noqa: E402
-from deeplinear.io import load_fit, save_fit  # noqa: E402
-from deeplinear.likelihood import KroneckerNormal  # noqa: E402
-from deeplinear.loo import loo  # noqa: E402
-from deeplinear.models import ModelSpec, deep_linear_model, numpyro_q  # noqa: E402
-from deeplinear.network import sample_network_outputs  # noqa: E402
-from deeplinear.predictive import PredictiveMixture, correlation_matrix  # noqa: E402
-from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior  # noqa: E402
-from deeplinear.sbc import simulation_based_calibration  # noqa: E402
-from deeplinear.streaming import ArrayChunks  # noqa: E402
+
+def __getattr__(name):
+    import importlib
+
+    if name not in _LAZY:
+        raise AttributeError(f"module 'deeplinear' has no attribute {name!r}")
+    from deeplinear._compat import repair_lazy_numpyro
+
+    repair_lazy_numpyro()  # arviz_base lazy-loads numpyro; see deeplinear/_compat.py
+    module = _LAZY[name]
+    value = importlib.import_module(f"deeplinear.{name}") if module is None else getattr(
+        importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from deeplinear import moments
+    from deeplinear._precision import PrecisionWarning
+    from deeplinear.cache import enable_compilation_cache
+    from deeplinear.comparison import compare_models
+    from deeplinear.data import PredictionKernel, RegressionData
+    from deeplinear.exact import exact_posterior_d1
+    from deeplinear.inference import ConvergenceWarning, PosteriorFit, fit
+    from deeplinear.io import load_fit, save_fit
+    from deeplinear.likelihood import KroneckerNormal
+    from deeplinear.loo import loo
+    from deeplinear.models import ModelSpec, deep_linear_model, numpyro_q
+    from deeplinear.network import sample_network_outputs
+    from deeplinear.predictive import PredictiveMixture, correlation_matrix
+    from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
+    from deeplinear.sbc import simulation_based_calibration
+    from deeplinear.streaming import ArrayChunks
 
 __version__ = "0.2.0"
 

@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
-import xarray as xr
 
 from deeplinear._linalg import psd_root
 from deeplinear._precision import warn_if_interpolation_ill_conditioned, warn_if_unresolvable_in_float32
@@ -314,6 +313,8 @@ class PosteriorFit:
         ``<name>_entry`` labelled ``"row, column"`` (output names): every distinct entry
         once, for ``arviz_stats.summary`` and forest plots (the full matrices repeat each
         off-diagonal entry). Other variables are unchanged."""
+        import xarray as xr
+
         post = self.datatree["posterior"].to_dataset()
         D = self.data.num_outputs
         rows, cols = np.triu_indices(D)
@@ -449,11 +450,13 @@ def fit(
     num_warmup, num_samples, num_chains : int
         NumPyro's words: warmup steps and posterior draws per chain, and chains.
     chain_method : {"auto", "vectorized", "sequential", "parallel"}
-        ``"vectorized"``: all chains in one compiled program (``vmap``); ``"sequential"``: the
-        same program for one chain, run ``num_chains`` times (less memory; a chain's draws do not
-        depend on the method); ``"parallel"``: the chains split over the local JAX devices.
+        ``"vectorized"``: all chains in one compiled program (``vmap``); ``"sequential"``: one
+        chain's program, run ``num_chains`` times (less memory; a chain's draws do not depend on
+        the method); ``"parallel"``: the chains split over the local JAX devices.
         ``"auto"``: ``"parallel"`` when there are several devices and ``num_chains`` is a
-        multiple of their number (up to ``num_chains`` devices), else ``"vectorized"``.
+        multiple of their number (up to ``num_chains`` devices), else ``"vectorized"`` on an
+        accelerator and ``"sequential"`` on a CPU (where a batched NUTS step costs as much as
+        the chains' steps one by one, and the one-chain program compiles in about half the time).
     key : PRNG key or int, default 0
         A JAX PRNG key or an integer seed in ``[0, 2**32)``, which is the whole of
         ``jax.random.key(seed)`` (no integer outside that range is accepted, so two seeds never
@@ -690,6 +693,8 @@ def _add_loo_group(result: PosteriorFit):
             "the leave-one-input-out log-likelihood terms are not finite in this precision; rescale the inputs "
             "and labels, use a larger noise_variance, float64 (jax_enable_x64), or log_likelihood=False"
         )
+    import xarray as xr
+
     ds = xr.Dataset(
         {"Y": (("chain", "draw", "obs"), ll)},
         coords={"chain": post["chain"].values, "draw": post["draw"].values, "obs": np.arange(data.num_obs)},

@@ -99,39 +99,64 @@ def _limit_step_factors(log_diag, xi_offdiag, h, num_outputs: int, scheme: str):
     rows, cols = np.tril_indices(num_outputs, k=-1)
     sigma, weight = _unit_interval_legendre(LEGENDRE_NODES)
     sigma, weight = jnp.asarray(sigma, log_diag.dtype), jnp.asarray(weight, log_diag.dtype)
-    z_r, z_s = log_diag[..., rows, None], log_diag[..., cols, None]  # (..., K, pairs, 1)
+    z_r, z_s = _pick(log_diag, rows)[..., None], _pick(log_diag, cols)[..., None]  # (..., K, pairs, 1)
     exponent = 2 * z_r * (1 - sigma) + 2 * z_s * sigma + 2 * h * sigma * (1 - sigma)
     vbar = h * jnp.sum(weight * jnp.exp(exponent), axis=-1)  # (..., K, pairs)
     gaussian = _lower_triangular(jnp.zeros_like(diag), jnp.sqrt(vbar) * xi_offdiag, num_outputs)
     missing = jnp.asarray((rows - cols - 1) * 0.25, log_diag.dtype) * h * h
     inflated = jnp.sqrt(vbar + missing) * xi_offdiag
-    iterated = 0.5 * (gaussian @ gaussian)[..., rows, cols]  # sum over s < k < r of G_rk G_ks
+    iterated = 0.5 * _strictly_lower_entries(gaussian @ gaussian)  # sum over s < k < r of G_rk G_ks
     return _lower_triangular(diag, inflated + iterated, num_outputs)
+
+
+def _one_hot_strictly_lower(num_outputs: int, dtype):
+    """Constant ``(D(D-1)/2, D, D)`` array whose slice ``p`` is the unit matrix of the ``p``-th
+    strictly-lower entry (row-major order). Multiplying by it and summing places or picks those
+    entries elementwise (exact, and fused by XLA), which compiles to fewer kernels than index
+    scatters and gathers."""
+    rows, cols = np.tril_indices(num_outputs, k=-1)
+    out = np.zeros((rows.size, num_outputs, num_outputs))
+    out[np.arange(rows.size), rows, cols] = 1.0
+    return jnp.asarray(out, dtype)
+
+
+def _pick(values, index):
+    """``values[..., index]`` for a constant integer ``index``, as an exact elementwise product
+    with one-hot columns and a sum (no gather in the program or its gradient)."""
+    one_hot = jnp.asarray(np.eye(values.shape[-1])[:, index], values.dtype)  # (n, len(index))
+    return jnp.sum(values[..., :, None] * one_hot, axis=-2)
 
 
 def _lower_triangular(diag, offdiag, num_outputs: int):
     """Assemble ``(..., D, D)`` lower-triangular matrices from diagonal ``(..., D)``
     and strictly-lower entries ``(..., D(D-1)/2)`` (row-major order)."""
-    batch = diag.shape[:-1]
-    out = jnp.zeros(batch + (num_outputs, num_outputs), dtype=diag.dtype)
-    idx = jnp.arange(num_outputs)
-    out = out.at[..., idx, idx].set(diag)
+    out = diag[..., :, None] * jnp.eye(num_outputs, dtype=diag.dtype)
     if num_outputs > 1:
-        rows, cols = jnp.tril_indices(num_outputs, k=-1)
-        out = out.at[..., rows, cols].set(offdiag)
+        unit = _one_hot_strictly_lower(num_outputs, diag.dtype)
+        out = out + jnp.sum(offdiag[..., :, None, None] * unit, axis=-3)
     return out
 
 
+def _strictly_lower_entries(matrices):
+    """The strictly-lower entries ``(..., D(D-1)/2)`` (row-major order) of ``(..., D, D)`` matrices."""
+    D = matrices.shape[-1]
+    return jnp.sum(matrices[..., None, :, :] * _one_hot_strictly_lower(D, matrices.dtype), axis=(-2, -1))
+
+
 def _ordered_product(factors):
-    r"""Left-ordered product :math:`M_K \cdots M_1` of factors ``(..., K, D, D)``."""
-    factors = jnp.moveaxis(factors, -3, 0)  # (K, ..., D, D)
+    r"""Left-ordered product :math:`M_K \cdots M_1` of factors ``(..., K, D, D)``.
 
-    def step(carry, m):
-        return m @ carry, None
-
-    eye = jnp.broadcast_to(jnp.eye(factors.shape[-1], dtype=factors.dtype), factors.shape[1:])
-    prod, _ = jax.lax.scan(step, eye, factors)
-    return prod
+    Multiplied pairwise in :math:`\lceil \log_2 K \rceil` rounds of batched products
+    (:math:`M_2M_1, M_4M_3, \ldots`, then their products, ...; ``K`` padded with identities to
+    a power of two): the same :math:`K - 1` products as a loop, in a program without one."""
+    K, D = factors.shape[-3], factors.shape[-1]
+    pad = (1 << max(K - 1, 0).bit_length()) - K
+    if pad:
+        eye = jnp.broadcast_to(jnp.eye(D, dtype=factors.dtype), factors.shape[:-3] + (pad, D, D))
+        factors = jnp.concatenate([factors, eye], axis=-3)
+    while factors.shape[-3] > 1:
+        factors = factors[..., 1::2, :, :] @ factors[..., 0::2, :, :]
+    return factors[..., 0, :, :]
 
 
 class VbarPrior(abc.ABC):

@@ -10,14 +10,20 @@ hyperparameters are inferred and with which distribution family, the data's shap
 precision, the number of chains and the NUTS settings. A second fit with new labels, a new
 kernel, a new ratio or new fixed hyperparameter values of the same shapes compiles nothing.
 
-Two programs make a run:
+Two programs make a run, both for one chain (``vectorized``: ``vmap``-ed over the chains):
 
-* :func:`_initial_states` -- for every chain, ``init_to_median`` starting values and NUTS's
+* :func:`_initial_states` -- the chain's start (the median of prior draws, NumPyro's
+  ``init_to_median``, with uniform fallbacks where the density is not finite) and NUTS's
   initial state (step size 1, identity mass matrix);
-* :func:`_advance` -- NUTS transitions ``start..stop`` for all chains at once (``vmap``: one
-  program, not one compilation per chain), windowed adaptation during the first
+* :func:`_advance` -- NUTS transitions ``start..stop``, windowed adaptation during the first
   ``num_warmup`` iterations (Stan's schedule, NumPyro's implementation), storing the draws
   and sample statistics of the sampling iterations in preallocated buffers.
+
+NUTS runs on the flat vector of all unconstrained latents (fewer leaves for NumPyro's tree
+building to carry), and on a CPU the chains run one after another through the one-chain
+program: a ``vmap``-ed NUTS step costs as much there as the chains' steps one by one (its
+while loops run until the longest trajectory is built) and compiles to a larger program. Both
+choices are about compile time; the arithmetic of a transition is NumPyro's.
 
 A progress bar calls :func:`_advance` on successive slices of the iterations (the same
 compiled program each time: ``start``/``stop`` are data), so no host callback sits inside
@@ -33,9 +39,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
 from numpyro.infer import init_to_median
 from numpyro.infer.hmc import hmc
-from numpyro.infer.util import ParamInfo, initialize_model
+from numpyro.infer.util import ParamInfo, constrain_fn, potential_energy
 
 from deeplinear.models import model_body
 
@@ -66,42 +75,124 @@ def model_of_arguments(args, observed=True, labels=None):
     model_body(*args, observed=observed, labels=labels)
 
 
+def _unravel_latents(model_args, labels=None):
+    """The function that maps the flat unconstrained vector ``z`` (length ``dim``) to the dict of
+    the model's unconstrained latent sites (the inverse of ``ravel_pytree``, sites in sorted order).
+    Traces the model once for the sites' shapes; the traced draws are dead code in any program."""
+    with handlers.trace() as tr, handlers.seed(rng_seed=0):
+        model_of_arguments(model_args, labels=labels)
+    latents = {name: biject_to(site["fn"].support).inv(site["value"]) for name, site in tr.items()
+               if site["type"] == "sample" and not site["is_observed"]}
+    return ravel_pytree(latents)[1]
+
+
+def _model_functions(model_args, labels, unravel):
+    """``(potential_fn_gen, postprocess)`` on the flat vector ``z``: the potential energy
+    :math:`U(z) = -\\log p(Y, \\theta(z)) - \\log|\\det J_\\theta(z)|` (NumPyro's ``potential_energy``
+    of :func:`model_of_arguments`) and the constrained sites with the deterministic ``Q``.
+
+    NUTS on one flat vector rather than the dict of sites: NumPyro's tree building selects,
+    adds and stores every leaf of ``z`` separately, so one leaf instead of several compiles to
+    a smaller program (the tree's arithmetic is the same)."""
+
+    def potential_fn_gen(args, labels=None):
+        kwargs = {"labels": labels}
+        return lambda z: potential_energy(model_of_arguments, (args,), kwargs, unravel(z))
+
+    def postprocess(z):
+        return constrain_fn(model_of_arguments, (model_args,), {"labels": labels}, unravel(z),
+                            return_deterministic=True)
+
+    return potential_fn_gen, postprocess
+
+
+INIT_TRIES = 100  # starting points tried before giving up (NumPyro's find_valid_initial_params)
+INIT_RADIUS = 2.0  # fallback starts: uniform on [-INIT_RADIUS, INIT_RADIUS] per unconstrained coordinate
+
+
+def _median_start(key, model_args, labels=None):
+    """The flat unconstrained point at the median of ``INIT_MEDIAN_SAMPLES`` prior draws of each
+    latent site (NumPyro's ``init_to_median``; one trace of the model)."""
+    model = handlers.substitute(handlers.seed(model_of_arguments, key),
+                                substitute_fn=init_to_median(num_samples=INIT_MEDIAN_SAMPLES))
+    tr = handlers.trace(model).get_trace(model_args, labels=labels)
+    latents = {name: biject_to(site["fn"].support).inv(site["value"]) for name, site in tr.items()
+               if site["type"] == "sample" and not site["is_observed"]}
+    return ravel_pytree(latents)[0]
+
+
+def _valid_start(key, potential_fn, z_median):
+    r"""``ParamInfo(z, U(z), \nabla U(z))`` at the first start where the potential and its gradient
+    are finite: ``z_median``, then uniform draws on ``[-INIT_RADIUS, INIT_RADIUS]`` per coordinate
+    (NumPyro's ``init_to_uniform``), at most ``INIT_TRIES`` in all (the last is returned either way;
+    the first transition then diverges and the chain's statistics show it). One evaluation of
+    ``value_and_grad`` in the program, inside the loop."""
+
+    def body(carry):
+        i, k, _, _, _ = carry
+        k, k_uniform = jax.random.split(k)
+        uniform = jax.random.uniform(k_uniform, z_median.shape, z_median.dtype, -INIT_RADIUS, INIT_RADIUS)
+        z = jnp.where(i == 0, z_median, uniform)
+        pe, grad = jax.value_and_grad(potential_fn)(z)
+        return i + 1, k, z, pe, grad
+
+    def searching(carry):
+        i, _, _, pe, grad = carry
+        return (i == 0) | ((i < INIT_TRIES) & ~(jnp.isfinite(pe) & jnp.all(jnp.isfinite(grad))))
+
+    zero = jnp.zeros((), z_median.dtype)
+    _, _, z, pe, grad = jax.lax.while_loop(searching, body, (0, key, z_median, zero, jnp.zeros_like(z_median)))
+    return ParamInfo(z, pe, grad)
+
+
 def nuts_kernel(model_args, key, num_warmup, target_accept_prob, max_tree_depth, init_params=None, labels=None):
-    """NumPyro's NUTS functions for :func:`model_of_arguments` and, for one chain, its initial state.
+    """NumPyro's NUTS functions for :func:`model_of_arguments` on the flat unconstrained vector
+    ``z`` and, for one chain, its initial state.
 
     Returns ``(state, sample, postprocess)``: ``sample(state)`` is one NUTS transition (with
     windowed adaptation during the first ``num_warmup``), ``postprocess(z)`` the constrained
-    sites and ``Q``. Without ``init_params`` the chain starts from ``init_to_median``; with
-    them (a state's ``ParamInfo``) the initial state is only built to set up ``sample`` (the
+    sites and ``Q``. Without ``init_params`` the chain starts at the median of prior draws
+    (:func:`_median_start`, or a fallback: :func:`_valid_start`); with them (a state's
+    ``ParamInfo``, ``z`` flat) the initial state is only built to set up ``sample`` (the
     adaptation schedule lives in ``hmc``'s closure) and the caller discards it."""
     k_init, k_kernel = jax.random.split(key)
     kwargs = {"labels": labels}
-    info, potential_gen, postprocess_gen, _ = initialize_model(
-        k_init, model_of_arguments, init_strategy=init_to_median(num_samples=INIT_MEDIAN_SAMPLES), dynamic_args=True,
-        model_args=(model_args,), model_kwargs=kwargs,
-    )
-    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
+    potential_fn_gen, postprocess = _model_functions(model_args, labels, _unravel_latents(model_args, labels))
+    if init_params is None:
+        k_median, k_fallback = jax.random.split(k_init)
+        z_median = _median_start(k_median, model_args, labels)
+        init_params = _valid_start(k_fallback, potential_fn_gen(model_args, labels), z_median)
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
     state = init_kernel(
-        info if init_params is None else init_params, num_warmup, target_accept_prob=target_accept_prob,
-        max_tree_depth=max_tree_depth, model_args=(model_args,), model_kwargs=kwargs, rng_key=k_kernel,
+        init_params, num_warmup, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+        model_args=(model_args,), model_kwargs=kwargs, rng_key=k_kernel,
     )
-    return (state, lambda st: sample_kernel(st, model_args=(model_args,), model_kwargs=kwargs),
-            postprocess_gen(model_args, **kwargs))
+    return state, lambda st: sample_kernel(st, model_args=(model_args,), model_kwargs=kwargs), postprocess
 
 
-@partial(jax.jit, static_argnames=("num_warmup", "max_tree_depth"))
-def _initial_states(keys, model_args, target_accept_prob, *, num_warmup, max_tree_depth):
-    """NUTS's initial state for each chain (``keys`` ``(C,)``)."""
-    return jax.vmap(lambda k: nuts_kernel(model_args, k, num_warmup, target_accept_prob, max_tree_depth)[0])(keys)
+def _batched(fn, vectorized: bool, in_axes):
+    """``fn`` for one chain, or ``vmap``-ed over the leading chain axis of the arguments in ``in_axes``."""
+    return jax.vmap(fn, in_axes=in_axes) if vectorized else fn
 
 
-def _empty_buffers(states, num_samples):
-    """Zero buffers ``(C, num_samples, ...)`` for the unconstrained draws and the sample statistics."""
-    C = states.i.shape[0]
+@partial(jax.jit, static_argnames=("num_warmup", "max_tree_depth", "vectorized"))
+def _initial_states(keys, model_args, target_accept_prob, *, num_warmup, max_tree_depth, vectorized):
+    """NUTS's initial state for one chain (``keys`` one key) or, ``vectorized``, for each chain
+    (``keys`` ``(C,)``)."""
+
+    def one(k):
+        return nuts_kernel(model_args, k, num_warmup, target_accept_prob, max_tree_depth)[0]
+
+    return _batched(one, vectorized, 0)(keys)
+
+
+def _empty_buffers(states, num_samples, vectorized):
+    """Zero buffers ``([C,] num_samples, ...)`` for the flat unconstrained draws and the sample statistics."""
+    lead = (states.i.shape[0], num_samples) if vectorized else (num_samples,)
     dtype = states.energy.dtype
-    z = jax.tree_util.tree_map(lambda x: jnp.zeros((C, num_samples) + x.shape[1:], x.dtype), states.z)
-    stats = {name: jnp.zeros((C, num_samples), bool if name == "diverging" else dtype) for name in SAMPLE_STATS}
-    stats["n_steps"] = jnp.zeros((C, num_samples), jnp.int32)
+    z = jnp.zeros(lead + states.z.shape[len(lead) - 1:], states.z.dtype)
+    stats = {name: jnp.zeros(lead, bool if name == "diverging" else dtype) for name in SAMPLE_STATS}
+    stats["n_steps"] = jnp.zeros(lead, jnp.int32)
     return z, stats
 
 
@@ -116,40 +207,36 @@ def _stats_of(state):
     }
 
 
-@partial(jax.jit, static_argnames=("num_warmup", "max_tree_depth"), donate_argnames=("buffers",))
-def _advance(states, buffers, start, stop, model_args, target_accept_prob, *, num_warmup, max_tree_depth):
-    """Iterations ``start..stop`` (warmup first, then sampling) for all chains; sampling
-    iterations write their draw into ``buffers`` at ``iteration - num_warmup``."""
+@partial(jax.jit, static_argnames=("num_warmup", "max_tree_depth", "vectorized"), donate_argnames=("buffers",))
+def _advance(states, buffers, start, stop, model_args, target_accept_prob, *, num_warmup, max_tree_depth, vectorized):
+    """Iterations ``start..stop`` (warmup first, then sampling) of one chain or, ``vectorized``, of
+    every chain; a sampling iteration writes its draw into ``buffers`` at ``iteration - num_warmup``."""
 
-    def chain_kernel(state):
+    def one_chain(state, buffers):
         info = ParamInfo(state.z, state.potential_energy, state.z_grad)
-        return nuts_kernel(model_args, state.rng_key, num_warmup, target_accept_prob, max_tree_depth, info)[1]
+        sample = nuts_kernel(model_args, state.rng_key, num_warmup, target_accept_prob, max_tree_depth, info)[1]
 
-    sample_kernel = chain_kernel(jax.tree_util.tree_map(lambda x: x[0], states))
+        def step(i, carry):
+            st, (z_buf, stat_buf) = carry
+            st = sample(st)
+            j = jnp.maximum(i - num_warmup, 0)
+            keep = i >= num_warmup
 
-    def step(i, carry):
-        st, (z_buf, stat_buf) = carry
-        st = jax.vmap(sample_kernel)(st)
-        j = jnp.maximum(i - num_warmup, 0)
-        keep = i >= num_warmup
+            def put(buf, value):  # a warmup iteration writes back what row 0 holds
+                return buf.at[j].set(jnp.where(keep, value, buf[j]))
 
-        def put(buf, value):
-            return jnp.where(keep, buf.at[:, j].set(value), buf)
+            stat_buf = {k: put(stat_buf[k], v) for k, v in _stats_of(st).items()}
+            return st, (put(z_buf, st.z), stat_buf)
 
-        z_buf = jax.tree_util.tree_map(put, z_buf, st.z)
-        stat_buf = {k: put(stat_buf[k], v) for k, v in _stats_of(st).items()}
-        return st, (z_buf, stat_buf)
+        return jax.lax.fori_loop(start, stop, step, (state, buffers))
 
-    return jax.lax.fori_loop(start, stop, step, (states, buffers))
+    return _batched(one_chain, vectorized, (0, 0))(states, buffers)
 
 
-@partial(jax.jit, static_argnames=("num_warmup", "max_tree_depth"))
-def _constrain(states, z, model_args, *, num_warmup, max_tree_depth):
-    """Constrained draws and deterministic sites (``Q``) from unconstrained draws ``(C, S, ...)``."""
-    first = jax.tree_util.tree_map(lambda x: x[0], states)
-    info = ParamInfo(first.z, first.potential_energy, first.z_grad)
-    postprocess = nuts_kernel(model_args, first.rng_key, num_warmup, 0.8, max_tree_depth, info)[2]
-    return jax.vmap(jax.vmap(postprocess))(z)
+@jax.jit
+def _constrain(z, model_args):
+    """Constrained draws and deterministic sites (``Q``) from flat unconstrained draws ``(n, dim)``."""
+    return jax.vmap(_model_functions(model_args, None, _unravel_latents(model_args))[1])(z)
 
 
 def _chain_sharding(num_chains: int, chain_method: str):
@@ -165,12 +252,23 @@ def _chain_sharding(num_chains: int, chain_method: str):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chain"))
 
 
+def _vectorized(chain_method: str, sharding) -> bool:
+    """Whether the chains run ``vmap``-ed in one program: ``"vectorized"``, ``"parallel"`` (sharded),
+    and ``"auto"`` on an accelerator. On a CPU ``"auto"`` runs the one-chain program chain after
+    chain: a batched NUTS step costs as much as the chains' steps one by one there (its while
+    loops run until the longest tree is built) and batching makes the program larger."""
+    if chain_method == "auto":
+        return sharding is not None or jax.default_backend() != "cpu"
+    return chain_method != "sequential"
+
+
 def _run_chains(keys, model_args, accept, static, num_samples, bounds, sharding, bar):
-    """Initial states, the iterations in slices ``bounds``, then the constrained draws, for the chains of ``keys``."""
+    """Initial states and the iterations in slices ``bounds`` for the chains of ``keys`` (one
+    key when not ``static["vectorized"]``); returns the flat unconstrained draws and the statistics."""
     if sharding is not None:
         keys = jax.device_put(keys, sharding)
     states = _initial_states(keys, model_args, accept, **static)
-    buffers = _empty_buffers(states, num_samples)
+    buffers = _empty_buffers(states, num_samples, static["vectorized"])
     if sharding is not None:
         buffers = jax.device_put(buffers, sharding)
     for start, stop in zip(bounds[:-1], bounds[1:]):
@@ -178,8 +276,7 @@ def _run_chains(keys, model_args, accept, static, num_samples, bounds, sharding,
             states, buffers = _advance(states, buffers, jnp.int32(start), jnp.int32(stop), model_args, accept, **static)
             if bar is not None:
                 bar.update(int(stop - start))
-    z, stats = buffers
-    return _constrain(states, z, model_args, **static), stats
+    return buffers
 
 
 def run_nuts(
@@ -196,23 +293,28 @@ def run_nuts(
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}")
     keys = jax.random.split(key, num_chains)
     accept = jnp.asarray(target_accept_prob, model_args[4].dtype)  # the data's precision
-    static = {"num_warmup": num_warmup, "max_tree_depth": max_tree_depth}
+    sharding = _chain_sharding(num_chains, chain_method)
+    vectorized = _vectorized(chain_method, sharding)
+    static = {"num_warmup": num_warmup, "max_tree_depth": max_tree_depth, "vectorized": vectorized}
     total = num_warmup + num_samples
     bounds = np.linspace(0, total, PROGRESS_UPDATES + 1 if progress_bar else 2).round().astype(int)
-    groups = [keys[c:c + 1] for c in range(num_chains)] if chain_method == "sequential" else [keys]
-    sharding = _chain_sharding(num_chains, chain_method)
+    groups = [keys] if vectorized else list(keys)
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total * len(groups), desc=f"{description} ({num_chains} chains)", unit="it")
+        bar = tqdm(total=total * num_chains, desc=f"{description} ({num_chains} chains)", unit="it")
     try:
         runs = [_run_chains(g, model_args, accept, static, num_samples, bounds, sharding, bar) for g in groups]
     finally:
         if bar is not None:
             bar.close()
-    runs = jax.device_get(runs)
-    samples, stats = (
-        {k: np.concatenate([r[i][k] for r in runs]) for k in runs[0][i]} for i in (0, 1)
-    )
-    return SamplerRun(samples, stats)
+    if vectorized:
+        (z, stats), = runs
+    else:
+        z = jnp.stack([r[0] for r in runs])
+        stats = {k: jnp.stack([r[1][k] for r in runs]) for k in runs[0][1]}
+    flat = z.reshape((num_chains * num_samples,) + z.shape[2:])
+    samples = jax.device_get(_constrain(flat, model_args))
+    samples = {k: np.asarray(v).reshape((num_chains, num_samples) + np.shape(v)[1:]) for k, v in samples.items()}
+    return SamplerRun(samples, {k: np.asarray(v) for k, v in jax.device_get(stats).items()})

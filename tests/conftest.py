@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -6,8 +8,8 @@ import jax.numpy as jnp
 import pytest
 
 # The command line switches on JAX's persistent compilation cache in the user's cache folder;
-# the tests (in-process runs of main() and subprocesses alike) leave the user's folders alone.
-os.environ["DEEPLINEAR_COMPILATION_CACHE"] = "off"
+# the tests (in-process runs of main() and subprocesses alike) leave the user's folders alone:
+# they use the run's own temporary cache (see _share_compiled_programs).
 
 MAPPING_SHARE = 0.5  # clear JAX's caches between test modules above this share of vm.max_map_count
 
@@ -40,8 +42,35 @@ class _CompiledProgramRelease:
             jax.clear_caches()
 
 
+SHARED_CACHE_VARIABLE = "DEEPLINEAR_TEST_JAX_CACHE"  # the run's compilation cache, set by the controller
+
+
+def _share_compiled_programs(config):
+    """One persistent compilation cache for the whole run: the controller (or a run without
+    xdist) makes a temporary folder and removes it at the end; xdist workers, started after this
+    hook with the controller's environment, find it in ``SHARED_CACHE_VARIABLE``. A program one
+    worker compiled is loaded, not compiled, by the other (and by the subprocesses of the tests,
+    which inherit the variable and switch the cache on through ``DEEPLINEAR_COMPILATION_CACHE``).
+    Compile-counting tests count lowerings, which a cache hit does not skip."""
+    folder = os.environ.get(SHARED_CACHE_VARIABLE)
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="deeplinear-test-jax-cache-")
+        os.environ[SHARED_CACHE_VARIABLE] = folder
+        config._deeplinear_cache_owner = folder
+    os.environ["DEEPLINEAR_COMPILATION_CACHE"] = folder  # subprocesses (the command line) use it too
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def pytest_configure(config):
     config.pluginmanager.register(_CompiledProgramRelease(), "deeplinear-compiled-program-release")
+    _share_compiled_programs(config)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_deeplinear_cache_owner", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["float32", "float64"])

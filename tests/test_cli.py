@@ -1,6 +1,8 @@
-"""The command line: one end-to-end subprocess run per program path (the default run, which
-is ``infer`` then ``simulate``; ``fit``; ``compare``), everything else in-process through
-``main(argv)``, which returns the exit code."""
+"""The command line: each program path end to end (the default run, which is ``infer`` then
+``simulate``; ``fit``; ``compare``) in-process through ``main(argv)``, which returns the exit
+code, so that the fits reuse the programs the worker has compiled; and one subprocess run of the
+installed entry point (``python -m deeplinear.app``), which checks that the program starts, runs
+and exits like a program."""
 
 import re
 import subprocess
@@ -28,20 +30,20 @@ def run_in_process(args, cwd, capsys, monkeypatch):
 def test_default_run_infers_compares_and_simulates(tmp_path, capsys, monkeypatch):
     args = ["--prior-samples", "2000", "--samples", "60", "--warmup", "60", "--chains", "1",
             "--output", str(tmp_path / "figs")]
-    out = run(args, tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "Model comparison" in out.stdout and "NNGP" in out.stdout and "heldout_lpd" in out.stdout
-    assert "ratio" in out.stdout  # posterior summary of the inferred depth-to-width ratio
+    code, stdout, err = run_in_process(args, tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert "Model comparison" in stdout and "NNGP" in stdout and "heldout_lpd" in stdout
+    assert "ratio" in stdout  # posterior summary of the inferred depth-to-width ratio
     # Linnerud: corr(Q) per output pair against the labels', and the held-out verdict.
-    assert "Weight-Waist" in out.stdout and "Waist-Pulse" in out.stdout
-    assert "Held-out log density:" in out.stdout
+    assert "Weight-Waist" in stdout and "Waist-Pulse" in stdout
+    assert "Held-out log density:" in stdout
     # item 6/7 of issue 14: full noise, against the NNGP, the Wishart baseline and scalar noise, each stated
     for other in ("the NNGP", "the Wishart baseline", "the same model with scalar noise"):
-        assert re.search(rf"the limit with a inferred \(full noise\) (beats|does not beat) {other}.*nats", out.stdout)
-    assert "What correlated noise changes" in out.stdout and "corr(Q), scalar noise" in out.stdout
+        assert re.search(rf"the limit with a inferred \(full noise\) (beats|does not beat) {other}.*nats", stdout)
+    assert "What correlated noise changes" in stdout and "corr(Q), scalar noise" in stdout
     assert (tmp_path / "figs" / "predictive_correlations.png").stat().st_size > 0
     assert (tmp_path / "figs" / "posterior_correlation_and_ratio.png").stat().st_size > 0
-    assert "N(-a/2, a/2)" in out.stdout and "E[Q_12^2]" in out.stdout
+    assert "N(-a/2, a/2)" in stdout and "E[Q_12^2]" in stdout
     assert (tmp_path / "figs" / "lognormal_convergence.png").stat().st_size > 0
     assert (tmp_path / "figs" / "offdiagonal_variance.png").stat().st_size > 0
     # Never overwrite silently.
@@ -79,7 +81,15 @@ def _linnerud_files(tmp_path):
     (tmp_path / "test.csv").write_text("\n".join([lines[0]] + lines[16:]) + "\n")
 
 
-def test_fit_on_csv_writes_posterior_and_predictions(tmp_path):
+def test_program_runs_as_a_subprocess(tmp_path):
+    """The entry point as users start it: a short prior simulation, its figures and exit code 0."""
+    out = run(["simulate", "--prior-samples", "200", "--output", "figs"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "N(-a/2, a/2)" in out.stdout and "Traceback" not in out.stderr
+    assert (tmp_path / "figs" / "lognormal_convergence.png").stat().st_size > 0
+
+
+def test_fit_on_csv_writes_posterior_and_predictions(tmp_path, capsys, monkeypatch):
     import numpy as np
     import pandas as pd
 
@@ -88,10 +98,10 @@ def test_fit_on_csv_writes_posterior_and_predictions(tmp_path):
     _linnerud_files(tmp_path)
     args = ["fit", "--data", "train.csv", "--test", "test.csv", *LINNERUD, "--samples", "60", "--warmup", "60",
             "--output", "out"]
-    out = run(args, tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "Q[Weight, Waist]" in out.stdout and "max R-hat" in out.stdout
-    assert "Q[Waist, Weight]" not in out.stdout  # each distinct entry of Q once
+    code, stdout, err = run_in_process(args, tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert "Q[Weight, Waist]" in stdout and "max R-hat" in stdout
+    assert "Q[Waist, Weight]" not in stdout  # each distinct entry of Q once
     pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert list(pred.columns[:3]) == ["row", "mean_Weight", "sd_Weight"] and len(pred) == 5
     assert np.all(pred["sd_Weight"] > 0) and np.all(np.abs(pred["corr_Weight_Waist"]) <= 1)
@@ -118,13 +128,13 @@ def test_fit_never_overwrites_and_takes_a_model_file(tmp_path, capsys, monkeypat
     assert dl.load_fit(tmp_path / "nngp" / "posterior.nc").spec.to_dict() == spec.to_dict()
 
 
-def test_compare_on_csv(tmp_path):
+def test_compare_on_csv(tmp_path, capsys, monkeypatch):
     _linnerud_files(tmp_path)
     args = ["compare", "--data", "train.csv", "--test", "test.csv", *LINNERUD, "--prior", "finite", "--depth", "2",
             "--width", "4", "--samples", "60", "--warmup", "60", "--chains", "1", "--output", "cmp"]
-    out = run(args, tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "heldout_lpd" in out.stdout and "nngp" in out.stdout
+    code, stdout, err = run_in_process(args, tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert "heldout_lpd" in stdout and "nngp" in stdout
     assert (tmp_path / "cmp" / "comparison.csv").stat().st_size > 0
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 0
 
