@@ -23,6 +23,8 @@ The command line and the demonstrations live in :mod:`deeplinear.app`, which the
 never imports.
 """
 
+import sys
+import types
 from typing import TYPE_CHECKING
 
 # Where each public name lives. Importing deeplinear imports none of them: a name's module (and
@@ -75,6 +77,20 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """The package's module type: ``deeplinear.loo`` is the function :func:`~deeplinear.loo.loo`,
+    but importing the submodule ``deeplinear.loo`` makes Python set the package's attribute to
+    the submodule; that one assignment is ignored (the name is bound, lazily, to the function)."""
+
+    def __setattr__(self, name, value):
+        if name == "loo" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs

@@ -204,17 +204,13 @@ def _infer_into(args, outputs):
 
 
 def _compilation_cache(args) -> None:
-    """Switch on JAX's persistent compilation cache (:func:`deeplinear.enable_compilation_cache`)
-    unless ``--no-compilation-cache`` or ``DEEPLINEAR_COMPILATION_CACHE=off``; the variable may
-    also name the folder (default: the user's cache folder)."""
-    import os
+    """Switch on JAX's persistent compilation cache (:func:`deeplinear.enable_compilation_cache`:
+    the folder ``DEEPLINEAR_COMPILATION_CACHE`` names, else the user's cache folder) unless
+    ``--no-compilation-cache`` or ``DEEPLINEAR_COMPILATION_CACHE=off``."""
+    from deeplinear.cache import enable_compilation_cache
 
-    from deeplinear.cache import ENVIRONMENT_VARIABLE, enable_compilation_cache
-
-    setting = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
-    if getattr(args, "no_compilation_cache", False) or setting.lower() in ("off", "0", "no", "false"):
-        return
-    enable_compilation_cache(setting or None)
+    if not getattr(args, "no_compilation_cache", False):
+        enable_compilation_cache()
 
 
 def main(argv=None) -> int:
