@@ -3,8 +3,9 @@ r"""Fast exact Gamma variates for the Bartlett diagonals.
 ``jax.random.gamma`` runs a per-element rejection loop; on CPU it is ~30x slower than
 ``jax.random.normal`` and dominated prior sampling. Here Marsaglia & Tsang (2000) is
 vectorized: one round over the whole array (acceptance > 95% for shape >= 1, ~99.9% for
-the large shapes of wide layers), then only the rejected entries are redrawn in a small
-compacted buffer, with a whole-array loop as the exact fallback if that buffer overflows.
+the large shapes of wide layers), then only the rejected entries are redrawn, a small
+compacted buffer of them per round, until every entry is accepted (exact: each entry is
+redrawn independently until it passes the test).
 Shapes ``alpha < 1`` use :math:`G(\alpha) = G(\alpha + 1)\,U^{1/\alpha}`.
 """
 
@@ -32,13 +33,13 @@ def standard_gamma(key, alpha, shape, dtype):
 
 def standard_gamma_with_info(key, alpha, shape, dtype):
     """:func:`standard_gamma`, also returning the number of first-round rejections and the size
-    of the compacted redo buffer (more rejections than that means the exact fallback ran)."""
+    of the compacted redo buffer (later rounds redraw at most that many entries each)."""
     alpha = jnp.broadcast_to(jnp.asarray(alpha, dtype), shape)
     boost = alpha < 1
     a = jnp.where(boost, alpha + 1, alpha)
     d = a - 1.0 / 3.0
     c = 1.0 / jnp.sqrt(9.0 * d)
-    k_first, k_redo, k_full, k_boost = jax.random.split(key, 4)
+    k_first, k_redo, k_boost = jax.random.split(key, 3)
     out, ok = _candidates(k_first, d, c, shape, dtype)
     flat_out, flat_ok = out.ravel(), ok.ravel()
     flat_d, flat_c = d.ravel(), c.ravel()
@@ -46,34 +47,21 @@ def standard_gamma_with_info(key, alpha, shape, dtype):
     buf = min(size, 64 + size // 64)  # compacted buffer for the rejected entries
 
     def redo_cond(state):
-        _, _, _, done = state
-        return ~jnp.all(done)
-
-    def redo_body(state):
-        key, idx, vals, done = state
-        key, sub = jax.random.split(key)
-        cand, good = _candidates(sub, flat_d[idx], flat_c[idx], idx.shape, dtype)
-        vals = jnp.where(~done & good, cand, vals)
-        return key, idx, vals, done | good
-
-    (idx,) = jnp.nonzero(~flat_ok, size=buf, fill_value=0)
-    n_rejected = jnp.sum(~flat_ok)
-    valid = jnp.arange(buf) < n_rejected
-    _, idx, vals, _ = jax.lax.while_loop(redo_cond, redo_body, (k_redo, idx, flat_out[idx], ~valid))
-    flat_out = flat_out.at[jnp.where(valid, idx, size)].set(vals, mode="drop")
-    flat_ok = flat_ok | jnp.zeros_like(flat_ok).at[jnp.where(valid, idx, size)].set(True, mode="drop")
-
-    def full_cond(state):
         return ~jnp.all(state[2])
 
-    def full_body(state):
+    def redo_body(state):
+        # Redraw the first `buf` entries still rejected (all of them, unless more than `buf`
+        # were: then the next round takes the next ones), each until it is accepted.
         key, vals, done = state
         key, sub = jax.random.split(key)
-        cand, good = _candidates(sub, flat_d, flat_c, (size,), dtype)
-        return key, jnp.where(~done & good, cand, vals), done | good
+        (idx,) = jnp.nonzero(~done, size=buf, fill_value=size)  # `size`: a slot with nothing to redo
+        cand, good = _candidates(sub, flat_d[jnp.minimum(idx, size - 1)], flat_c[jnp.minimum(idx, size - 1)],
+                                 idx.shape, dtype)
+        target = jnp.where(good, idx, size)  # out of range: dropped
+        return key, vals.at[target].set(cand, mode="drop"), done.at[target].set(True, mode="drop")
 
-    # Exact fallback, entered only if more than `buf` entries were rejected.
-    _, flat_out, _ = jax.lax.while_loop(full_cond, full_body, (k_full, flat_out, flat_ok))
+    n_rejected = jnp.sum(~flat_ok)
+    _, flat_out, _ = jax.lax.while_loop(redo_cond, redo_body, (k_redo, flat_out, flat_ok))
     out = flat_out.reshape(shape)
     u = jax.random.uniform(k_boost, shape, dtype, minval=jnp.finfo(dtype).tiny)
     return jnp.where(boost, out * u ** (1.0 / jnp.where(boost, alpha, 1.0)), out), n_rejected, buf

@@ -65,6 +65,12 @@ _RESCALE_LABELS = "rescale the labels (e.g. standardize them) or use float64 (ja
 _RESCALE_TEST = "scale the test inputs as the training inputs were, or use float64"
 
 
+def _to_device(x, dtype):
+    """A host (NumPy) array as a JAX array of ``dtype``, converted on the host: converting on the
+    device would compile a small program per shape and dtype in every new process."""
+    return jax.device_put(np.asarray(x, dtype=dtype))
+
+
 def canonical_signs(v: np.ndarray) -> np.ndarray:
     """``(R,)`` signs that make the largest-magnitude entry of each column of ``v`` positive."""
     idx = np.argmax(np.abs(v), axis=0)
@@ -239,7 +245,7 @@ class KernelEigenbasis:
         check_representable("the eigenvalues of the linear kernel X X^T / N0", kappa, dtype, _RESCALE_INPUTS,
                             positive=True)
         proj = X.T @ w / n0  # X^T U_R / N0 = V diag(s) / N0
-        return cls(jnp.asarray(kappa, dtype), jnp.asarray(w, dtype), jnp.asarray(proj, dtype))
+        return cls(_to_device(kappa, dtype), _to_device(w, dtype), _to_device(proj, dtype))
 
     @classmethod
     def from_gram(cls, K, dtype=None, rtol: float | None = None) -> KernelEigenbasis:
@@ -264,7 +270,7 @@ class KernelEigenbasis:
         rtol = K.shape[0] * np.finfo(np.float64).eps if rtol is None else rtol
         keep = kappa > rtol * top
         check_representable("the eigenvalues of K", kappa[keep], dtype, _RESCALE_GRAM, positive=True)
-        return cls(jnp.asarray(kappa[keep], dtype), jnp.asarray(u[:, keep], dtype))
+        return cls(_to_device(kappa[keep], dtype), _to_device(u[:, keep], dtype))
 
     def rotate(self, Y):
         r"""Return :math:`\tilde Y = U_R^\top Y` ``(..., R, D)`` and the null-space scatter
@@ -291,9 +297,9 @@ class KernelEigenbasis:
         check_representable("the test Gram matrix X_test X_test^T / N0", test_diag, dtype, _RESCALE_TEST)
         outside = outside / np.sqrt(n0)
         return PredictionKernel(
-            jnp.asarray(X_test @ proj, dtype), jnp.asarray(test_diag, dtype),
-            jnp.asarray(np.sum(outside**2, axis=1), dtype),
-            test_root=jnp.asarray(scaled, dtype), residual_root=jnp.asarray(outside, dtype),
+            _to_device(X_test @ proj, dtype), _to_device(test_diag, dtype),
+            _to_device(np.sum(outside**2, axis=1), dtype),
+            test_root=_to_device(scaled, dtype), residual_root=_to_device(outside, dtype),
         )
 
     def prediction_kernel_gram(self, cross_gram, test_gram, dtype) -> PredictionKernel:
@@ -340,10 +346,10 @@ class KernelEigenbasis:
         if resid is not None:
             np.fill_diagonal(resid, resid_diag)
         dense = {} if resid is None else {
-            "test_dense": jnp.asarray(test_gram, dtype), "residual_dense": jnp.asarray(resid, dtype)
+            "test_dense": _to_device(test_gram, dtype), "residual_dense": _to_device(resid, dtype)
         }
         return PredictionKernel(
-            jnp.asarray(cross, dtype), jnp.asarray(test_diag, dtype), jnp.asarray(resid_diag, dtype), **dense
+            _to_device(cross, dtype), _to_device(test_diag, dtype), _to_device(resid_diag, dtype), **dense
         )
 
 
@@ -380,8 +386,8 @@ class InterceptTerms:
             mean = sums / null_ones
             centred = scatter - null_ones * np.outer(mean, mean)
             centred = (centred + centred.T) / 2
-        return cls(jnp.asarray(rotated_ones, dtype), jnp.asarray(null_ones, dtype), jnp.asarray(mean, dtype),
-                   jnp.asarray(centred, dtype))
+        return cls(_to_device(rotated_ones, dtype), _to_device(null_ones, dtype), _to_device(mean, dtype),
+                   _to_device(centred, dtype))
 
     @classmethod
     def from_rows(cls, U, Y, rotated, scatter, dtype) -> InterceptTerms:
@@ -488,7 +494,7 @@ class RegressionData:
             raise ValueError(f"X must be (P, N0) and Y (P, D), one observation per row, with the same P; {hint}")
         check_representable("Y", Y64, dtype, _RESCALE_LABELS, positive=True)
         basis = KernelEigenbasis.linear(X64, dtype, rtol)
-        return cls._build(basis, Y64, dtype, inputs=jnp.asarray(X64, dtype))
+        return cls._build(basis, Y64, dtype, inputs=_to_device(X64, dtype))
 
     @classmethod
     def from_gram(cls, K, Y, dtype=None, rtol: float | None = None) -> RegressionData:
@@ -617,8 +623,8 @@ class RegressionData:
             rotated_ones = (v.T @ stats.input_sums) / s
             ones = InterceptTerms.build(rotated_ones, P - rotated_ones @ rotated_ones,
                                         stats.label_sums - rotated.T @ rotated_ones, null, P, dtype)
-        basis = KernelEigenbasis(jnp.asarray(kappa, dtype), None, jnp.asarray(v * s / n0, dtype), num_rows=P)
-        return cls(basis, None, jnp.asarray(rotated, dtype), jnp.asarray(null, dtype), None, ones)
+        basis = KernelEigenbasis(_to_device(kappa, dtype), None, _to_device(v * s / n0, dtype), num_rows=P)
+        return cls(basis, None, _to_device(rotated, dtype), _to_device(null, dtype), None, ones)
 
     @classmethod
     def from_chunks(cls, chunks, dtype=None, rtol: float | None = None) -> RegressionData:
@@ -637,7 +643,7 @@ class RegressionData:
         U = np.asarray(basis.eigenvectors, np.float64)
         rotated = U.T @ Y64
         scatter = null_scatter(U, Y64, rotated)
-        return cls(basis, jnp.asarray(Y64, dtype), jnp.asarray(rotated, dtype), jnp.asarray(scatter, dtype), inputs,
+        return cls(basis, _to_device(Y64, dtype), _to_device(rotated, dtype), _to_device(scatter, dtype), inputs,
                    InterceptTerms.from_rows(U, Y64, rotated, scatter, dtype))
 
     def prediction_kernel(self, X_test=None, *, cross_gram=None, test_gram=None) -> PredictionKernel:

@@ -451,8 +451,10 @@ def fit(
         NumPyro's words: warmup steps and posterior draws per chain, and chains.
     chain_method : {"auto", "vectorized", "sequential", "parallel"}
         ``"vectorized"``: all chains in one compiled program (``vmap``); ``"sequential"``: one
-        chain's program, run ``num_chains`` times (less memory; a chain's draws do not depend on
-        the method); ``"parallel"``: the chains split over the local JAX devices.
+        chain's program, run ``num_chains`` times (less memory). Chain ``c`` draws from
+        ``fold_in(key, c)`` whatever the method, so the methods run the same chains; the batched
+        and the one-chain programs round differently, though, and in float32 a trajectory can part
+        after such a difference (float64 agrees to rounding); ``"parallel"``: the chains split over the local JAX devices.
         ``"auto"``: ``"parallel"`` when there are several devices and ``num_chains`` is a
         multiple of their number (up to ``num_chains`` devices), else ``"vectorized"`` on an
         accelerator and ``"sequential"`` on a CPU (where a batched NUTS step costs as much as
@@ -682,8 +684,8 @@ def _add_loo_group(result: PosteriorFit):
     post = result.datatree["posterior"]
     C, S = post.sizes["chain"], post.sizes["draw"]
     data = result.data
-    q = jnp.asarray(result.draws("Q"), data.dtype)
-    lam = jnp.asarray(result.draws("lambda_star"), data.dtype)
+    q = jax.device_put(np.asarray(result.draws("Q"), data.dtype))  # converted on the host: no program
+    lam = jax.device_put(np.asarray(result.draws("lambda_star"), data.dtype))
     kw = result._draw_keywords(data.dtype)
 
     ll = np.asarray(loo_log_likelihood_draws(q, lam, kw.pop("noise_variance"), data, **kw))

@@ -12,9 +12,9 @@ kernel, a new ratio or new fixed hyperparameter values of the same shapes compil
 
 Two programs make a run, both for one chain (``vectorized``: ``vmap``-ed over the chains):
 
-* :func:`_initial_states` -- the chain's start (the median of prior draws, NumPyro's
-  ``init_to_median``, with uniform fallbacks where the density is not finite) and NUTS's
-  initial state (step size 1, identity mass matrix);
+* :func:`_initial_states` -- the chain's start (the prior's mean, jittered, with uniform
+  fallbacks where the density is not finite: :func:`_valid_start`) and NUTS's initial state
+  (step size 1, identity mass matrix);
 * :func:`_advance` -- NUTS transitions ``start..stop``, windowed adaptation during the first
   ``num_warmup`` iterations (Stan's schedule, NumPyro's implementation), storing the draws
   and sample statistics of the sampling iterations in preallocated buffers.
@@ -42,7 +42,6 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer import init_to_median
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import ParamInfo, constrain_fn, potential_energy
 
@@ -52,7 +51,6 @@ __all__ = ["SamplerRun", "run_nuts", "nuts_kernel", "model_of_arguments", "CHAIN
 
 CHAIN_METHODS = ("auto", "vectorized", "sequential", "parallel")
 
-INIT_MEDIAN_SAMPLES = 15  # prior draws whose median starts each chain (NumPyro's init_to_median)
 PROGRESS_UPDATES = 20  # slices of the run shown by a progress bar
 SAMPLE_STATS = ("diverging", "energy", "lp", "acceptance_rate", "n_steps", "step_size")
 
@@ -75,15 +73,39 @@ def model_of_arguments(args, observed=True, labels=None):
     model_body(*args, observed=observed, labels=labels)
 
 
+def _prior_center(site):
+    """NumPyro substitution function (used like an ``init_to_*`` strategy): a latent site's prior
+    mean where it is finite and in the support, else the image of the unconstrained zero
+    (NumPyro's ``init_to_feasible``: e.g. the identity for an LKJ Cholesky factor, 1 for a
+    positive site without a finite mean). Draws nothing, so a program that traces it holds no
+    sampler (an ``init_to_median`` start sampled every site 15 times, which
+    was most of the initial state's compile time for LKJ noise correlations)."""
+    if site["type"] != "sample" or site["is_observed"]:
+        return None
+    fn = site["fn"]
+    transform = biject_to(fn.support)
+    feasible = transform(jnp.zeros(transform.inverse_shape(fn.shape())))
+    try:
+        mean = jnp.broadcast_to(fn.mean, fn.shape())
+    except (NotImplementedError, AttributeError, ValueError, TypeError):
+        return feasible
+    usable = jnp.all(jnp.isfinite(mean)) & jnp.all(fn.support(mean))
+    return jnp.where(usable, mean, feasible)
+
+
+def _prior_center_latents(model_args, labels=None) -> dict:
+    """The model's latent sites at :func:`_prior_center`, on the unconstrained scale (one trace of
+    the model, with no random draws)."""
+    tr = handlers.trace(handlers.substitute(model_of_arguments, substitute_fn=_prior_center)).get_trace(
+        model_args, labels=labels)
+    return {name: biject_to(site["fn"].support).inv(site["value"]) for name, site in tr.items()
+            if site["type"] == "sample" and not site["is_observed"]}
+
+
 def _unravel_latents(model_args, labels=None):
     """The function that maps the flat unconstrained vector ``z`` (length ``dim``) to the dict of
-    the model's unconstrained latent sites (the inverse of ``ravel_pytree``, sites in sorted order).
-    Traces the model once for the sites' shapes; the traced draws are dead code in any program."""
-    with handlers.trace() as tr, handlers.seed(rng_seed=0):
-        model_of_arguments(model_args, labels=labels)
-    latents = {name: biject_to(site["fn"].support).inv(site["value"]) for name, site in tr.items()
-               if site["type"] == "sample" and not site["is_observed"]}
-    return ravel_pytree(latents)[1]
+    the model's unconstrained latent sites (the inverse of ``ravel_pytree``, sites in sorted order)."""
+    return ravel_pytree(_prior_center_latents(model_args, labels))[1]
 
 
 def _model_functions(model_args, labels, unravel):
@@ -107,32 +129,25 @@ def _model_functions(model_args, labels, unravel):
 
 
 INIT_TRIES = 100  # starting points tried before giving up (NumPyro's find_valid_initial_params)
+INIT_JITTER = 0.1  # first start: the prior's center plus uniform(-INIT_JITTER, INIT_JITTER) per coordinate
 INIT_RADIUS = 2.0  # fallback starts: uniform on [-INIT_RADIUS, INIT_RADIUS] per unconstrained coordinate
 
 
-def _median_start(key, model_args, labels=None):
-    """The flat unconstrained point at the median of ``INIT_MEDIAN_SAMPLES`` prior draws of each
-    latent site (NumPyro's ``init_to_median``; one trace of the model)."""
-    model = handlers.substitute(handlers.seed(model_of_arguments, key),
-                                substitute_fn=init_to_median(num_samples=INIT_MEDIAN_SAMPLES))
-    tr = handlers.trace(model).get_trace(model_args, labels=labels)
-    latents = {name: biject_to(site["fn"].support).inv(site["value"]) for name, site in tr.items()
-               if site["type"] == "sample" and not site["is_observed"]}
-    return ravel_pytree(latents)[0]
-
-
-def _valid_start(key, potential_fn, z_median):
+def _valid_start(key, potential_fn, center):
     r"""``ParamInfo(z, U(z), \nabla U(z))`` at the first start where the potential and its gradient
-    are finite: ``z_median``, then uniform draws on ``[-INIT_RADIUS, INIT_RADIUS]`` per coordinate
-    (NumPyro's ``init_to_uniform``), at most ``INIT_TRIES`` in all (the last is returned either way;
-    the first transition then diverges and the chain's statistics show it). One evaluation of
-    ``value_and_grad`` in the program, inside the loop."""
+    are finite: first the prior's center (:func:`_prior_center`, unconstrained, flat) jittered by
+    :math:`U(-\epsilon, \epsilon)` per coordinate (``INIT_JITTER``: chains start apart, near the
+    prior's bulk, as ``init_to_median``'s noisy medians did), then uniform draws on
+    ``[-INIT_RADIUS, INIT_RADIUS]`` per coordinate (NumPyro's ``init_to_uniform``), at most
+    ``INIT_TRIES`` in all (the last is returned either way; the first transition then diverges
+    and the chain's statistics show it). One evaluation of ``value_and_grad`` in the program,
+    inside the loop."""
 
     def body(carry):
         i, k, _, _, _ = carry
         k, k_uniform = jax.random.split(k)
-        uniform = jax.random.uniform(k_uniform, z_median.shape, z_median.dtype, -INIT_RADIUS, INIT_RADIUS)
-        z = jnp.where(i == 0, z_median, uniform)
+        u = jax.random.uniform(k_uniform, center.shape, center.dtype, -1.0, 1.0)
+        z = jnp.where(i == 0, center + INIT_JITTER * u, INIT_RADIUS * u)
         pe, grad = jax.value_and_grad(potential_fn)(z)
         return i + 1, k, z, pe, grad
 
@@ -140,8 +155,8 @@ def _valid_start(key, potential_fn, z_median):
         i, _, _, pe, grad = carry
         return (i == 0) | ((i < INIT_TRIES) & ~(jnp.isfinite(pe) & jnp.all(jnp.isfinite(grad))))
 
-    zero = jnp.zeros((), z_median.dtype)
-    _, _, z, pe, grad = jax.lax.while_loop(searching, body, (0, key, z_median, zero, jnp.zeros_like(z_median)))
+    zero = jnp.zeros((), center.dtype)
+    _, _, z, pe, grad = jax.lax.while_loop(searching, body, (0, key, center, zero, jnp.zeros_like(center)))
     return ParamInfo(z, pe, grad)
 
 
@@ -151,17 +166,16 @@ def nuts_kernel(model_args, key, num_warmup, target_accept_prob, max_tree_depth,
 
     Returns ``(state, sample, postprocess)``: ``sample(state)`` is one NUTS transition (with
     windowed adaptation during the first ``num_warmup``), ``postprocess(z)`` the constrained
-    sites and ``Q``. Without ``init_params`` the chain starts at the median of prior draws
-    (:func:`_median_start`, or a fallback: :func:`_valid_start`); with them (a state's
+    sites and ``Q``. Without ``init_params`` the chain starts near the prior's center
+    (:func:`_valid_start`); with them (a state's
     ``ParamInfo``, ``z`` flat) the initial state is only built to set up ``sample`` (the
     adaptation schedule lives in ``hmc``'s closure) and the caller discards it."""
     k_init, k_kernel = jax.random.split(key)
     kwargs = {"labels": labels}
-    potential_fn_gen, postprocess = _model_functions(model_args, labels, _unravel_latents(model_args, labels))
+    center, unravel = ravel_pytree(_prior_center_latents(model_args, labels))
+    potential_fn_gen, postprocess = _model_functions(model_args, labels, unravel)
     if init_params is None:
-        k_median, k_fallback = jax.random.split(k_init)
-        z_median = _median_start(k_median, model_args, labels)
-        init_params = _valid_start(k_fallback, potential_fn_gen(model_args, labels), z_median)
+        init_params = _valid_start(k_init, potential_fn_gen(model_args, labels), center)
     init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
     state = init_kernel(
         init_params, num_warmup, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
@@ -176,24 +190,25 @@ def _batched(fn, vectorized: bool, in_axes):
 
 
 @partial(jax.jit, static_argnames=("num_warmup", "max_tree_depth", "vectorized"))
-def _initial_states(keys, model_args, target_accept_prob, *, num_warmup, max_tree_depth, vectorized):
-    """NUTS's initial state for one chain (``keys`` one key) or, ``vectorized``, for each chain
-    (``keys`` ``(C,)``)."""
+def _initial_states(key, chains, model_args, target_accept_prob, *, num_warmup, max_tree_depth, vectorized):
+    """NUTS's initial state of chain ``chains`` (an index) or, ``vectorized``, of each chain in
+    ``chains`` ``(C,)``; chain ``c`` draws from the key ``fold_in(key, c)``, whatever the method."""
 
-    def one(k):
-        return nuts_kernel(model_args, k, num_warmup, target_accept_prob, max_tree_depth)[0]
+    def one(c):
+        return nuts_kernel(model_args, jax.random.fold_in(key, c), num_warmup, target_accept_prob, max_tree_depth)[0]
 
-    return _batched(one, vectorized, 0)(keys)
+    return _batched(one, vectorized, 0)(chains)
 
 
 def _empty_buffers(states, num_samples, vectorized):
-    """Zero buffers ``([C,] num_samples, ...)`` for the flat unconstrained draws and the sample statistics."""
+    """Zero buffers ``([C,] num_samples, ...)`` for the flat unconstrained draws and the sample
+    statistics (made on the host and transferred: no program to compile for them)."""
     lead = (states.i.shape[0], num_samples) if vectorized else (num_samples,)
-    dtype = states.energy.dtype
-    z = jnp.zeros(lead + states.z.shape[len(lead) - 1:], states.z.dtype)
-    stats = {name: jnp.zeros(lead, bool if name == "diverging" else dtype) for name in SAMPLE_STATS}
-    stats["n_steps"] = jnp.zeros(lead, jnp.int32)
-    return z, stats
+    dtype = np.dtype(states.energy.dtype)
+    z = np.zeros(lead + states.z.shape[len(lead) - 1:], states.z.dtype)
+    stats = {name: np.zeros(lead, bool if name == "diverging" else dtype) for name in SAMPLE_STATS}
+    stats["n_steps"] = np.zeros(lead, np.int32)
+    return jax.device_put((z, stats))
 
 
 def _stats_of(state):
@@ -262,18 +277,18 @@ def _vectorized(chain_method: str, sharding) -> bool:
     return chain_method != "sequential"
 
 
-def _run_chains(keys, model_args, accept, static, num_samples, bounds, sharding, bar):
-    """Initial states and the iterations in slices ``bounds`` for the chains of ``keys`` (one
-    key when not ``static["vectorized"]``); returns the flat unconstrained draws and the statistics."""
+def _run_chains(key, chains, model_args, accept, static, num_samples, bounds, sharding, bar):
+    """Initial states and the iterations in slices ``bounds`` for the chains ``chains`` (indices;
+    one index when not ``static["vectorized"]``); returns the flat unconstrained draws and the statistics."""
     if sharding is not None:
-        keys = jax.device_put(keys, sharding)
-    states = _initial_states(keys, model_args, accept, **static)
+        chains = jax.device_put(chains, sharding)
+    states = _initial_states(key, chains, model_args, accept, **static)
     buffers = _empty_buffers(states, num_samples, static["vectorized"])
     if sharding is not None:
         buffers = jax.device_put(buffers, sharding)
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if stop > start:
-            states, buffers = _advance(states, buffers, jnp.int32(start), jnp.int32(stop), model_args, accept, **static)
+            states, buffers = _advance(states, buffers, np.int32(start), np.int32(stop), model_args, accept, **static)
             if bar is not None:
                 bar.update(int(stop - start))
     return buffers
@@ -287,34 +302,36 @@ def run_nuts(
 
     ``model_args`` is the pytree ``(prior, lambda_star, noise_variance, ratio, data, intercept)`` of
     :meth:`deeplinear.models.ModelSpec.model_arguments` (validated by the caller); ``key`` a raw
-    PRNG key, split into one key per chain, so a chain's draws do not depend on ``chain_method``
-    (:data:`CHAIN_METHODS`; see :func:`deeplinear.inference.fit`). Same key, same draws."""
+    PRNG key; chain ``c`` uses ``fold_in(key, c)``, so the chains do not depend on ``chain_method``
+    (:data:`CHAIN_METHODS`; up to the rounding of the batched against the one-chain program: see
+    :func:`deeplinear.inference.fit`). Same key and method, same draws."""
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}")
-    keys = jax.random.split(key, num_chains)
-    accept = jnp.asarray(target_accept_prob, model_args[4].dtype)  # the data's precision
+    accept = np.asarray(target_accept_prob, model_args[4].dtype)  # the data's precision
     sharding = _chain_sharding(num_chains, chain_method)
     vectorized = _vectorized(chain_method, sharding)
     static = {"num_warmup": num_warmup, "max_tree_depth": max_tree_depth, "vectorized": vectorized}
     total = num_warmup + num_samples
     bounds = np.linspace(0, total, PROGRESS_UPDATES + 1 if progress_bar else 2).round().astype(int)
-    groups = [keys] if vectorized else list(keys)
+    chains = np.arange(num_chains, dtype=np.int32)
+    groups = [chains] if vectorized else list(chains)
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total * num_chains, desc=f"{description} ({num_chains} chains)", unit="it")
     try:
-        runs = [_run_chains(g, model_args, accept, static, num_samples, bounds, sharding, bar) for g in groups]
+        runs = [_run_chains(key, g, model_args, accept, static, num_samples, bounds, sharding, bar) for g in groups]
     finally:
         if bar is not None:
             bar.close()
+    runs = jax.device_get(runs)  # stacked on the host: no program per shape for that
     if vectorized:
         (z, stats), = runs
     else:
-        z = jnp.stack([r[0] for r in runs])
-        stats = {k: jnp.stack([r[1][k] for r in runs]) for k in runs[0][1]}
-    flat = z.reshape((num_chains * num_samples,) + z.shape[2:])
+        z = np.stack([r[0] for r in runs])
+        stats = {k: np.stack([r[1][k] for r in runs]) for k in runs[0][1]}
+    flat = jax.device_put(z.reshape((num_chains * num_samples,) + z.shape[2:]))
     samples = jax.device_get(_constrain(flat, model_args))
     samples = {k: np.asarray(v).reshape((num_chains, num_samples) + np.shape(v)[1:]) for k, v in samples.items()}
-    return SamplerRun(samples, {k: np.asarray(v) for k, v in jax.device_get(stats).items()})
+    return SamplerRun(samples, {k: np.asarray(v) for k, v in stats.items()})

@@ -344,7 +344,7 @@ def simulation_based_calibration(
 
     Uses the inputs (kernel) of ``data``; its labels are replaced by ``num_simulations``
     data sets simulated from the prior. Each data set gets one NUTS chain (the same
-    settings as :func:`~deeplinear.inference.fit`: ``init_to_median``, diagonal mass matrix,
+    settings as :func:`~deeplinear.inference.fit`: a start near the prior mean, diagonal mass matrix,
     ``num_warmup`` adaptation steps) and ``num_samples / thin`` posterior draws are ranked.
     Simulations run ``batch_size`` at a time through one jitted, ``vmap``-ed driver
     (compiled once).

@@ -135,9 +135,18 @@ def test_repeat_fit_compare_and_sbc_compile_nothing():
     assert res.draws("Q").shape == (40, 2, 2) and sbc.num_draws == 2
 
 
+SAME_PROGRAM_TOLERANCE = 1e-5  # float32: vectorized and parallel run the same batched program
+SAME_CHAIN_TOLERANCE_FLOAT64 = 1e-10  # one-chain vs batched programs: equal up to float64 rounding
+
+
 def test_chain_methods_give_the_same_draws():
     """Each chain has its own key, so vectorized, sequential and parallel (two host devices, in a
-    fresh process: the device count is fixed when JAX starts) runs draw the same chains."""
+    fresh process: the device count is fixed when JAX starts) runs draw the same chains.
+
+    Sequential runs use the one-chain program, vectorized and parallel runs the batched one; the
+    two round differently (batched products), and in float32 a chain's trajectory can part after
+    such a difference. So the chains are compared in float64, where every method must agree to
+    rounding, and in float32 within the batched family, which must agree exactly as before."""
     import subprocess
     import sys
 
@@ -148,13 +157,21 @@ def test_chain_methods_give_the_same_draws():
         "import deeplinear as dl\n"
         "warnings.simplefilter('ignore')\n"
         "assert jax.local_device_count() == 2\n"
-        "r = np.random.default_rng(0)\n"
-        "data = dl.RegressionData.linear(r.normal(size=(12, 3)), r.normal(size=(12, 2)))\n"
-        "q = {m: dl.fit(data, dl.ProportionalLimitPrior(0.5, 2, num_steps=8), noise_variance=dist.HalfNormal(1.0),\n"
-        "               num_warmup=40, num_samples=20, num_chains=2, chain_method=m).draws('Q')\n"
-        "     for m in ('vectorized', 'sequential', 'parallel', 'auto')}\n"
-        "print(max(float(np.max(np.abs(q[m] - q['vectorized']))) for m in q))\n"
+        "def draws(methods, x64):\n"
+        "    with jax.enable_x64(x64):\n"
+        "        r = np.random.default_rng(0)\n"
+        "        data = dl.RegressionData.linear(r.normal(size=(12, 3)), r.normal(size=(12, 2)))\n"
+        "        return {m: dl.fit(data, dl.ProportionalLimitPrior(0.5, 2, num_steps=8),\n"
+        "                          noise_variance=dist.HalfNormal(1.0), num_warmup=40, num_samples=20, num_chains=2,\n"
+        "                          chain_method=m).draws('Q') for m in methods}\n"
+        "def spread(q):\n"
+        "    first = next(iter(q.values()))\n"
+        "    return max(float(np.max(np.abs(v - first))) for v in q.values())\n"
+        "print(spread(draws(('vectorized', 'parallel', 'auto'), False)),\n"
+        "      spread(draws(('vectorized', 'sequential', 'parallel', 'auto'), True)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert float(out.stdout.strip().splitlines()[-1]) < 1e-5
+    batched32, all64 = map(float, out.stdout.strip().splitlines()[-1].split())
+    assert batched32 < SAME_PROGRAM_TOLERANCE
+    assert all64 < SAME_CHAIN_TOLERANCE_FLOAT64
