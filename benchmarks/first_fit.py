@@ -124,7 +124,8 @@ print(json.dumps({"import": time.perf_counter() - t}))
 
 def _child(code: str, *args: str, tree: Path = ROOT, env: dict | None = None) -> dict:
     env = dict(os.environ if env is None else env)
-    env.pop("DEEPLINEAR_COMPILATION_CACHE", None)
+    for name in ("DEEPLINEAR_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR"):
+        env.pop(name, None)
     env["PYTHONPATH"] = str(tree)
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=tree)
     if out.returncode != 0:

@@ -454,7 +454,8 @@ def fit(
         chain's program, run ``num_chains`` times (less memory). Chain ``c`` draws from
         ``fold_in(key, c)`` whatever the method, so the methods run the same chains; the batched
         and the one-chain programs round differently, though, and in float32 a trajectory can part
-        after such a difference (float64 agrees to rounding); ``"parallel"``: the chains split over the local JAX devices.
+        after such a difference (float64 agrees to rounding); ``"parallel"``: the chains split
+        over the local JAX devices.
         ``"auto"``: ``"parallel"`` when there are several devices and ``num_chains`` is a
         multiple of their number (up to ``num_chains`` devices), else ``"vectorized"`` on an
         accelerator and ``"sequential"`` on a CPU (where a batched NUTS step costs as much as

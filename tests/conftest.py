@@ -49,15 +49,18 @@ def _share_compiled_programs(config):
     """One persistent compilation cache for the whole run: the controller (or a run without
     xdist) makes a temporary folder and removes it at the end; xdist workers, started after this
     hook with the controller's environment, find it in ``SHARED_CACHE_VARIABLE``. A program one
-    worker compiled is loaded, not compiled, by the other (and by the subprocesses of the tests,
-    which inherit the variable and switch the cache on through ``DEEPLINEAR_COMPILATION_CACHE``).
+    worker compiled is loaded, not compiled, by the other, and by the subprocesses of the tests
+    (command line, notebook kernels, executors' and Dask's workers), which inherit JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` and ``DEEPLINEAR_COMPILATION_CACHE``.
     Compile-counting tests count lowerings, which a cache hit does not skip."""
     folder = os.environ.get(SHARED_CACHE_VARIABLE)
     if folder is None:
         folder = tempfile.mkdtemp(prefix="deeplinear-test-jax-cache-")
         os.environ[SHARED_CACHE_VARIABLE] = folder
         config._deeplinear_cache_owner = folder
-    os.environ["DEEPLINEAR_COMPILATION_CACHE"] = folder  # subprocesses (the command line) use it too
+    os.environ["DEEPLINEAR_COMPILATION_CACHE"] = folder  # the command line and notebooks' enable_compilation_cache()
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder  # every other subprocess: executors' workers, Dask
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
