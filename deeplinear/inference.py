@@ -32,6 +32,7 @@ import numpyro.distributions as dist
 
 from deeplinear._linalg import psd_root
 from deeplinear._precision import warn_if_interpolation_ill_conditioned, warn_if_unresolvable_in_float32
+from deeplinear._prefetch import prefetch
 from deeplinear._types import KeyLike
 from deeplinear._validation import (
     check_bool,
@@ -526,6 +527,7 @@ def fit(
         warn_if_interpolation_ill_conditioned(data, smallest_noise, stacklevel=3)
     dims, coords = _dims_and_coords(prior, data, output_names, spec.noise_model != "scalar")
 
+    prefetch()  # arviz_base and arviz_stats load while the sampler compiles and runs
     if not spec.has_latent_sites:
         dt = _exact_nngp_tree(data, num_chains, num_samples, dims, coords)
     else:

@@ -178,3 +178,19 @@ def test_chain_methods_give_the_same_draws():
     batched32, all64 = map(float, out.stdout.strip().splitlines()[-1].split())
     assert batched32 < SAME_PROGRAM_TOLERANCE
     assert all64 < SAME_CHAIN_TOLERANCE_FLOAT64
+
+
+def test_prefetch_imports_in_the_background_and_leaves_errors_to_the_caller():
+    """prefetch starts a thread only for modules not yet imported; a module that cannot be
+    imported does not raise in the thread (the caller's own import reports it)."""
+    import json  # noqa: F401 - imported, so there is nothing to prefetch
+    import sys
+
+    from deeplinear._prefetch import prefetch
+
+    assert prefetch(("json",)) is None
+    thread = prefetch(("deeplinear_no_such_module", "json"))
+    assert thread is not None and thread.daemon
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert "deeplinear_no_such_module" not in sys.modules
