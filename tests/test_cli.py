@@ -28,7 +28,7 @@ def run_in_process(args, cwd, capsys, monkeypatch):
 
 
 def test_default_run_infers_compares_and_simulates(tmp_path, capsys, monkeypatch):
-    args = ["--prior-samples", "2000", "--samples", "60", "--warmup", "60", "--chains", "1",
+    args = ["--prior-samples", "200", "--samples", "60", "--warmup", "60", "--chains", "1",
             "--output", str(tmp_path / "figs")]
     code, stdout, err = run_in_process(args, tmp_path, capsys, monkeypatch)
     assert code == 0, err
