@@ -139,7 +139,9 @@ def test_repeat_fit_compare_and_sbc_compile_nothing():
 
 
 SAME_PROGRAM_TOLERANCE = 1e-5  # float32: vectorized and parallel run the same batched program
-SAME_CHAIN_TOLERANCE_FLOAT64 = 1e-10  # one-chain vs batched programs: equal up to float64 rounding
+# one-chain vs batched programs in float64: their rounding (1e-16) grows through 60 NUTS transitions and the
+# warmup's step-size adaptation to about 2e-9 in this run; a chain drawn with another key differs by O(1)
+SAME_CHAIN_TOLERANCE_FLOAT64 = 1e-7
 
 
 def test_chain_methods_give_the_same_draws():
