@@ -96,8 +96,8 @@ TARGET_ACCEPTANCE = 0.65
 STEP_ADAPTATION_RATE = 2.0  # step <- step * exp(rate * (acceptance - target)) after each pilot move
 INITIAL_STEP = 0.5  # in units of the particles' spread
 STEP_JITTER = 0.2  # each particle's step is drawn uniformly in step * [1 - jitter, 1 + jitter]
-PROGRESS_UPDATES = 20
-PARTICLE_BATCH = 4096  # prior draws evaluated at once
+PARTICLE_BATCH = 256  # prior draws per call of the start program (the default pilot's number)
+SCHEDULE_WINDOW = 32  # temperatures per call of the annealing program (one program for any T)
 
 
 class EvidenceEstimate(NamedTuple):
@@ -228,21 +228,30 @@ def _hmc_moves(model_args, x, lp, ll, key, beta, step, scale, num_moves, num_lea
     return x, lp, ll, jnp.mean(probs)
 
 
-# -- compiled pieces (one program per model structure, particle number and move settings) -------------------
+# -- compiled pieces (per model structure: one start program; moves per particle number and move settings) --
 
 
-@partial(jax.jit, static_argnames="num_particles")
-def _start(model_args, key, *, num_particles):
-    """``num_particles`` prior draws (flat, unconstrained) with their ``(log prior, log likelihood)``,
-    :data:`PARTICLE_BATCH` at a time (bounded memory for many prior draws)."""
+@jax.jit
+def _start_batch(model_args, key, offset):
+    """Particles ``offset .. offset + PARTICLE_BATCH - 1``: prior draws (flat, unconstrained) with
+    their ``(log prior, log likelihood)``; particle ``i`` draws from ``fold_in(key, i)``."""
     dtype = model_args[4].dtype
     supports, unravel, _ = _structure(model_args)
 
-    def one(k):
-        x = _prior_draw(model_args, k, dtype)
+    def one(i):
+        x = _prior_draw(model_args, jax.random.fold_in(key, i), dtype)
         return (x, *_log_parts(model_args, supports, unravel, x))
 
-    return jax.lax.map(one, jax.random.split(key, num_particles), batch_size=min(num_particles, PARTICLE_BATCH))
+    return jax.vmap(one)(offset + jnp.arange(PARTICLE_BATCH, dtype=jnp.int32))
+
+
+def _start(model_args, key, num_particles: int):
+    """``num_particles`` prior draws with their ``(log prior, log likelihood)``, :data:`PARTICLE_BATCH`
+    at a time through one compiled program (the pilot's and the main run's particle numbers, and
+    every other, share it; memory stays bounded for many draws)."""
+    batches = [jax.device_get(_start_batch(model_args, key, np.int32(offset)))
+               for offset in range(0, num_particles, PARTICLE_BATCH)]
+    return tuple(jax.device_put(np.concatenate([b[j] for b in batches])[:num_particles]) for j in range(3))
 
 
 @jax.jit
@@ -263,16 +272,19 @@ def _move_all(model_args, x, lp, ll, key, beta, step, scale, *, num_moves, num_l
 
 @partial(jax.jit, static_argnames=("num_moves", "num_leapfrog"), donate_argnames="carry")
 def _anneal(carry, model_args, key, betas, steps, scales, start, stop, *, num_moves, num_leapfrog):
-    r"""Temperatures ``start..stop`` (``1 <= t <= T``) of the annealed run: the log weights gain
-    :math:`(\beta_t - \beta_{t-1}) \log p(Y \mid z)`, then the particles move at :math:`\beta_t`. The
-    moves of temperature ``t`` use the key ``fold_in(key, t)``, so slicing changes nothing."""
+    r"""Temperatures ``start..stop - 1`` (``1 <= t <= T``, at most :data:`SCHEDULE_WINDOW` of them) of the
+    annealed run: the log weights gain :math:`(\beta_t - \beta_{t-1}) \log p(Y \mid z)`, then the
+    particles move at :math:`\beta_t`. ``betas``, ``steps`` and ``scales`` are the schedule's window
+    ``start - 1 .. start - 1 + SCHEDULE_WINDOW`` (padded past ``T``), so the program does not depend on
+    ``T``. The moves of temperature ``t`` use the key ``fold_in(key, t)``, so windowing changes nothing."""
 
     def temperature(t, carry):
         x, lp, ll, log_w, acc = carry
-        log_w = log_w + (betas[t] - betas[t - 1]) * ll
+        j = t - start + 1
+        log_w = log_w + (betas[j] - betas[j - 1]) * ll
         if num_moves:
-            x, lp, ll, a = _move_all(model_args, x, lp, ll, jax.random.fold_in(key, t), betas[t], steps[t],
-                                     scales[t], num_moves=num_moves, num_leapfrog=num_leapfrog)
+            x, lp, ll, a = _move_all(model_args, x, lp, ll, jax.random.fold_in(key, t), betas[j], steps[j],
+                                     scales[j], num_moves=num_moves, num_leapfrog=num_leapfrog)
             acc = acc + a
         return x, lp, ll, log_w, acc
 
@@ -349,7 +361,7 @@ def _tempered_smc(model_args, key, num_particles: int, num_leapfrog: int, bar=No
     r"""Adaptive tempered SMC from the prior to the posterior (the pilot; module docstring).
     Its own estimate :math:`\sum_t \log \tfrac1n \sum_i e^{\Delta\beta_t \ell_i}` is kept for comparison."""
     k_start, k_moves, k_resample = jax.random.split(key, 3)
-    x, lp, ll = _start(model_args, k_start, num_particles=num_particles)
+    x, lp, ll = _start(model_args, k_start, num_particles)
     rng = np.random.default_rng(np.asarray(raw_key(k_resample)).astype(np.uint64))
     ll_host = _finite_log_lik(ll)
     if not np.any(np.isfinite(ll_host)):
@@ -391,6 +403,11 @@ def _tempered_smc(model_args, key, num_particles: int, num_leapfrog: int, bar=No
 
 
 # -- public --------------------------------------------------------------------------------------------------
+
+
+def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` with its last row repeated to ``size`` rows."""
+    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
 
 
 def _weights_summary(log_w: np.ndarray):
@@ -520,20 +537,21 @@ def _estimate(model_args, key, method, num_particles, num_temperatures, num_leap
             betas, steps, scales = schedule.resample(num_temperatures)
             moves = num_moves
         T = len(betas) - 1
-        x, lp, ll = _start(model_args, k_start, num_particles=num_particles)
+        x, lp, ll = _start(model_args, k_start, num_particles)
         if scales is None:
             scales = np.ones((T + 1, x.shape[1]))
         carry = (x, lp, ll, jnp.zeros(num_particles, dtype), jnp.zeros((), dtype))
-        schedule_args = (jnp.asarray(betas, dtype), jnp.asarray(steps, dtype), jnp.asarray(scales, dtype))
-        bounds = np.linspace(1, T + 1, min(PROGRESS_UPDATES, T) + 1 if progress_bar else 2).round().astype(int)
+        padded = [_pad_to(a, T + 1 + SCHEDULE_WINDOW) for a in (betas, steps, scales)]
         if bar is not None:
             bar.reset(total=T)
             bar.set_description(f"evidence: {method} ({num_particles} particles)")
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            carry = _anneal(carry, model_args, k_run, *schedule_args, jnp.int32(lo), jnp.int32(hi), num_moves=moves,
+        for lo in range(1, T + 1, SCHEDULE_WINDOW):
+            hi = min(lo + SCHEDULE_WINDOW, T + 1)
+            window = [jnp.asarray(a[lo - 1:lo + SCHEDULE_WINDOW], dtype) for a in padded]
+            carry = _anneal(carry, model_args, k_run, *window, np.int32(lo), np.int32(hi), num_moves=moves,
                             num_leapfrog=num_leapfrog)
             if bar is not None:
-                bar.update(int(hi - lo))
+                bar.update(hi - lo)
     finally:
         if bar is not None:
             bar.close()

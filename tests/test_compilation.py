@@ -48,6 +48,25 @@ def test_prior_sampling_compiles_once_per_structure():
     assert count[0] == 0
 
 
+def test_evidence_programs_do_not_depend_on_particle_or_temperature_numbers():
+    """The start program draws a fixed batch of particles, so the pilot and the main run share it
+    whatever their particle numbers; the annealing program runs a fixed window of temperatures, so a
+    new number of temperatures (or a new ratio) compiles nothing."""
+    from deeplinear import evidence
+
+    rng = np.random.default_rng(0)
+    data = dl.RegressionData.linear(rng.normal(size=(8, 3)), rng.normal(size=(8, 2)))
+    settings = dict(noise_variance=0.5, pilot_particles=100, num_particles=300)
+    programs = evidence._start_batch._cache_size()
+    evidence.log_evidence(data, dl.ProportionalLimitPrior(0.5, 2, num_steps=8), num_temperatures=20, **settings)
+    assert evidence._start_batch._cache_size() == programs + 1
+    with count_compilations() as count:
+        est = evidence.log_evidence(data, dl.ProportionalLimitPrior(1.5, 2, num_steps=8), num_temperatures=70,
+                                    **settings)
+    assert count[0] == 0
+    assert est.num_particles == 300 and est.num_temperatures == 70 and np.isfinite(est.log_evidence)
+
+
 def test_predictions_compile_once_per_shape():
     rng = np.random.default_rng(1)
 
