@@ -22,7 +22,7 @@ def describe() -> str:
     return (
         f"{cpu}; {os.cpu_count()} logical cores; Python {platform.python_version()}; "
         f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}); x64={jax.config.jax_enable_x64}; "
-        f"load average at start {load}"
+        f"load average (1, 5, 15 min) when this line was written: {load}"
     )
 
 
