@@ -166,10 +166,8 @@ def check_probability(name: str, value) -> float:
 def check_key(key, name: str = "key"):
     """A JAX PRNG key -- typed (``jax.random.key``) or raw ``uint32[2]`` (``PRNGKey``) -- or an
     integer seed in ``[0, 2**32)``, which becomes ``jax.random.key(seed)``."""
-    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
-        if not 0 <= int(key) < MAX_SEED:
-            raise ValueError(f"{name} as an integer seed must be in [0, 2**32), got {int(key)}")
-        return jax.random.key(int(key))
+    if _is_seed(key):
+        return jax.random.key(_checked_seed(key, name))
     if isinstance(key, (jax.Array, np.ndarray)):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
             return key
@@ -181,8 +179,24 @@ def check_key(key, name: str = "key"):
     )
 
 
+def _is_seed(key) -> bool:
+    return isinstance(key, numbers.Integral) and not isinstance(key, bool)
+
+
+def _checked_seed(key, name: str) -> int:
+    if not 0 <= int(key) < MAX_SEED:
+        raise ValueError(f"{name} as an integer seed must be in [0, 2**32), got {int(key)}")
+    return int(key)
+
+
 def raw_key(key, name: str = "key"):
-    """:func:`check_key`, returned as a raw ``uint32[2]`` key (what NumPyro's drivers take)."""
+    """:func:`check_key`, returned as a raw ``uint32[2]`` key (what NumPyro's drivers take).
+
+    An integer seed ``s`` gives ``[0, s]`` as a NumPy array under JAX's default threefry
+    implementation (what ``jax.random.key_data(jax.random.key(s))`` holds for ``s < 2**32``),
+    built on the host: no program is compiled for it."""
+    if _is_seed(key) and jax.config.jax_default_prng_impl == "threefry2x32":
+        return np.array([0, _checked_seed(key, name)], np.uint32)
     key = check_key(key, name)
     return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
 

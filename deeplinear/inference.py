@@ -67,6 +67,12 @@ class ConvergenceWarning(UserWarning):
     """NUTS reported divergences or R-hat above 1.01: do not trust the posterior yet."""
 
 
+def _on_device(x, dtype) -> jax.Array:
+    """``x`` as a device array of ``dtype``, converted on the host (``jnp.asarray(x, dtype)`` of a
+    float64 NumPy array compiles a conversion program in float32 runs)."""
+    return jax.device_put(np.asarray(x, dtype))
+
+
 def _interactive() -> bool:
     return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
@@ -247,7 +253,7 @@ class PosteriorFit:
         dtype = self.data.dtype
         model_args = self.spec.model_arguments(self.data)
         sites = _prior_site_names(model_args)
-        params = {k: jnp.asarray(self.draws(k), dtype) for k in sites}
+        params = {k: _on_device(self.draws(k), dtype) for k in sites}
         log_prior = _log_prior_draws(model_args, params)
         joint = _joint_log_likelihood(*self._per_draw_arrays(dtype), self.data)
         groups = {
@@ -267,18 +273,18 @@ class PosteriorFit:
         """``(Q, lambda_star, noise, intercept)`` per draw as arrays of ``dtype`` (noise: :meth:`noise_draws`;
         intercept ``None`` without one), as the compiled per-draw loops take them."""
         mu = self.intercept_draws()
-        return (jnp.asarray(self.draws("Q"), dtype), jnp.asarray(self.draws("lambda_star"), dtype),
-                jnp.asarray(self.noise_draws(), dtype), None if mu is None else jnp.asarray(mu, dtype))
+        return (_on_device(self.draws("Q"), dtype), _on_device(self.draws("lambda_star"), dtype),
+                _on_device(self.noise_draws(), dtype), None if mu is None else _on_device(mu, dtype))
 
     def _draw_keywords(self, dtype) -> dict:
         """``noise_variance=`` (``None`` for a noise covariance), ``noise_covariance=`` and
         ``intercept=`` of the draws, for the predictive and LOO functions."""
-        noise = jnp.asarray(self.noise_draws(), dtype)
+        noise = _on_device(self.noise_draws(), dtype)
         out = {"noise_variance": noise, "noise_covariance": None}
         if self.spec.noise_model != "scalar":
             out = {"noise_variance": None, "noise_covariance": noise}
         intercept = self.intercept_draws()
-        out["intercept"] = None if intercept is None else jnp.asarray(intercept, dtype)
+        out["intercept"] = None if intercept is None else _on_device(intercept, dtype)
         return out
 
     def predict(self, X_test=None, *, cross_gram=None, test_gram=None, batch_size: int = 256) -> PredictiveMixture:

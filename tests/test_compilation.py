@@ -67,6 +67,19 @@ def test_evidence_programs_do_not_depend_on_particle_or_temperature_numbers():
     assert est.num_particles == 300 and est.num_temperatures == 70 and np.isfinite(est.log_evidence)
 
 
+def test_an_integer_seed_becomes_jaxs_raw_key_on_the_host():
+    """``raw_key(seed)`` is built with NumPy (no program) and holds what JAX's own key does."""
+    from deeplinear._validation import raw_key
+
+    for seed in (0, 5, 2**31, 2**32 - 1):
+        with count_compilations() as count:
+            key = raw_key(seed)
+        assert count[0] == 0 and isinstance(key, np.ndarray)
+        np.testing.assert_array_equal(key, jax.random.key_data(jax.random.key(seed)))
+    typed = jax.random.key(7)
+    np.testing.assert_array_equal(raw_key(typed), jax.random.key_data(typed))
+
+
 def test_predictions_compile_once_per_shape():
     rng = np.random.default_rng(1)
 
