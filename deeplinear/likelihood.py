@@ -19,8 +19,6 @@ This module holds the distribution and its exact leave-one-input-out terms.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +45,7 @@ from deeplinear._validation import (
     check_positive_scalar,
     is_concrete,
 )
+from deeplinear.cache import reuse_traces
 from deeplinear.data import RegressionData, check_regression_data
 
 __all__ = ["KroneckerNormal", "loo_log_likelihood", "loo_log_likelihood_draws"]
@@ -546,7 +545,7 @@ def _loo_conditional_from_terms(q, lambda_star, noise_variance, data, terms, lab
     return jnp.asarray(labels, q.dtype) - step, b_inv
 
 
-@partial(jax.jit, static_argnames="batch_size")
+@reuse_traces(static_argnames=("batch_size",))
 def _loo_draws(q, lambda_star, noise_variance, data, batch_size, terms=None, intercept=None):
     """``(S, m)`` LOO terms of the rows of ``terms`` (:func:`loo_row_terms`; default every training row);
     ``intercept`` ``(S, D)`` or None."""

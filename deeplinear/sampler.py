@@ -33,7 +33,6 @@ the program and the persistent compilation cache (:mod:`deeplinear.cache`) can s
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -45,6 +44,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.hmc import hmc
 from numpyro.infer.util import ParamInfo, constrain_fn, potential_energy
 
+from deeplinear.cache import reuse_traces
 from deeplinear.models import model_body
 
 __all__ = ["SamplerRun", "run_nuts", "nuts_kernel", "model_of_arguments", "CHAIN_METHODS"]
@@ -189,7 +189,7 @@ def _batched(fn, vectorized: bool, in_axes):
     return jax.vmap(fn, in_axes=in_axes) if vectorized else fn
 
 
-@partial(jax.jit, static_argnames=("num_warmup", "max_tree_depth", "vectorized"))
+@reuse_traces(static_argnames=("num_warmup", "max_tree_depth", "vectorized"))
 def _initial_states(key, chains, model_args, target_accept_prob, *, num_warmup, max_tree_depth, vectorized):
     """NUTS's initial state of chain ``chains`` (an index) or, ``vectorized``, of each chain in
     ``chains`` ``(C,)``; chain ``c`` draws from the key ``fold_in(key, c)``, whatever the method."""
@@ -222,7 +222,7 @@ def _stats_of(state):
     }
 
 
-@partial(jax.jit, static_argnames=("num_warmup", "max_tree_depth", "vectorized"), donate_argnames=("buffers",))
+@reuse_traces(static_argnames=("num_warmup", "max_tree_depth", "vectorized"), donate_argnames=("buffers",))
 def _advance(states, buffers, start, stop, model_args, target_accept_prob, *, num_warmup, max_tree_depth, vectorized):
     """Iterations ``start..stop`` (warmup first, then sampling) of one chain or, ``vectorized``, of
     every chain; a sampling iteration writes its draw into ``buffers`` at ``iteration - num_warmup``."""
@@ -248,7 +248,7 @@ def _advance(states, buffers, start, stop, model_args, target_accept_prob, *, nu
     return _batched(one_chain, vectorized, (0, 0))(states, buffers)
 
 
-@jax.jit
+@reuse_traces
 def _constrain(z, model_args):
     """Constrained draws and deterministic sites (``Q``) from flat unconstrained draws ``(n, dim)``."""
     return jax.vmap(_model_functions(model_args, None, _unravel_latents(model_args))[1])(z)

@@ -135,6 +135,135 @@ def test_bad_cache_arguments():
         dl.enable_compilation_cache(None, min_compile_time_secs=-1.0)
 
 
+@jax.tree_util.register_pytree_node_class
+class _LocalScale:
+    """A pytree class of this test module: its code is not in a trace key, so it is never kept."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def tree_flatten(self):
+        return (self.value,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+def _traced_function(calls):
+    """A fresh ``reuse_traces`` function (a new process's view: nothing in memory) that counts
+    how often its body runs in Python, i.e. how often it is traced."""
+    from deeplinear.cache import reuse_traces
+
+    def scaled_power(x, scale=None, *, power):
+        calls.append(power)
+        s = 1.0 if scale is None else (scale.value if isinstance(scale, _LocalScale) else scale)
+        return {"y": s * x**power, "total": jax.numpy.sum(x)}
+
+    return reuse_traces(scaled_power, static_argnames=("power",))
+
+
+def test_traced_programs_are_kept_and_reused(tmp_path, monkeypatch):
+    """With the compilation cache on, a traced program is stored beside it and a later process (a
+    fresh function here) loads it instead of tracing; its results are the plain jit's. A new static
+    value, shape or precision is a new program; an unreadable entry is replaced; a folder that
+    cannot be written, and a pytree class from outside the library, fall back to plain jit."""
+    import pytest
+
+    from deeplinear import cache
+
+    folder = tmp_path / "traces"
+    monkeypatch.setattr(cache, "_trace_folder", lambda: folder)
+    x = np.arange(1.0, 7.0, dtype=np.float32).reshape(2, 3)
+    expected = {"y": 2.0 * x**3, "total": x.sum()}
+
+    def check(out, want=expected):
+        assert set(out) == {"y", "total"}
+        np.testing.assert_allclose(np.asarray(out["y"]), want["y"], rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(out["total"]), want["total"], rtol=1e-6)
+
+    calls = []
+    check(_traced_function(calls)(x, 2.0, power=3))
+    assert calls == [3] and len(list(folder.iterdir())) == 1
+    check(_traced_function(calls)(x, scale=2.0, power=3))  # a "new process": loaded, not traced
+    assert calls == [3]
+    f = _traced_function(calls)
+    check(f(x, 2.0, power=3))
+    assert calls == [3]
+    f(x, 2.0, power=2)  # a new static value
+    f(x[:1], 2.0, power=3)  # a new shape
+    with jax.enable_x64(True):
+        out = f(x.astype(np.float64), 2.0, power=3)  # a new precision
+        assert out["y"].dtype == np.float64
+    assert calls == [3, 2, 3, 3] and len(list(folder.iterdir())) == 4
+
+    for entry in folder.iterdir():  # truncated entries: traced again and replaced
+        entry.write_bytes(entry.read_bytes()[:50])
+    check(_traced_function(calls)(x, 2.0, power=3))
+    assert calls[-1] == 3 and len(calls) == 5
+    check(_traced_function(calls)(x, 2.0, power=3))
+    assert len(calls) == 5  # the replaced entry loads
+
+    local = _traced_function(calls)
+    check(local(x, _LocalScale(2.0), power=3))
+    check(local(x, _LocalScale(2.0), power=3))
+    check(_traced_function(calls)(x, _LocalScale(2.0), power=3))
+    assert len(calls) == 7  # plain jit: traced once per function, nothing kept for the local class
+    assert len(list(folder.iterdir())) == 4
+
+    unwritable = tmp_path / "a-file"
+    unwritable.write_text("not a folder")
+    monkeypatch.setattr(cache, "_trace_folder", lambda: unwritable / "traces")
+    check(_traced_function(calls)(x, 2.0, power=3))
+    check(_traced_function(calls)(x, 2.0, power=3))
+    assert len(calls) == 9  # nothing stored, nothing raised
+    with pytest.raises(TypeError):
+        _traced_function(calls)(x, 2.0)  # the signature is jit's: power is required
+
+
+def test_a_warm_fit_traces_nothing(tmp_path):
+    """A fit in a new process with the compilation cache of an earlier one builds no NUTS kernel
+    in Python (its sampler programs are loaded, not traced) and draws exactly what a fit without
+    any cache draws."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings, numpy as np\n"
+        "import deeplinear as dl, deeplinear.sampler as sampler\n"
+        "warnings.simplefilter('ignore')\n"
+        "if sys.argv[1] != 'off':\n"
+        "    dl.enable_compilation_cache(sys.argv[1])\n"
+        "kernels = []\n"
+        "original = sampler.nuts_kernel\n"
+        "sampler.nuts_kernel = lambda *a, **k: kernels.append(1) or original(*a, **k)\n"
+        "r = np.random.default_rng(0)\n"
+        "data = dl.RegressionData.linear(r.normal(size=(12, 3)), r.normal(size=(12, 2)))\n"
+        "post = dl.fit(data, dl.ProportionalLimitPrior(1.0, 2, num_steps=8), noise_variance=0.5,\n"
+        "              num_warmup=30, num_samples=20, num_chains=2, key=3, progress_bar=False)\n"
+        "print(len(kernels), np.asarray(post.draws('Q')).astype(np.float64).sum().hex(),\n"
+        "      np.asarray(post.datatree['log_likelihood']['Y']).astype(np.float64).sum().hex())\n"
+    )
+    cache_settings = ("DEEPLINEAR_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR",
+                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    env = {k: v for k, v in os.environ.items() if k not in cache_settings}
+
+    def run(folder):
+        out = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, env=env,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        kernels, *sums = out.stdout.split()
+        return int(kernels), sums
+
+    folder = str(tmp_path / "cache")
+    kernels_cold, cold = run(folder)
+    kernels_warm, warm = run(folder)
+    kernels_off, off = run("off")
+    assert kernels_cold > 0 and kernels_off > 0  # the counter sees traces
+    assert kernels_warm == 0
+    assert cold == warm == off
+
+
 def _quick_fit(seed, prior, progress_bar=False, **kwargs):
     r = np.random.default_rng(seed)
     data = dl.RegressionData.linear(r.normal(size=(12, 3)), r.normal(size=(12, 2)))
