@@ -2,23 +2,40 @@ r"""Linear algebra shared by the likelihood, the LOO terms and the predictive.
 
 The eigenbasis blocks :math:`C_p = \lambda_*\kappa_p Q + \Sigma_\varepsilon` (theory.md §4; the
 output-noise covariance :math:`\Sigma_\varepsilon` is :math:`\sigma^2 I_D` unless a noise factor is
-given), their factors, a PSD square root, whitening by the noise and the one Gaussian
-log-density of the package.
+given), their factors, a PSD square root, whitening by the noise, the one Gaussian
+log-density of the package, and the batched map over draws that all of them run in.
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 __all__ = [
-    "LOG_2PI", "block_covariances", "block_cholesky_from_root", "gaussian_logpdf", "psd_root", "whiten_q",
-    "whiten_rows",
+    "LOG_2PI", "batched_map", "block_covariances", "block_cholesky_from_root", "gaussian_logpdf", "psd_root",
+    "whiten_q", "whiten_rows",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+def batched_map(f, xs, batch_size: int):
+    """``jax.lax.map(f, xs, batch_size=batch_size)`` with ``f`` once in the program.
+
+    ``lax.map`` runs a length that ``batch_size`` does not divide as a scan over the whole batches
+    plus a second, vmapped copy of ``f`` for the rest, which doubles the program's size and its
+    compile time. Here the leading axis is padded to a multiple of the batch (repeating its first
+    entry) and the padding's results are dropped: at most ``batch_size - 1`` extra evaluations."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    batch = max(1, min(batch_size, n))
+    pad = -n % batch
+    if pad:
+        xs = jax.tree.map(lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])]), xs)
+    out = jax.lax.map(f, xs, batch_size=batch)
+    return jax.tree.map(lambda y: y[:n], out) if pad else out
 
 
 def gaussian_logpdf(x, chol):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-from deeplinear._linalg import psd_root
+from deeplinear._linalg import batched_map, psd_root
 from deeplinear._precision import warn_if_interpolation_ill_conditioned, warn_if_unresolvable_in_float32
 from deeplinear._prefetch import prefetch
 from deeplinear._types import KeyLike
@@ -588,7 +588,7 @@ def _replicate_labels(keys, q, lam, noise, intercept, data):
         key, q1, lam1, noise1, mu1 = a
         return KroneckerNormal.for_draw(q1, lam1, noise1, data, root=psd_root(q1), intercept=mu1).sample(key)
 
-    return jax.lax.map(one, (keys, q, lam, noise, intercept), batch_size=64)
+    return batched_map(one, (keys, q, lam, noise, intercept), 64)
 
 
 def _prior_site_names(model_args) -> list[str]:
@@ -612,7 +612,7 @@ def _log_prior_draws(model_args, params):
         tr = handlers.trace(handlers.substitute(handlers.seed(model_of_arguments, 0), data=p)).get_trace(model_args)
         return {k: jnp.sum(tr[k]["fn"].log_prob(tr[k]["value"])) for k in p}
 
-    return jax.lax.map(one, params, batch_size=64)
+    return batched_map(one, params, 64)
 
 
 @jax.jit
@@ -624,7 +624,7 @@ def _joint_log_likelihood(q, lam, noise, intercept, data):
         return KroneckerNormal.for_draw(q1, lam1, noise1, data, root=psd_root(q1), labels_are_data=True,
                                         intercept=mu1).data_log_prob()
 
-    return jax.lax.map(one, (q, lam, noise, intercept), batch_size=64)
+    return batched_map(one, (q, lam, noise, intercept), 64)
 
 
 @jax.jit
@@ -638,7 +638,7 @@ def _loo_predictive_labels(keys, q, lam, noise, intercept, data):
         z = jax.random.normal(key, mean.shape, mean.dtype)
         return mean + jnp.einsum("ide,ie->id", jnp.linalg.cholesky(cov), z)
 
-    return jax.lax.map(one, (keys, q, lam, noise, intercept), batch_size=64)
+    return batched_map(one, (keys, q, lam, noise, intercept), 64)
 
 
 def _store_loo_terms(log_likelihood, data, num_draws) -> bool:

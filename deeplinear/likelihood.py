@@ -28,6 +28,7 @@ from numpyro.distributions import constraints
 
 from deeplinear._linalg import (
     LOG_2PI,
+    batched_map,
     block_cholesky_from_root,
     block_covariances,
     gaussian_logpdf,
@@ -550,9 +551,8 @@ def _loo_draws(q, lambda_star, noise_variance, data, batch_size, terms=None, int
     """``(S, m)`` LOO terms of the rows of ``terms`` (:func:`loo_row_terms`; default every training row);
     ``intercept`` ``(S, D)`` or None."""
     terms = _loo_data_terms(data, q.dtype) if terms is None else terms
-    return jax.lax.map(
-        lambda a: _loo_from_terms(*a[:3], data, terms, a[3]), (q, lambda_star, noise_variance, intercept),
-        batch_size=batch_size,
+    return batched_map(
+        lambda a: _loo_from_terms(*a[:3], data, terms, a[3]), (q, lambda_star, noise_variance, intercept), batch_size
     )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from deeplinear._linalg import batched_map
 from deeplinear._validation import (
     check_dtype,
     check_inputs,
@@ -74,7 +75,7 @@ def _network_forward(key, X, widths: tuple[int, ...], num_outputs: int, layer_sc
 def _sample(key, X, layer_scales, widths, num_outputs, num_samples, batch_size):
     keys = jax.random.split(key, num_samples)
     fwd = partial(_network_forward, X=X, widths=widths, num_outputs=num_outputs, layer_scales=layer_scales)
-    return jax.lax.map(lambda k: fwd(k), keys, batch_size=batch_size)
+    return batched_map(lambda k: fwd(k), keys, batch_size)
 
 
 def sample_network_outputs(

@@ -41,7 +41,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from deeplinear._linalg import gaussian_logpdf, psd_root, whiten_q, whiten_rows
+from deeplinear._linalg import batched_map, gaussian_logpdf, psd_root, whiten_q, whiten_rows
 from deeplinear._types import KeyLike
 from deeplinear._validation import (
     check_bool,
@@ -279,7 +279,7 @@ def _mixture_moments_from_draw_summaries(q, lam, noise, mu, data, test, batch_si
                 jnp.einsum("p,pdqe,q->de", k1, cov_a, k1))
 
     rows = (test.rotated_cross.astype(dtype), test.residual_diag.astype(dtype))
-    return jax.lax.map(one_input, rows, batch_size=TEST_BATCH)
+    return batched_map(one_input, rows, TEST_BATCH)
 
 
 def _moments(q, lam, noise, mu, data, test, batch_size):
@@ -561,7 +561,7 @@ class PredictiveMixture:
                 f = f + jax.random.normal(k3, (P, D), self.q.dtype) @ noise_root.T
             return f
 
-        out = jax.lax.map(one, jax.random.split(key, n), batch_size=self.batch_size)
+        out = batched_map(one, jax.random.split(key, n), self.batch_size)
         return out.reshape(sample_shape + (P, D))
 
     def log_predictive_density(self, Y_test, joint: bool = False, pointwise: bool = False):
@@ -592,7 +592,7 @@ class PredictiveMixture:
             c = cov.reshape(P * D, P * D) + jnp.kron(jnp.eye(P, dtype=q.dtype), _noise_matrix(noise, D))
             return gaussian_logpdf((Y_test - mean).reshape(-1), jnp.linalg.cholesky(c))
 
-        lp = jax.lax.map(per_draw, (self.q, self.lambda_star, self._noise, self._intercept), batch_size=self.batch_size)
+        lp = batched_map(per_draw, (self.q, self.lambda_star, self._noise, self._intercept), self.batch_size)
         lpd = jnp.sum(jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(self.num_draws))
         _check_finite("the held-out log predictive density", lpd)
         return lpd

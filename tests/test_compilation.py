@@ -135,6 +135,25 @@ def test_bad_cache_arguments():
         dl.enable_compilation_cache(None, min_compile_time_secs=-1.0)
 
 
+def test_batched_map_puts_the_function_in_the_program_once():
+    """lax.map with a batch that does not divide the length adds a vmapped copy of the function
+    for the rest; batched_map pads instead (same values, the padding's results dropped)."""
+    from deeplinear._linalg import batched_map
+
+    xs = (np.linspace(0.1, 2.0, 10, dtype=np.float32), None)
+
+    def f(a):
+        return jax.numpy.sin(a[0]) * 2.0
+
+    def copies(fn):
+        return jax.jit(fn).lower(xs).as_text().count("stablehlo.sine")
+
+    assert copies(lambda x: jax.lax.map(f, x, batch_size=4)) == 2  # what batched_map avoids
+    assert copies(lambda x: batched_map(f, x, 4)) == 1
+    for batch in (1, 3, 4, 10, 64):
+        np.testing.assert_allclose(np.asarray(batched_map(f, xs, batch)), 2.0 * np.sin(xs[0]), rtol=1e-6)
+
+
 @jax.tree_util.register_pytree_node_class
 class _LocalScale:
     """A pytree class of this test module: its code is not in a trace key, so it is never kept."""
