@@ -219,15 +219,22 @@ class VbarPrior(abc.ABC):
         r"""Exact draws of :math:`\bar V`, shape ``sample_shape + (D, D)``.
 
         Validated here, then drawn by one compiled function per prior structure, sample shape
-        and precision (the ratio of the limit prior is an argument, not a constant)."""
+        and precision (the ratio of the limit prior is an argument, not a constant); the finite
+        prior draws its Gamma variates before, by one compiled program for every width and depth
+        (:meth:`_presampled`)."""
         key, sample_shape, dtype = self._sampling_args(key, sample_shape, dtype)
-        return _sample_vbar(self, key, sample_shape, dtype)
+        return _sample_vbar(self, self._presampled(key, sample_shape, dtype), sample_shape, dtype)
 
     def sample_q(self, key: KeyLike, sample_shape=(), dtype=None) -> jax.Array:
         r"""Draws of :math:`Q = \bar V \bar V^\top`, shape ``sample_shape + (D, D)`` (compiled, as
-        :meth:`sample_vbar`)."""
+        :meth:`sample_vbar`, whose draws for the same key these are)."""
         key, sample_shape, dtype = self._sampling_args(key, sample_shape, dtype)
-        return _sample_q(self, key, sample_shape, dtype)
+        return _sample_q(self, self._presampled(key, sample_shape, dtype), sample_shape, dtype)
+
+    def _presampled(self, key, sample_shape, dtype):
+        """What the direct samplers' compiled functions draw from: the ``key`` (the latents are
+        drawn in the program), or latents drawn before (:class:`FiniteWidthPrior`)."""
+        return key
 
     def _sampling_args(self, key, sample_shape, dtype, stacklevel: int = 4):
         """Validated ``key``, ``sample_shape`` and ``dtype`` of the direct samplers, after the
@@ -261,7 +268,9 @@ class VbarPrior(abc.ABC):
         key, sample_shape, dtype = self._sampling_args(key, sample_shape, dtype)
         X = jnp.asarray(check_inputs(X), dtype)
         check_positive_scalar("lambda_star", lambda_star)
-        return _sample_outputs(self, key, X, jnp.asarray(lambda_star, dtype), sample_shape, dtype)
+        k_vbar, k_g = jax.random.split(key)
+        return _sample_outputs(self, self._presampled(k_vbar, sample_shape, dtype), k_g, X,
+                               jnp.asarray(lambda_star, dtype), sample_shape, dtype)
 
     # -- NumPyro ----------------------------------------------------------------
     def numpyro_vbar(self, prefix: str = "") -> jax.Array:
@@ -279,25 +288,27 @@ class VbarPrior(abc.ABC):
 
 
 @partial(jax.jit, static_argnames=("sample_shape", "dtype"))
-def _sample_vbar(prior, key, sample_shape, dtype):
-    """Compiled :meth:`VbarPrior.sample_vbar` (arguments validated by the caller); the prior is a
-    pytree argument, so its static fields select the compiled program and a ratio is data."""
-    latents = prior.sample_latents(key, sample_shape, dtype)
+def _sample_vbar(prior, key_or_latents, sample_shape, dtype):
+    """Compiled :meth:`VbarPrior.sample_vbar` (arguments validated by the caller) from a key or
+    from latents drawn before (a dict: :meth:`VbarPrior._presampled`); the prior is a pytree
+    argument, so its static fields select the compiled program and a ratio is data."""
+    latents = key_or_latents
+    if not isinstance(latents, dict):
+        latents = prior.sample_latents(key_or_latents, sample_shape, dtype)
     vbar = prior.vbar_from_latents(latents)
     return jnp.broadcast_to(vbar, sample_shape + vbar.shape[-2:]).astype(dtype)
 
 
 @partial(jax.jit, static_argnames=("sample_shape", "dtype"))
-def _sample_q(prior, key, sample_shape, dtype):
-    vbar = _sample_vbar(prior, key, sample_shape, dtype)
+def _sample_q(prior, key_or_latents, sample_shape, dtype):
+    vbar = _sample_vbar(prior, key_or_latents, sample_shape, dtype)
     return vbar @ jnp.swapaxes(vbar, -1, -2)
 
 
 @partial(jax.jit, static_argnames=("sample_shape", "dtype"))
-def _sample_outputs(prior, key, X, lambda_star, sample_shape, dtype):
-    k_vbar, k_g = jax.random.split(key)
-    vbar = _sample_vbar(prior, k_vbar, sample_shape, dtype)
-    g = jax.random.normal(k_g, sample_shape + (prior.num_outputs, X.shape[1]), dtype)
+def _sample_outputs(prior, key_or_latents, key_g, X, lambda_star, sample_shape, dtype):
+    vbar = _sample_vbar(prior, key_or_latents, sample_shape, dtype)
+    g = jax.random.normal(key_g, sample_shape + (prior.num_outputs, X.shape[1]), dtype)
     scale = jnp.sqrt(lambda_star / X.shape[1])
     return scale * ((X @ jnp.swapaxes(g, -1, -2)) @ jnp.swapaxes(vbar, -1, -2))
 
@@ -398,6 +409,12 @@ class FiniteWidthPrior(VbarPrior):
             off_shape = sample_shape + (self.depth, D * (D - 1) // 2)
             out["bartlett_offdiag"] = jax.random.normal(k_off, off_shape, dtype)
         return out
+
+    def _presampled(self, key, sample_shape, dtype):
+        """The Bartlett latents, drawn here: their Gamma variates come from one compiled block
+        program for every width and depth (:func:`deeplinear._random.standard_gamma`), so a new
+        structure compiles only the product of its factors."""
+        return self.sample_latents(key, sample_shape, dtype)
 
     def vbar_from_latents(self, latents):
         diag_sq = latents["bartlett_diag"]

@@ -332,6 +332,28 @@ def test_fast_gamma_fallback_path_is_exact():
     assert st.kstest(np.asarray(x, np.float64), st.gamma(1.0).cdf).pvalue > KS_ALPHA
 
 
+GAMMA_REPRODUCED = {"float32": 1e-6, "float64": 1e-12}  # one block function, two programs: rounding only
+
+
+def test_fast_gamma_blocks_are_one_program_and_the_same_inside_jit(dtype):
+    """The Gamma variates come in fixed blocks: the same draws eagerly and in a trace for one key,
+    and one compiled block program for every finite prior's widths and depth."""
+    from deeplinear import _random
+
+    alpha = np.array([0.5, 3.0, 40.0])
+    shape = (2 * _random.GAMMA_BLOCK // 3 + 5, 3)  # two blocks, the second padded
+    eager = _random.standard_gamma(jax.random.key(3), alpha, shape, dtype)
+    traced = jax.jit(lambda k: _random.standard_gamma(k, alpha, shape, dtype))(jax.random.key(3))
+    assert eager.shape == shape and eager.dtype == dtype
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(traced), rtol=GAMMA_REPRODUCED[np.dtype(dtype).name])
+    FiniteWidthPrior((2,), 2).sample_q(0, 10, dtype)  # compiles the block program for this key type
+    programs = _random._gamma_block_program._cache_size()
+    for widths, D in (((3,), 1), ((4, 5), 2), ((8,) * 6, 3), ((64,) * 40, 2)):
+        FiniteWidthPrior(widths, D).sample_q(1, 500, dtype)
+        FiniteWidthPrior(widths, D).sample_outputs(2, np.ones((3, 2)), 7, dtype=dtype)
+    assert _random._gamma_block_program._cache_size() == programs
+
+
 def test_priors_compare_replace_and_stay_immutable():
     import dataclasses
 
