@@ -243,7 +243,7 @@ def test_traced_programs_are_kept_and_reused(tmp_path, monkeypatch):
 def test_a_warm_fit_traces_nothing(tmp_path):
     """A fit in a new process with the compilation cache of an earlier one builds no NUTS kernel
     in Python (its sampler programs are loaded, not traced) and draws exactly what a fit without
-    any cache draws."""
+    any cache draws (the first process fits without a cache, then with one, which it fills)."""
     import subprocess
     import sys
 
@@ -251,34 +251,34 @@ def test_a_warm_fit_traces_nothing(tmp_path):
         "import sys, warnings, numpy as np\n"
         "import deeplinear as dl, deeplinear.sampler as sampler\n"
         "warnings.simplefilter('ignore')\n"
-        "if sys.argv[1] != 'off':\n"
-        "    dl.enable_compilation_cache(sys.argv[1])\n"
         "kernels = []\n"
         "original = sampler.nuts_kernel\n"
         "sampler.nuts_kernel = lambda *a, **k: kernels.append(1) or original(*a, **k)\n"
         "r = np.random.default_rng(0)\n"
         "data = dl.RegressionData.linear(r.normal(size=(12, 3)), r.normal(size=(12, 2)))\n"
-        "post = dl.fit(data, dl.ProportionalLimitPrior(1.0, 2, num_steps=8), noise_variance=0.5,\n"
-        "              num_warmup=30, num_samples=20, num_chains=2, key=3, progress_bar=False)\n"
-        "print(len(kernels), np.asarray(post.draws('Q')).astype(np.float64).sum().hex(),\n"
-        "      np.asarray(post.datatree['log_likelihood']['Y']).astype(np.float64).sum().hex())\n"
+        "for cache in sys.argv[1:]:\n"
+        "    if cache != 'off':\n"
+        "        dl.enable_compilation_cache(cache)\n"
+        "    kernels.clear()\n"
+        "    post = dl.fit(data, dl.ProportionalLimitPrior(1.0, 2, num_steps=8), noise_variance=0.5,\n"
+        "                  num_warmup=30, num_samples=20, num_chains=2, key=3, progress_bar=False)\n"
+        "    print(len(kernels), np.asarray(post.draws('Q')).astype(np.float64).sum().hex(),\n"
+        "          np.asarray(post.datatree['log_likelihood']['Y']).astype(np.float64).sum().hex())\n"
     )
     cache_settings = ("DEEPLINEAR_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR",
                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
     env = {k: v for k, v in os.environ.items() if k not in cache_settings}
 
-    def run(folder):
-        out = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, env=env,
+    def run(*caches):
+        out = subprocess.run([sys.executable, "-c", code, *caches], capture_output=True, text=True, env=env,
                              timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
-        kernels, *sums = out.stdout.split()
-        return int(kernels), sums
+        return [(int(line.split()[0]), line.split()[1:]) for line in out.stdout.strip().splitlines()]
 
     folder = str(tmp_path / "cache")
-    kernels_cold, cold = run(folder)
-    kernels_warm, warm = run(folder)
-    kernels_off, off = run("off")
-    assert kernels_cold > 0 and kernels_off > 0  # the counter sees traces
+    (kernels_off, off), (kernels_cold, cold) = run("off", folder)
+    ((kernels_warm, warm),) = run(folder)
+    assert kernels_off > 0 and kernels_cold > 0  # the counter sees traces
     assert kernels_warm == 0
     assert cold == warm == off
 
