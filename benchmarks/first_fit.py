@@ -38,6 +38,7 @@ from _machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "c986e6e"  # the last commit before issue 27
+FIT_REPEATS = 3  # fresh processes per first-fit row (cold, warm); the table gives the medians
 TOLERATED_PER_STEP_CHANGE = 0.10  # issue 27: per-gradient run time unchanged within 10 %
 
 QUICK_START = r"""
@@ -149,16 +150,25 @@ def _demo(tree: Path, cache: str, workdir: Path) -> float:
     return time.perf_counter() - t
 
 
+def _median_of(run, repeats: int = FIT_REPEATS) -> dict:
+    """Each of ``repeats`` runs' numbers, with their medians: ``{"fit": median, ..., "runs": [...]}``
+    (a single run of a compile-bound row moves by 15-20 % on this machine within a session)."""
+    import statistics
+
+    runs = [run() for _ in range(repeats)]
+    return {**{k: statistics.median(r[k] for r in runs) for k in runs[0]}, "runs": runs}
+
+
 def _library_rows(tree: Path, tmp: Path, name: str, demo: bool) -> dict:
     cache = str(tmp / f"{name}-cache")
     row = {
         "import deeplinear": _import_time("import deeplinear", tree),
         "import for the quick start": _import_time(
             "from deeplinear import fit, RegressionData, ProportionalLimitPrior", tree),
-        "cold": _child(FIRST_FIT, "off", tree=tree),
+        "cold": _median_of(lambda: _child(FIRST_FIT, "off", tree=tree)),
     }
     _child(FIRST_FIT, cache, tree=tree)  # fills the cache
-    row["warm"] = _child(FIRST_FIT, cache, tree=tree)
+    row["warm"] = _median_of(lambda: _child(FIRST_FIT, cache, tree=tree))
     row["per_step"] = _child(PER_STEP, tree=tree)
     if demo:
         work = tmp / f"{name}-demo"
@@ -203,7 +213,11 @@ def main() -> None:
     load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
     def fit_cell(r):
-        return f"{r['fit']:.2f} s ({r['programs']} programs, {r['compile_s']:.2f} s compiling)"
+        cell = f"{r['fit']:.2f} s ({r['programs']:g} programs, {r['compile_s']:.2f} s compiling)"
+        if "runs" in r:
+            cell += (" [runs: " + ", ".join(f"{x['fit']:.2f}" for x in r["runs"]) + " s; compiling "
+                     + ", ".join(f"{x['compile_s']:.2f}" for x in r["runs"]) + " s]")
+        return cell
 
     def col(r, key):
         return fit_cell(r[key]) if r is not None else "-"
@@ -257,7 +271,8 @@ def main() -> None:
         "Quick start: P = 20, N0 = 30, D = 2, limit prior (ratio ~ LogNormal(0, 1), sigma^2 ~ HalfNormal(1)), "
         "2 chains x (500 warmup + 500 draws), float32; `fit` includes the LOO group, the DataTree and its "
         "checks. Every row in fresh processes, one at a time; 'before' is the library at the baseline "
-        "revision, run from a git worktree in the same run. Programs: XLA compilations "
+        "revision, run from a git worktree in the same run. The first-fit rows are medians of "
+        f"{FIT_REPEATS} fresh processes (each run in brackets). Programs: XLA compilations "
         "(`backend_compile_duration` events; a warm cache loads them instead).\n\n"
         + "\n".join(rows) + "\n\n" + "\n".join(checks) + "\n"
     )
