@@ -240,27 +240,25 @@ class ReusedTraceJit:
         static = {name: bound.arguments[name] for name in self._static}
         names = tuple(name for name in bound.arguments if name not in static)
         dynamic = tuple(bound.arguments[name] for name in names)
-        per_argument = [jax.tree.leaves(a) for a in dynamic]
-        leaves = [leaf for flat in per_argument for leaf in flat]
+        leaves, treedef = jax.tree.flatten(dynamic)
         devices = {d for x in leaves if isinstance(x, jax.Array) for d in x.sharding.device_set}
         if len(devices) > 1:  # sharded or spread over devices: plain jit places it
             return self._jit(*args, **kwargs)
         device = devices.pop() if devices else _default_device()
-        treedef = jax.tree.structure(dynamic)
         key = (
             f"{self._fun.__module__}.{self._fun.__qualname__}{names} on {device}; static {sorted(static.items())!r}; "
             f"structure {treedef}; leaves {[str(jax.typeof(x)) for x in leaves]}; {_configuration()}"
         )
         program = self._programs.get(key)
         if program is None:
-            program = self._program(folder, key, names, treedef, leaves, per_argument, static, device)
+            program = self._program(folder, key, names, dynamic, treedef, leaves, static, device)
             self._programs[key] = program
         if program is _NOT_KEPT:
             return self._jit(*args, **kwargs)
         call, out_tree = program
         return jax.tree.unflatten(out_tree, call(*leaves))
 
-    def _program(self, folder, key, names, treedef, leaves, per_argument, static, device):
+    def _program(self, folder, key, names, dynamic, treedef, leaves, static, device):
         """``(jit(exported.call), output structure)`` for ``key``, loaded or exported and stored; the
         call places every argument on ``device`` (so that committed and uncommitted arguments, e.g. a
         previous call's outputs and new arrays, select one compiled program)."""
@@ -287,7 +285,7 @@ class ReusedTraceJit:
             stored = (exported, out_tree[0])
             _store_trace(path, full_key, exported, out_tree[0])
         exported, out_tree = stored
-        offsets = np.cumsum([0] + [len(flat) for flat in per_argument])
+        offsets = np.cumsum([0] + [len(jax.tree.leaves(a)) for a in dynamic])
         donated = tuple(i for a, name in enumerate(names) if name in self._donate
                         for i in range(offsets[a], offsets[a + 1]))
         return jax.jit(exported.call, in_shardings=jax.sharding.SingleDeviceSharding(device),
