@@ -1,10 +1,13 @@
-"""Import the result-building modules in a background thread while a fit compiles and samples.
+"""Import the result-building modules in a background thread while a fit samples.
 
 A first :func:`deeplinear.fit` needs ``arviz_base`` (with xarray and pandas) to build its DataTree
 and ``arviz_stats`` (with ``scipy.stats``) for R-hat and ESS: 1.35 s of imports on a 2-core
 machine (issue 27), which ``import deeplinear`` leaves out so that importing stays fast. XLA
 compiles and runs with Python's GIL released, so importing them on a second thread while the
-sampler compiles and runs hides that time. Only modules not yet imported are started; an import
+chains run hides that time. :func:`deeplinear.fit` starts the thread once the sampler's programs
+are compiled (started before, it slowed XLA's compilation on two cores by about a third), and the
+thread runs at the lowest priority where the OS allows it per thread (Linux), so that it takes
+the cores XLA leaves idle. Only modules not yet imported are started; an import
 that fails in the thread is left alone (the same import raises in the caller when it is needed),
 and Python's module locks make the caller wait for an import the thread has begun.
 """
@@ -12,6 +15,7 @@ and Python's module locks make the caller wait for an import the thread has begu
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 
@@ -20,7 +24,21 @@ __all__ = ["prefetch"]
 RESULT_MODULES = ("arviz_base", "arviz_stats")  # the DataTree; R-hat and ESS (with scipy.stats)
 
 
+BACKGROUND_NICENESS = 19  # the importing thread's nice value (Linux): it runs on cores XLA leaves idle
+
+
+def _lower_own_priority() -> None:
+    """Lower the calling thread's scheduling priority where the OS allows it per thread (Linux:
+    a thread is a task with its own nice value); elsewhere nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+    except (AttributeError, OSError):
+        pass
+
+
 def _import_quietly(names: tuple[str, ...]) -> None:
+    if sys.platform.startswith("linux"):
+        _lower_own_priority()
     for name in names:
         try:
             importlib.import_module(name)

@@ -533,14 +533,15 @@ def fit(
         warn_if_interpolation_ill_conditioned(data, smallest_noise, stacklevel=3)
     dims, coords = _dims_and_coords(prior, data, output_names, spec.noise_model != "scalar")
 
-    prefetch()  # arviz_base and arviz_stats load while the sampler compiles and runs
     if not spec.has_latent_sites:
+        prefetch()  # arviz_base and arviz_stats load while the exact draws are made
         dt = _exact_nngp_tree(data, num_chains, num_samples, dims, coords)
     else:
         run = run_nuts(
             spec.model_arguments(data), rng_key, num_chains=num_chains, num_warmup=num_warmup,
             num_samples=num_samples, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
             chain_method=chain_method, progress_bar=_interactive() if progress_bar is None else progress_bar,
+            while_running=prefetch,  # arviz_base and arviz_stats load while the chains run
         )
         dt = _sampled_tree(run, data, dims, coords)
 

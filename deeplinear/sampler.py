@@ -277,9 +277,10 @@ def _vectorized(chain_method: str, sharding) -> bool:
     return chain_method != "sequential"
 
 
-def _run_chains(key, chains, model_args, accept, static, num_samples, bounds, sharding, bar):
+def _run_chains(key, chains, model_args, accept, static, num_samples, bounds, sharding, bar, while_running=None):
     """Initial states and the iterations in slices ``bounds`` for the chains ``chains`` (indices;
-    one index when not ``static["vectorized"]``); returns the flat unconstrained draws and the statistics."""
+    one index when not ``static["vectorized"]``); returns the flat unconstrained draws and the
+    statistics. ``while_running()`` is called once the first slice is compiled and dispatched."""
     if sharding is not None:
         chains = jax.device_put(chains, sharding)
     states = _initial_states(key, chains, model_args, accept, **static)
@@ -289,6 +290,9 @@ def _run_chains(key, chains, model_args, accept, static, num_samples, bounds, sh
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if stop > start:
             states, buffers = _advance(states, buffers, np.int32(start), np.int32(stop), model_args, accept, **static)
+            if while_running is not None:  # JAX dispatches asynchronously: the slice runs meanwhile
+                while_running()
+                while_running = None
             if bar is not None:
                 bar.update(int(stop - start))
     return buffers
@@ -297,6 +301,7 @@ def _run_chains(key, chains, model_args, accept, static, num_samples, bounds, sh
 def run_nuts(
     model_args, key, *, num_chains: int, num_warmup: int, num_samples: int, target_accept_prob: float,
     max_tree_depth: int, chain_method: str = "auto", progress_bar: bool = False, description: str = "sample",
+    while_running=None,
 ) -> SamplerRun:
     """Run ``num_chains`` NUTS chains on :func:`model_of_arguments` ``(model_args)``.
 
@@ -304,7 +309,10 @@ def run_nuts(
     :meth:`deeplinear.models.ModelSpec.model_arguments` (validated by the caller); ``key`` a raw
     PRNG key; chain ``c`` uses ``fold_in(key, c)``, so the chains do not depend on ``chain_method``
     (:data:`CHAIN_METHODS`; up to the rounding of the batched against the one-chain program: see
-    :func:`deeplinear.inference.fit`). Same key and method, same draws."""
+    :func:`deeplinear.inference.fit`). Same key and method, same draws. ``while_running``, a
+    function of no arguments, is called once, when the first chains' programs are compiled and
+    their first iterations dispatched: host work it starts overlaps the sampling, not the
+    compilation (on two cores, a thread importing modules slowed XLA's compilation by a third)."""
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}")
     accept = np.asarray(target_accept_prob, model_args[4].dtype)  # the data's precision
@@ -321,7 +329,8 @@ def run_nuts(
 
         bar = tqdm(total=total * num_chains, desc=f"{description} ({num_chains} chains)", unit="it")
     try:
-        runs = [_run_chains(key, g, model_args, accept, static, num_samples, bounds, sharding, bar) for g in groups]
+        runs = [_run_chains(key, g, model_args, accept, static, num_samples, bounds, sharding, bar,
+                            while_running if i == 0 else None) for i, g in enumerate(groups)]
     finally:
         if bar is not None:
             bar.close()
