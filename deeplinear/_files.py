@@ -3,8 +3,10 @@
 Every file deeplinear writes (:func:`deeplinear.save_fit`, the command line's tables and figures)
 goes through :func:`atomic_write`:
 
-1. the content is written to a fresh temporary file in the target folder (``mkstemp``: a unique
-   name, so no file of the user's -- not even ``name.partial`` -- is touched);
+1. the content is written to a fresh temporary file in the target folder (a unique name, created
+   exclusively, so no file of the user's -- not even ``name.partial`` -- is touched), with the mode
+   a plain ``open(path, "w")`` gives: ``0o666`` less the process's umask (``0o644`` under the usual
+   umask ``022``), so colleagues on shared storage can read what the umask lets them read;
 2. it is published under the final name in one step: without ``overwrite`` by a hard link, which
    fails if the name exists (an *exclusive* claim: two writers racing for one name cannot both
    win, and neither destroys the other's file); with ``overwrite`` by ``os.replace`` (atomic:
@@ -20,11 +22,14 @@ removes a claim that was not used.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["atomic_write", "claim", "release"]
+
+NEW_FILE_MODE = 0o666  # what open(path, "w") asks for; the kernel takes the umask off
+TEMPORARY_NAME_TRIES = 100  # unique temporary names tried (each collision is another writer's file)
 
 
 def _refuse_existing(path: Path):
@@ -36,6 +41,7 @@ def atomic_write(path, writer: Callable[[str], object], *, overwrite: bool = Fal
 
     Without ``overwrite`` an existing ``path`` raises ``FileExistsError`` (checked before and,
     exclusively, after writing). Errors while writing are re-raised as ``OSError`` naming ``path``.
+    The file gets the mode a plain ``open(path, "w")`` would give it: ``0o666`` less the umask.
     """
     path = Path(path)
     if path.is_dir():
@@ -45,8 +51,7 @@ def atomic_write(path, writer: Callable[[str], object], *, overwrite: bool = Fal
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"cannot write {path}: no such folder {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
-    os.close(fd)
+    tmp = _fresh_temporary(path)
     try:
         try:
             writer(tmp)
@@ -59,6 +64,22 @@ def atomic_write(path, writer: Callable[[str], object], *, overwrite: bool = Fal
     finally:
         Path(tmp).unlink(missing_ok=True)  # published (a hard link remains) or failed: the temporary goes
     return path
+
+
+def _fresh_temporary(path: Path) -> str:
+    """Create an empty ``.name.<random>.partial`` beside ``path``, exclusively, with mode
+    ``NEW_FILE_MODE`` less the umask (``tempfile.mkstemp`` would give ``0o600`` whatever the umask)."""
+    for _ in range(TEMPORARY_NAME_TRIES):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.partial")
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from err
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not write {path}: {TEMPORARY_NAME_TRIES} temporary names beside it were taken")
 
 
 def _publish_exclusively(tmp: str, path: Path):
@@ -76,7 +97,7 @@ def claim(path) -> int:
     inode, for :func:`release`."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, NEW_FILE_MODE)
     except FileExistsError:
         _refuse_existing(path)
     try:

@@ -13,33 +13,54 @@ large programs (the sampler's, LOO's) are also kept traced, beside JAX's entries
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import inspect
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["enable_compilation_cache", "default_cache_directory"]
+__all__ = ["CacheWarning", "enable_compilation_cache", "default_cache_directory"]
 
 ENVIRONMENT_VARIABLE = "DEEPLINEAR_COMPILATION_CACHE"  # a folder, or "off"
 
 
 def default_cache_directory() -> Path:
     """``$XDG_CACHE_HOME/deeplinear/jax`` (``~/.cache/deeplinear/jax``; ``%LOCALAPPDATA%`` on Windows,
-    ``~/Library/Caches`` on macOS)."""
+    ``~/Library/Caches`` on macOS). A relative ``$XDG_CACHE_HOME`` is ignored, as the XDG Base
+    Directory specification requires (it would name a different folder in every working directory)."""
     if sys.platform == "win32":
         base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
     elif sys.platform == "darwin":
         base = Path.home() / "Library" / "Caches"
     else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
     return base / "deeplinear" / "jax"
+
+
+class CacheWarning(UserWarning):
+    """The compilation cache could not be used (its folder cannot be made or written): fits run
+    as without it, compiling each program in each process."""
+
+
+def _usable_folder(folder: Path) -> str | None:
+    """``None`` when ``folder`` exists (or can be made) and a file can be created and removed in
+    it; else the reason, in words."""
+    from deeplinear._files import atomic_write
+
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = atomic_write(folder / f".deeplinear-write-probe-{os.getpid()}", lambda tmp: None, overwrite=True)
+        probe.unlink()
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 OFF_WORDS = ("off", "0", "no", "false")  # values of ENVIRONMENT_VARIABLE that switch the cache off
@@ -64,6 +85,10 @@ def enable_compilation_cache(directory=None, *, min_compile_time_secs: float = 0
     (the quick start's fit stores about 0.55 MB in 9 files, 0.17 MB of it traces); nothing is
     ever removed, so remove the folder to clear it.
 
+    The cache is only a speed-up: a folder that cannot be made or written (a read-only home, a
+    full disk) leaves it off, with one :class:`CacheWarning` that names the folder and the
+    switch, and returns ``None``; everything else runs as without it.
+
     Examples
     --------
     >>> import tempfile, deeplinear as dl
@@ -82,9 +107,16 @@ def enable_compilation_cache(directory=None, *, min_compile_time_secs: float = 0
             return None
         directory = setting or None
     folder = Path(directory) if directory is not None else default_cache_directory()
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is a file, not a folder for the compilation cache")
-    folder.mkdir(parents=True, exist_ok=True)
+    problem = _usable_folder(folder)
+    if problem is not None:
+        import warnings
+
+        warnings.warn(
+            f"the compilation cache stays off: {folder} cannot be used ({problem}); fits compile as without it. "
+            f"Give a folder you can write (enable_compilation_cache(directory) or {ENVIRONMENT_VARIABLE}=FOLDER), or "
+            f"switch the cache off ({ENVIRONMENT_VARIABLE}=off; the command line's --no-compilation-cache)",
+            CacheWarning, stacklevel=2)
+        return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
     return folder
@@ -316,17 +348,13 @@ def _load_trace(path: Path, full_key: str):
 
 
 def _store_trace(path: Path, full_key: str, exported, out_tree) -> None:
-    """Write the trace atomically (a temporary file renamed into place), or leave it out when the
-    folder cannot be written."""
-    temporary = None
+    """Write the trace atomically (:func:`deeplinear._files.atomic_write`: the mode the umask
+    gives), or leave it out when the folder cannot be written."""
+    from deeplinear._files import atomic_write
+
     try:
         blob = pickle.dumps((TRACE_FORMAT, full_key, out_tree, bytes(exported.serialize())))
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-            temporary = f.name
-            f.write(blob)
-        os.replace(temporary, path)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob), overwrite=True)
     except Exception:  # noqa: BLE001 - read-only or full disk, or not serializable: the cache is a speed-up
-        if temporary is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
+        pass

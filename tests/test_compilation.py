@@ -135,6 +135,64 @@ def test_bad_cache_arguments():
         dl.enable_compilation_cache(None, min_compile_time_secs=-1.0)
 
 
+def test_a_cache_folder_that_cannot_be_made_leaves_the_cache_off_with_one_warning(tmp_path, monkeypatch):
+    """Issue 28: the cache is a speed-up. A folder that cannot be made or written turns it off
+    with one CacheWarning naming the folder and the switch, and JAX's setting stays as it was."""
+    import warnings
+
+    import jax
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    before = jax.config.jax_compilation_cache_dir
+    for target in (blocker / "cache", blocker):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert dl.enable_compilation_cache(target) is None
+        assert [w.category for w in caught] == [dl.CacheWarning], [str(w.message) for w in caught]
+        message = str(caught[0].message)
+        assert str(blocker) in message and "DEEPLINEAR_COMPILATION_CACHE=off" in message
+        assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
+    """The XDG Base Directory specification: a relative $XDG_CACHE_HOME is invalid and ignored."""
+    import sys
+
+    import pytest
+
+    from deeplinear.cache import default_cache_directory
+
+    if sys.platform in ("win32", "darwin"):
+        pytest.skip("XDG_CACHE_HOME is read on Linux and other Unix systems")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert default_cache_directory() == tmp_path / ".cache" / "deeplinear" / "jax"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_directory() == tmp_path / "xdg" / "deeplinear" / "jax"
+
+
+def test_the_command_line_runs_under_a_read_only_home(tmp_path, monkeypatch, capsys):
+    """A home whose cache folder cannot be made (here: $HOME is a file) stops nothing: the
+    command runs without the cache, with one warning."""
+    import warnings
+
+    from deeplinear.app.cli import main
+
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("DEEPLINEAR_COMPILATION_CACHE")  # the suite's shared cache: not here
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["simulate", "--prior-samples", "200", "--output", "figs"])
+    assert code == 0, capsys.readouterr().err
+    assert [w.category for w in caught if issubclass(w.category, dl.CacheWarning)] == [dl.CacheWarning]
+    assert (tmp_path / "figs" / "lognormal_convergence.png").stat().st_size > 0
+
+
 def test_batched_map_puts_the_function_in_the_program_once():
     """lax.map with a batch that does not divide the length adds a vmapped copy of the function
     for the rest; batched_map pads instead (same values, the padding's results dropped)."""

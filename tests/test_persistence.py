@@ -1,6 +1,9 @@
 """Fits survive a netCDF round trip with nothing lost, and files are never overwritten silently."""
 
+import os
+import stat
 import warnings
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -99,3 +102,22 @@ def test_load_refuses_files_of_the_column_layout(tmp_path):
     tree.to_netcdf(old, engine="h5netcdf")
     with pytest.raises(ValueError, match="older deeplinear .*refit and save again"):
         dl.load_fit(old)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_mode_the_umask_gives(limit_fit, tmp_path, umask, mode):
+    """Issue 28: save_fit and every atomic write publish the mode open(path, "w") would give
+    (mkstemp's 0o600 kept colleagues on shared storage from reading a posterior)."""
+    from deeplinear._files import atomic_write, claim
+
+    old = os.umask(umask)
+    try:
+        saved = dl.save_fit(limit_fit, tmp_path / "fit.nc")
+        written = atomic_write(tmp_path / "table.csv", lambda p: Path(p).write_text("a\n1\n"))
+        claim(tmp_path / "claimed")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (saved, written, tmp_path / "claimed", tmp_path / "plain")}
+    assert modes == dict.fromkeys(modes, mode)
