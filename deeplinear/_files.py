@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "claim", "release"]
+__all__ = ["atomic_write", "claim", "ensure_writable_folder", "release"]
 
 NEW_FILE_MODE = 0o666  # what open(path, "w") asks for; the kernel takes the umask off
 TEMPORARY_NAME_TRIES = 100  # unique temporary names tried (each collision is another writer's file)
@@ -64,6 +64,18 @@ def atomic_write(path, writer: Callable[[str], object], *, overwrite: bool = Fal
     finally:
         Path(tmp).unlink(missing_ok=True)  # published (a hard link remains) or failed: the temporary goes
     return path
+
+
+def ensure_writable_folder(folder) -> Path:
+    """Make ``folder`` (and its parents) if missing and check that a file can be created in it
+    (one is made and removed: permissions alone do not say, e.g. on a read-only mount or for
+    root). Raises ``NotADirectoryError`` for a file, else the ``OSError`` that stops the writing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    Path(_fresh_temporary(folder / ".deeplinear-write-probe")).unlink()
+    return folder
 
 
 def _fresh_temporary(path: Path) -> str:

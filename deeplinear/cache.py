@@ -48,16 +48,13 @@ class CacheWarning(UserWarning):
 
 
 def _usable_folder(folder: Path) -> str | None:
-    """``None`` when ``folder`` exists (or can be made) and a file can be created and removed in
-    it; else the reason, in words."""
-    from deeplinear._files import atomic_write
+    """``None`` when ``folder`` exists (or can be made) and can be written; else the reason, in words."""
+    from deeplinear._files import ensure_writable_folder
 
-    if folder.exists() and not folder.is_dir():
-        return "it is a file, not a folder"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = atomic_write(folder / f".deeplinear-write-probe-{os.getpid()}", lambda tmp: None, overwrite=True)
-        probe.unlink()
+        ensure_writable_folder(folder)
+    except NotADirectoryError:
+        return "it is a file, not a folder"
     except OSError as err:
         return err.strerror or str(err)
     return None

@@ -14,10 +14,21 @@ off-diagonal :math:`\operatorname{corr}(Q)`; the DataTrees only on request.
   a model structure once (:mod:`deeplinear.sampler`) and reuses it for its later tasks.
 * **Nothing finished is lost**: with ``checkpoint=FOLDER`` every result is written (atomically, never
   over an existing file) as it arrives; run the same sweep again and the finished fits are read
-  back, not refitted. A file in the folder from a *different* sweep (another task, data, key or
-  setting) is an error, not overwritten.
+  back, not refitted. The folder carries the sweep's fingerprint (``sweep.json``: every fit's
+  name, data, specification, key and settings): a folder of a *different* sweep is refused before
+  anything is fitted, and so is a folder that cannot be written.
+* **A finished fit is kept**: the row's diagnostics and PSIS-LOO are computed after the fit, and an
+  error there (or LOO on streamed data, which keeps no rows) goes into the row's ``errors`` column,
+  with NaN in its place -- never into a refit.
 * **Failures**: a task that fails is submitted once more; one that fails twice is reported in
-  :attr:`SweepResult.failures` with its inputs, and the others still finish.
+  :attr:`SweepResult.failures` with its inputs, and the others still finish. A process pool that
+  breaks (a worker killed by the out-of-memory killer) is replaced, and its unfinished fits run
+  again without using their retry (:mod:`deeplinear._executor`).
+* **Damaged checkpoint files** (truncated, edited, unreadable) are set aside, renamed
+  ``<file>.damaged``, and their fits run again, with a warning naming each: the sweep's writes are
+  atomic, so damage comes from outside the sweep (a disk error, a copy cut short), and a refit
+  with the same key reproduces the lost result, where an error would stop the sweep until the file
+  was removed by hand.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -33,8 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deeplinear._executor import check_executor, run_with_retry
-from deeplinear._files import atomic_write
+from deeplinear._executor import InProcessExecutor, check_executor, run_with_retry
+from deeplinear._files import atomic_write, ensure_writable_folder
 from deeplinear._types import KeyLike
 from deeplinear._validation import check_bool, raw_key
 from deeplinear.data import check_regression_data
@@ -46,6 +58,8 @@ from deeplinear.predictive import correlation_matrix
 __all__ = ["SweepFailure", "SweepResult", "grid", "run_sweep"]
 
 FORMAT = "deeplinear-sweep/1"
+MANIFEST = "sweep.json"  # the checkpoint folder's fingerprint of the whole sweep
+LOO_NEEDS_ROWS = "LOO needs the rows, and streamed data keep none: after the sweep, loo(fit, rows=...)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +82,9 @@ class SweepResult:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per finished fit, indexed by name (in the given order).
+        One row per finished fit, indexed by name (in the given order). ``errors`` holds what
+        failed after the fit (diagnostics, LOO; their columns are NaN), ``warnings`` the fit's
+        convergence warnings; both empty strings when there were none.
     datatrees : dict[str, xarray.DataTree]
         The fits' DataTrees, with ``keep_datatrees=True`` (else empty).
     failures : list[SweepFailure]
@@ -127,18 +143,34 @@ def _fingerprint(name, data, spec_json, key_data, settings) -> str:
 
 
 def _compact(result, spec: ModelSpec) -> dict:
-    """The row of a fit: diagnostics, LOO, posterior means (JSON-ready numbers)."""
-    diag = result.diagnostics()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
-        estimate = loo(result)
+    """The row of a fit: diagnostics, LOO, posterior means (JSON-ready numbers). Diagnostics and
+    LOO that fail leave NaN and their error in ``row["errors"]``: the fit itself is kept."""
     q = result.draws("Q")
     D = q.shape[-1]
-    row = {
-        "P": result.data.num_obs, "D": D, "divergences": int(diag.divergences), "max_rhat": float(diag.max_rhat),
-        "min_ess_bulk": float(diag.min_ess_bulk), "elpd_loo": float(estimate.elpd), "elpd_loo_se": float(estimate.se),
-        "max_pareto_k": float(np.max(estimate.pareto_k)) if estimate.pareto_k is not None else float("nan"),
-    }
+    row = {"P": result.data.num_obs, "D": D}
+    errors = []
+    try:
+        diag = result.diagnostics()
+        row.update({"divergences": int(diag.divergences), "max_rhat": float(diag.max_rhat),
+                    "min_ess_bulk": float(diag.min_ess_bulk)})
+    except Exception as err:  # noqa: BLE001 - reported in the row
+        row.update(dict.fromkeys(("divergences", "max_rhat", "min_ess_bulk"), float("nan")))
+        errors.append(f"diagnostics: {type(err).__name__}: {err}")
+    loo_columns = ("elpd_loo", "elpd_loo_se", "max_pareto_k")
+    if not result.data.has_rows:
+        row.update(dict.fromkeys(loo_columns, float("nan")))
+        errors.append(LOO_NEEDS_ROWS)
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
+                estimate = loo(result)
+            row.update({"elpd_loo": float(estimate.elpd), "elpd_loo_se": float(estimate.se),
+                        "max_pareto_k": float(np.max(estimate.pareto_k)) if estimate.pareto_k is not None
+                        else float("nan")})
+        except Exception as err:  # noqa: BLE001 - reported in the row
+            row.update(dict.fromkeys(loo_columns, float("nan")))
+            errors.append(f"LOO: {type(err).__name__}: {err}")
     mean_q = q.mean(0)
     for r in range(D):
         for c in range(r, D):
@@ -150,6 +182,7 @@ def _compact(result, spec: ModelSpec) -> dict:
         draws = result.draws(h)
         if draws.ndim == 1:
             row[f"E[{h}]"] = float(draws.mean())
+    row["errors"] = "; ".join(errors)
     return row
 
 
@@ -168,6 +201,102 @@ def _fit_task(name, spec_json, host_data, key_data, settings, keep_datatree, x64
 
 def _file_stem(index: int, name: str) -> str:
     return f"fit-{index:05d}-" + re.sub(r"[^A-Za-z0-9._=-]+", "_", name)[:60]
+
+
+def _sweep_fingerprint(prints) -> str:
+    return hashlib.sha256("\n".join(prints).encode()).hexdigest()
+
+
+def _claim_folder(folder: Path, prints) -> None:
+    """Make the checkpoint folder (if missing), check that it can be written, and check or write
+    its :data:`MANIFEST`: a folder of another sweep is refused before any fit."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"checkpoint {folder} is a file; give a folder")
+    try:
+        ensure_writable_folder(folder)
+    except OSError as err:
+        raise PermissionError(f"checkpoint folder {folder} cannot be written ({err.strerror or err}); give a folder "
+                              "you can write, or checkpoint=None -- nothing was fitted") from None
+    manifest = folder / MANIFEST
+    mine = {"format": FORMAT, "sweep": _sweep_fingerprint(prints), "fits": len(prints)}
+    try:
+        stored = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        stored = None
+    except (OSError, ValueError):
+        _set_aside(manifest)
+        stored = None
+    if stored is None:
+        try:
+            atomic_write(manifest, lambda tmp: Path(tmp).write_text(json.dumps(mine)))
+        except FileExistsError:  # another run of a sweep claimed the folder meanwhile: compare with it
+            stored = json.loads(manifest.read_text())
+    if stored is not None and (not isinstance(stored, dict) or {k: stored.get(k) for k in mine} != mine):
+        raise ValueError(f"checkpoint folder {folder} holds a different sweep (its {MANIFEST} has another "
+                         "fingerprint: the fits' names, data, specifications, key or settings differ); use another "
+                         "checkpoint folder -- nothing was overwritten and nothing was fitted")
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint file to ``<name>.damaged`` (``.damaged-1``, ... if taken), with a warning."""
+    for n in range(1000):
+        target = path.with_name(path.name + (".damaged" if n == 0 else f".damaged-{n}"))
+        if not target.exists():
+            os.replace(path, target)
+            warnings.warn(f"checkpoint file {path} is damaged (unreadable, truncated or edited): set aside as "
+                          f"{target.name}; its fit runs again", RuntimeWarning, stacklevel=4)
+            return target
+    raise FileExistsError(f"checkpoint file {path} is damaged and 1000 '.damaged' names beside it are taken")
+
+
+def _read_checkpoint(folder: Path, stem: str, fingerprint: str, keep_datatrees: bool):
+    """``(row, DataTree or None)`` of a finished fit kept in ``folder``, or ``None`` when it must run:
+    no file, a damaged file (set aside), or no DataTree when one is asked for. A readable file of
+    a different fit is an error."""
+    import xarray as xr
+
+    path, tree_path = folder / (stem + ".json"), folder / (stem + ".nc")
+    row = None
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+            if not (isinstance(stored, dict) and stored.get("format") == FORMAT and "fingerprint" in stored
+                    and isinstance(stored.get("row"), dict)):
+                raise ValueError("not a sweep checkpoint")
+        except (OSError, ValueError):
+            _set_aside(path)
+        else:
+            if stored["fingerprint"] != fingerprint:
+                raise ValueError(f"{path} holds the result of a different fit (another sweep, data, key or setting); "
+                                 "use another checkpoint folder -- nothing was overwritten")
+            row = stored["row"]
+    tree = None
+    if tree_path.exists():
+        try:
+            with xr.open_datatree(tree_path, engine="h5netcdf") as opened:
+                stored_print = opened.attrs.get("deeplinear_sweep_fingerprint")
+                tree = opened.load() if stored_print == fingerprint and keep_datatrees and row is not None else None
+        except Exception:  # noqa: BLE001 - h5py's OSError, a truncated file, ...: damaged
+            _set_aside(tree_path)
+            return None
+        if stored_print != fingerprint:
+            raise ValueError(f"{tree_path} holds the DataTree of a different fit; use another checkpoint folder -- "
+                             "nothing was overwritten")
+    if row is None or (keep_datatrees and tree is None):
+        return None
+    return row, tree
+
+
+def _write_checkpoint(folder: Path, stem: str, name: str, fingerprint: str, row: dict, tree) -> None:
+    """The DataTree (if any, and not kept already) first, then the row: a row on disk means the fit is done."""
+    tree_path, row_path = folder / (stem + ".nc"), folder / (stem + ".json")
+    if tree is not None and not tree_path.exists():  # one left by an interrupted run was checked before the fits
+        tree = tree.copy()
+        tree.attrs["deeplinear_sweep_fingerprint"] = fingerprint
+        atomic_write(tree_path, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
+    if not row_path.exists():  # else: the same fit's row (checked before), kept when only its DataTree was missing
+        text = json.dumps({"format": FORMAT, "name": name, "fingerprint": fingerprint, "row": row})
+        atomic_write(row_path, lambda tmp: Path(tmp).write_text(text))
 
 
 def run_sweep(
@@ -196,14 +325,14 @@ def run_sweep(
     checkpoint : path, optional
         A folder (created if missing) where each finished fit's row is written as it arrives
         (``fit-<index>-<name>.json``, and ``.nc`` for its DataTree with ``keep_datatrees``); a rerun
-        of the same sweep reads them back instead of fitting again.
+        of the same sweep reads them back instead of fitting again. Its ``sweep.json`` names the
+        sweep: another sweep's folder, or one that cannot be written, is an error before any fit.
     keep_datatrees : bool, default False
         Also return (and checkpoint) every fit's DataTree.
     num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth
         As in :func:`~deeplinear.fit`, the same for every fit.
     """
     import pandas as pd
-    import xarray as xr
 
     checked = _checked_tasks(tasks)
     _validate_fit_args(num_warmup, num_samples, num_chains, "auto", target_accept_prob, max_tree_depth, None, None)
@@ -220,67 +349,34 @@ def run_sweep(
               in enumerate(checked)]
 
     folder = None if checkpoint is None else Path(checkpoint)
-    rows, trees, reused = {}, {}, []
+    rows, trees, reused, unwritten = {}, {}, [], []
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        _claim_folder(folder, prints)
         for i, (name, _, _) in enumerate(checked):
-            stem = _file_stem(i, name)
-            path, tree_path = folder / (stem + ".json"), folder / (stem + ".nc")
-            if not path.exists():
-                continue
-            stored = json.loads(path.read_text())
-            if stored.get("format") != FORMAT or stored.get("fingerprint") != prints[i]:
-                raise ValueError(f"{path} holds the result of a different fit (another sweep, data, key or setting); "
-                                 "use another checkpoint folder -- nothing was overwritten")
-            if keep_datatrees and not tree_path.exists():
-                continue  # the row was kept without its DataTree: fit again
-            rows[i] = stored["row"]
-            if keep_datatrees:
-                with xr.open_datatree(tree_path, engine="h5netcdf") as tree:
-                    trees[i] = tree.load()
-            reused.append(name)
+            found = _read_checkpoint(folder, _file_stem(i, name), prints[i], keep_datatrees)
+            if found is not None:
+                rows[i], trees[i] = found
+                reused.append(name)
 
     def record(i, outcome):
         row, tree = outcome
         rows[i], trees[i] = row, tree
-        if folder is None:
-            return
-        stem = _file_stem(i, checked[i][0])  # names may hold dots ("a=0.5"): append, never with_suffix
-        if tree is not None:
-            tree_path = folder / (stem + ".nc")
-            if tree_path.exists():  # left by an interrupted run (written before the row): the same fit?
-                with xr.open_datatree(tree_path, engine="h5netcdf") as old:
-                    if old.attrs.get("deeplinear_sweep_fingerprint") != prints[i]:
-                        raise ValueError(f"{tree_path} holds the DataTree of a different fit; use another "
-                                         "checkpoint folder -- nothing was overwritten")
-            else:
-                tree = tree.copy()
-                tree.attrs["deeplinear_sweep_fingerprint"] = prints[i]
-                atomic_write(tree_path, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
-        row_path = folder / (stem + ".json")
-        if not row_path.exists():  # else: the same fit's row (checked above), kept when only its DataTree was missing
-            text = json.dumps({"format": FORMAT, "name": checked[i][0], "fingerprint": prints[i], "row": row})
-            atomic_write(row_path, lambda tmp: Path(tmp).write_text(text))
+        if folder is not None:
+            try:
+                _write_checkpoint(folder, _file_stem(i, checked[i][0]), checked[i][0], prints[i], row, tree)
+            except OSError as err:  # a full disk: the result stays in the table; the sweep goes on
+                unwritten.append(f"{checked[i][0]} ({err})")
 
     def submit(pool, i):
         name, _, spec_json = checked[i]
         return pool.submit(_fit_task, name, spec_json, host[i], keys[i], settings, keep_datatrees, x64)
 
     todo = [i for i in range(len(checked)) if i not in rows]
-    failures = {}
-    if executor is None:
-        for i in todo:
-            try:
-                record(i, _fit_task(checked[i][0], checked[i][2], host[i], keys[i], settings, keep_datatrees, x64))
-            except Exception as first:  # a failed fit is retried once, then reported; the others go on
-                try:
-                    record(i, _fit_task(checked[i][0], checked[i][2], host[i], keys[i], settings, keep_datatrees,
-                                        x64))
-                except Exception as second:
-                    failures[i] = (first, second)
-    else:
-        _, failures = run_with_retry(executor, todo, submit, record)
+    _, failures = run_with_retry(InProcessExecutor() if executor is None else executor, todo, submit, record)
 
+    if unwritten:
+        warnings.warn(f"{len(unwritten)} finished fit(s) are in the table but could not be written to {folder}: "
+                      + "; ".join(unwritten[:5]), RuntimeWarning, stacklevel=2)
     order = sorted(rows)
     table = pd.DataFrame([{"name": checked[i][0], **rows[i]} for i in order]).set_index("name") if order else \
         pd.DataFrame()

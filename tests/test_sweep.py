@@ -57,23 +57,24 @@ def test_process_pool_gives_the_same_table(in_process):
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         pooled = run_sweep(_tasks(), key=KEY, executor=pool, **SETTINGS)
     assert list(pooled.table.index) == list(in_process.table.index)
-    np.testing.assert_allclose(pooled.table.drop(columns="warnings").to_numpy(float),
-                               in_process.table.drop(columns="warnings").to_numpy(float), rtol=1e-6)
+    np.testing.assert_allclose(pooled.table.drop(columns=["warnings", "errors"]).to_numpy(float),
+                               in_process.table.drop(columns=["warnings", "errors"]).to_numpy(float), rtol=1e-6)
 
 
 def test_checkpoint_is_read_back_and_never_overwritten(in_process, tmp_path):
     first = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert len([f for f in files if f.endswith(".json")]) == 6 and len([f for f in files if f.endswith(".nc")]) == 6
+    assert len([f for f in files if f.startswith("fit-") and f.endswith(".json")]) == 6
+    assert len([f for f in files if f.endswith(".nc")]) == 6 and "sweep.json" in files
     again = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
     assert again.reused == tuple(_tasks())
-    np.testing.assert_allclose(again.table.drop(columns="warnings").to_numpy(float),
-                               first.table.drop(columns="warnings").to_numpy(float))
+    np.testing.assert_allclose(again.table.drop(columns=["warnings", "errors"]).to_numpy(float),
+                               first.table.drop(columns=["warnings", "errors"]).to_numpy(float))
     name = next(iter(_tasks()))
     np.testing.assert_array_equal(again.datatrees[name]["posterior"]["Q"].values,
                                   first.datatrees[name]["posterior"]["Q"].values)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(ValueError, match="different fit"):
+    with pytest.raises(ValueError, match="different sweep"):
         run_sweep(_tasks(), key=KEY + 1, checkpoint=tmp_path, **SETTINGS)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
@@ -83,8 +84,8 @@ def test_datatrees_asked_after_a_run_without_them_are_added(tmp_path):
     assert not list(tmp_path.glob("*.nc"))
     with_trees = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
     assert with_trees.reused == () and len(with_trees.datatrees) == 6 and len(list(tmp_path.glob("*.nc"))) == 6
-    np.testing.assert_allclose(with_trees.table.drop(columns="warnings").to_numpy(float),
-                               rows_only.table.drop(columns="warnings").to_numpy(float))
+    np.testing.assert_allclose(with_trees.table.drop(columns=["warnings", "errors"]).to_numpy(float),
+                               rows_only.table.drop(columns=["warnings", "errors"]).to_numpy(float))
 
 
 class _BrokenForOne(concurrent.futures.ThreadPoolExecutor):
@@ -154,6 +155,171 @@ def test_a_killed_dask_worker_loses_nothing_and_the_sweep_completes(in_process, 
                            checkpoint=folder, **SETTINGS)
     assert marker.exists()  # a worker did die mid-sweep
     assert not result.failures and list(result.table.index) == list(_tasks())
-    assert len(list(folder.glob("*.json"))) == 6
-    np.testing.assert_allclose(result.table.drop(columns="warnings").to_numpy(float),
-                               in_process.table.drop(columns="warnings").to_numpy(float), rtol=1e-6)
+    assert len(list(folder.glob("fit-*.json"))) == 6
+    np.testing.assert_allclose(result.table.drop(columns=["warnings", "errors"]).to_numpy(float),
+                               in_process.table.drop(columns=["warnings", "errors"]).to_numpy(float), rtol=1e-6)
+
+
+# --- Issue 28: sweeps never lose a finished fit ------------------------------------------------------
+
+POOL_RATIOS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # x 2 data sets: the acceptance's sweep of 12 fits
+
+
+def _killed_once(marker, fn, *args):
+    """SIGKILL this worker process the first time (leaving ``marker``), as the OOM killer would;
+    run ``fn`` the next time."""
+    import os
+    import signal
+    from pathlib import Path
+
+    if not Path(marker).exists():
+        Path(marker).write_text("killed once")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fn(*args)
+
+
+class _PoolKillingOne(concurrent.futures.ProcessPoolExecutor):
+    """A process pool whose worker running the task named ``victim`` is SIGKILLed the first time."""
+
+    def __init__(self, marker, victim, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.marker, self.victim = str(marker), victim
+
+    def submit(self, fn, /, *args, **kwargs):
+        if args and args[0] == self.victim:
+            return super().submit(_killed_once, self.marker, fn, *args)
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_sigkilled_pool_worker_loses_nothing(tmp_path):
+    """A worker killed mid-sweep breaks a ProcessPoolExecutor: every task it held fails with
+    BrokenProcessPool. The sweep moves them to a fresh pool without using their retry: 12 rows,
+    no failures, every row on disk once."""
+    specs = {f"a={a:g}": dl.ModelSpec(dl.ProportionalLimitPrior(a, 2, num_steps=4), noise_variance=0.1)
+             for a in POOL_RATIOS}
+    tasks = grid(_data_sets(), specs)
+    marker, folder = tmp_path / "killed", tmp_path / "checkpoint"
+    with _PoolKillingOne(marker, "data0 | a=1.5", 2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run_sweep(tasks, key=KEY, executor=pool, checkpoint=folder, **SETTINGS)
+    assert marker.exists()  # a worker did die mid-sweep
+    assert not result.failures and list(result.table.index) == list(tasks) and len(tasks) == 12
+    assert any("executor broke" in str(w.message) for w in caught if w.category is RuntimeWarning)
+    assert len(list(folder.glob("fit-*.json"))) == 12
+    assert np.all(np.isfinite(result.table["elpd_loo"])) and set(result.table["errors"]) == {""}
+
+
+def _counting_fits(monkeypatch, interrupt_at=None):
+    """Count the fits a sweep runs in process (and raise KeyboardInterrupt at fit ``interrupt_at``)."""
+    import deeplinear.sweep as sweep
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return dl.fit(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "fit", counted)
+    return calls
+
+
+def test_a_rerun_after_ctrl_c_neither_refits_nor_duplicates(in_process, tmp_path, monkeypatch):
+    calls = _counting_fits(monkeypatch, interrupt_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, **SETTINGS)
+    assert len(list(tmp_path.glob("fit-*.json"))) == 3  # the three finished fits were written as they finished
+    calls = _counting_fits(monkeypatch)
+    again = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, **SETTINGS)
+    assert len(calls) == 3 and again.reused == tuple(_tasks())[:3]
+    assert len(list(tmp_path.glob("fit-*.json"))) == 6 and list(again.table.index) == list(_tasks())
+    np.testing.assert_allclose(again.table["elpd_loo"], in_process.table["elpd_loo"], rtol=1e-6)
+
+
+def test_another_sweep_on_the_folder_is_refused_before_any_fit(tmp_path, monkeypatch):
+    tasks = _tasks()
+    first = dict(list(tasks.items())[:2])
+    run_sweep(first, key=KEY, checkpoint=tmp_path, **SETTINGS)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    calls = _counting_fits(monkeypatch)
+    other = dict(list(tasks.items())[2:4])  # other names: no file of the first sweep would be touched
+    with pytest.raises(ValueError, match="different sweep"):
+        run_sweep(other, key=KEY, checkpoint=tmp_path, **SETTINGS)
+    assert calls == [] and {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_unwritable_checkpoint_folder_is_refused_before_any_fit(tmp_path, monkeypatch):
+    """A read-only folder (simulated: this suite may run as root, who may write anywhere)."""
+    import errno
+    import os
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    original = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(folder)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    calls = _counting_fits(monkeypatch)
+    with pytest.raises(PermissionError, match="cannot be written.*nothing was fitted"):
+        run_sweep(dict(list(_tasks().items())[:1]), key=KEY, checkpoint=folder, **SETTINGS)
+    assert calls == [] and not list(folder.iterdir())
+
+
+def test_a_diagnostic_error_goes_into_the_row_not_into_a_refit(in_process, monkeypatch):
+    import deeplinear.sweep as sweep
+
+    def broken_loo(result):
+        raise ValueError("the ArviZ call failed")
+
+    monkeypatch.setattr(sweep, "loo", broken_loo)
+    calls = _counting_fits(monkeypatch)
+    name = next(iter(_tasks()))
+    result = run_sweep(dict(list(_tasks().items())[:1]), key=KEY, **SETTINGS)
+    assert len(calls) == 1 and not result.failures
+    row = result.table.loc[name]
+    assert row["errors"] == "LOO: ValueError: the ArviZ call failed" and np.isnan(row["elpd_loo"])
+    np.testing.assert_allclose(row["E[Q01]"], in_process.table.loc[name, "E[Q01]"], rtol=1e-6)
+
+
+def test_a_sweep_over_streamed_data_keeps_its_rows(monkeypatch):
+    """Data set up by streaming keep no rows for LOO: each fit runs once and its row says so."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 3))
+    Y = X @ rng.normal(size=(3, 2)) + 0.3 * rng.normal(size=(8, 2))
+    streamed = dl.RegressionData.from_chunks(dl.ArrayChunks(X, Y, chunk_rows=4))
+    spec = dl.ModelSpec(dl.ProportionalLimitPrior(1.0, 2, num_steps=4), noise_variance=0.1)
+    calls = _counting_fits(monkeypatch)
+    result = run_sweep({"streamed": (streamed, spec)}, key=KEY, **SETTINGS)
+    assert len(calls) == 1 and not result.failures
+    row = result.table.loc["streamed"]
+    assert "LOO needs the rows" in row["errors"] and np.isnan(row["elpd_loo"]) and np.isfinite(row["E[Q01]"])
+
+
+def test_damaged_checkpoint_files_are_set_aside_and_their_fits_rerun(tmp_path, monkeypatch):
+    tasks = dict(list(_tasks().items())[:3])
+    first = run_sweep(tasks, key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
+    rows = sorted(tmp_path.glob("fit-*.json"))
+    trees = sorted(tmp_path.glob("fit-*.nc"))
+    rows[0].write_text(rows[0].read_text()[:40])  # truncated
+    trees[1].write_bytes(b"\x89HDF\r\n garbage")  # unreadable
+    rows[2].unlink()  # an interrupt between the DataTree and the row
+    calls = _counting_fits(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = run_sweep(tasks, key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
+    damaged = sorted(str(w.message) for w in caught if "damaged" in str(w.message))
+    assert len(damaged) == 2 and rows[0].name in damaged[0] and trees[1].name in damaged[1]
+    assert len(calls) == 3 and again.reused == () and not again.failures
+    assert sorted(p.name for p in tmp_path.glob("*.damaged")) == sorted([rows[0].name + ".damaged",
+                                                                         trees[1].name + ".damaged"])
+    np.testing.assert_allclose(again.table.drop(columns=["warnings", "errors"]).to_numpy(float),
+                               first.table.drop(columns=["warnings", "errors"]).to_numpy(float), rtol=1e-6)
+    calls = _counting_fits(monkeypatch)
+    third = run_sweep(tasks, key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
+    assert calls == [] and third.reused == tuple(tasks)
