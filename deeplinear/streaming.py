@@ -148,25 +148,29 @@ class LinearStatistics:
                              f"{Y.shape[0]}")
         X = X.rechunk({1: -1})
         Y = Y.rechunk({0: X.chunks[0], 1: -1})
-        parts = [dask.delayed(cls.from_chunk)(x, y) for x, y in zip(X.to_delayed().ravel(), Y.to_delayed().ravel())]
+        parts = [dask.delayed(_chunk_of_arrays)(x, y) for x, y in zip(X.to_delayed().ravel(), Y.to_delayed().ravel())]
         return _tree_merge(parts, split_every)
 
     @classmethod
     def from_dask_dataframe(cls, frame, inputs, outputs, *, split_every: int = 8) -> LinearStatistics:
         """Statistics of the rows of a dask DataFrame (e.g. ``dask.dataframe.read_parquet`` or
         ``read_csv``): the ``inputs`` columns are ``X``, the ``outputs`` columns ``Y`` (lists of
-        names). Each partition is read once, on its worker, and reduced as in :meth:`from_dask`."""
+        names). Each partition is read once, on its worker, and reduced as in :meth:`from_dask`; an
+        empty partition (a filtered frame has them) contributes nothing. The columns must be numeric
+        (a column of strings is named in the error, before anything is read)."""
         import dask
 
         split_every = check_positive_int("split_every", split_every, minimum=2)
         if not hasattr(frame, "to_delayed") or not hasattr(frame, "columns"):
             raise TypeError(f"frame must be a dask DataFrame, got {describe(frame)}")
-        inputs, outputs = list(inputs), list(outputs)
-        missing = [c for c in inputs + outputs if c not in frame.columns]
+        inputs, outputs = _column_list("inputs", inputs), _column_list("outputs", outputs)
+        columns = set(frame.columns)
+        missing = [c for c in inputs + outputs if c not in columns]
         if missing or not inputs or not outputs:
             raise ValueError(f"inputs and outputs must be non-empty lists of the frame's columns; missing: {missing}")
         if set(inputs) & set(outputs):
             raise ValueError(f"a column cannot be both an input and an output: {sorted(set(inputs) & set(outputs))}")
+        _check_numeric_columns(frame[inputs + outputs].dtypes)
         parts = [dask.delayed(_chunk_of_frame)(part, inputs, outputs)
                  for part in frame[inputs + outputs].to_delayed()]
         return _tree_merge(parts, split_every)
@@ -186,16 +190,49 @@ class LinearStatistics:
         return total
 
 
-def _merge_all(*parts: LinearStatistics) -> LinearStatistics:
-    """Merge several statistics (one node of a tree reduction)."""
-    total = parts[0]
-    for part in parts[1:]:
-        total = total.merge(part)
+def _merge_all(*parts: LinearStatistics | None) -> LinearStatistics | None:
+    """Merge several statistics (one node of a tree reduction); ``None`` (no rows) is left out."""
+    total = None
+    for part in parts:
+        if part is not None:
+            total = part if total is None else total.merge(part)
     return total
 
 
-def _chunk_of_frame(part, inputs, outputs) -> LinearStatistics:
-    """:meth:`LinearStatistics.from_chunk` of one pandas partition (``inputs``/``outputs``: column lists)."""
+def _column_list(name: str, value) -> list:
+    """A list of column names: a bare string is refused (``list("abc")`` would be three columns)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a list of column names, got the string {value!r}; for one column "
+                        f"pass [{value!r}]")
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of column names, got {describe(value)}") from None
+
+
+def _check_numeric_columns(dtypes) -> None:
+    """Every column of a frame's ``dtypes`` (a pandas Series) holds real numbers or booleans."""
+    import pandas as pd
+
+    bad = {column: str(dtype) for column, dtype in dtypes.items()
+           if not (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype))}
+    if bad:
+        raise TypeError("the columns must hold real numbers; not numeric: "
+                        + ", ".join(f"{column!r} ({dtype})" for column, dtype in bad.items()))
+
+
+def _chunk_of_arrays(X, Y) -> LinearStatistics | None:
+    """:meth:`LinearStatistics.from_chunk`, or ``None`` for a chunk of no rows (a sliced array has them)."""
+    if np.shape(X)[0] == 0 and np.shape(Y)[0] == 0:
+        return None
+    return LinearStatistics.from_chunk(X, Y)
+
+
+def _chunk_of_frame(part, inputs, outputs) -> LinearStatistics | None:
+    """:meth:`LinearStatistics.from_chunk` of one pandas partition (``inputs``/``outputs``: column
+    lists); ``None`` for an empty partition."""
+    if len(part) == 0:
+        return None
     return LinearStatistics.from_chunk(part[inputs].to_numpy(np.float64), part[outputs].to_numpy(np.float64))
 
 
@@ -207,7 +244,10 @@ def _tree_merge(parts, split_every: int):
         raise ValueError("no rows to set up from (no chunks)")
     while len(parts) > 1:
         parts = [dask.delayed(_merge_all)(*parts[i:i + split_every]) for i in range(0, len(parts), split_every)]
-    return dask.compute(parts[0])[0]
+    total = dask.compute(parts[0])[0]
+    if total is None:
+        raise ValueError("no rows to set up from (every partition is empty)")
+    return total
 
 
 def _dask_matrix(value, name: str):

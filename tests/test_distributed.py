@@ -163,3 +163,27 @@ def test_bad_executor_or_unwritable_specification_is_refused():
     unwritable = dist.TransformedDistribution(dist.Normal(0.0, 1.0), dist.transforms.ExpTransform())
     with concurrent.futures.ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="cannot be written"):
         dl.simulation_based_calibration(data, prior, noise_variance=unwritable, num_simulations=2, executor=pool)
+
+
+def test_dask_frames_filtered_or_of_strings(client):
+    """Issue 28: an empty partition (any filtered frame has them) contributes nothing; a column of
+    strings is named before anything is read; a bare string is not a list of columns."""
+    import dask.dataframe as dd
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    table = pd.DataFrame(rng.normal(size=(40, 3)), columns=["a", "b", "y"]).assign(row=np.arange(40))
+    frame = dd.from_pandas(table, npartitions=4)
+    filtered = frame[frame["row"] >= 20]  # the first two partitions are empty
+    with jax.enable_x64(True):
+        got = LinearStatistics.from_dask_dataframe(filtered, ["a", "b"], ["y"])
+        want = LinearStatistics.from_chunk(table.iloc[20:][["a", "b"]].to_numpy(), table.iloc[20:][["y"]].to_numpy())
+    assert got.num_rows == 20
+    np.testing.assert_allclose(np.abs(got.r_factor), np.abs(want.r_factor), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="every partition is empty"):
+        LinearStatistics.from_dask_dataframe(frame[frame["row"] > 100], ["a", "b"], ["y"])
+    labelled = dd.from_pandas(table.assign(site=["north", "south"] * 20), npartitions=2)
+    with pytest.raises(TypeError, match="'site'"):
+        LinearStatistics.from_dask_dataframe(labelled, ["a", "site"], ["y"])
+    with pytest.raises(TypeError, match=r"pass \['ab'\]"):
+        LinearStatistics.from_dask_dataframe(frame.rename(columns={"a": "ab"}), "ab", ["y"])

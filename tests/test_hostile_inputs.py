@@ -522,3 +522,45 @@ def test_hostile_case_count():
     from tests.test_bad_input import CASES as BAD_INPUT_CASES
 
     assert len(BAD_INPUT_CASES) + len(CASES) >= 180
+
+
+# --- Issue 28: readers ------------------------------------------------------------------------------
+
+def test_csv_rows_with_a_field_more_than_the_header_are_refused(tmp_path, capsys, monkeypatch):
+    """A trailing comma gives a row one field more: pandas makes the first column the index and
+    shifts every column. The reader refuses it, naming the line."""
+    (tmp_path / "train.csv").write_text("a,b,y1\n1,2,3,\n4,5,6,\n7,8,9,\n1,0,2,\n")
+    code, _, err = cli(["fit", "--data", "train.csv", "--inputs", "a,b", "--outputs", "y1", *FAST],
+                       tmp_path, capsys, monkeypatch)
+    assert code == 2 and "line 2 has 4 fields but the header has 3" in err and "trailing comma" in err
+
+
+def test_a_string_column_is_named(tmp_path, capsys, monkeypatch):
+    (tmp_path / "train.csv").write_text("a,b,y1\n1,2,3\n4,x5,6\n7,8,9\n1,0,2\n")
+    code, _, err = cli(["fit", "--data", "train.csv", "--inputs", "a,b", "--outputs", "y1", *FAST],
+                       tmp_path, capsys, monkeypatch)
+    assert code == 2 and "column 'b'" in err and "row 3 holds 'x5'" in err
+
+
+def test_column_lookup_is_linear_in_the_number_of_columns():
+    """10^5 columns named one by one: the lookup was quadratic (about ten minutes); it is one pass
+    now. Counted, not timed: the number of equality comparisons of names stays O(columns)."""
+    from deeplinear.app.tables import Table, column_indices
+
+    budget = 200_000  # comparisons allowed: 2 per column (a quadratic lookup needs about 5e9)
+
+    class CountingName(str):
+        comparisons = 0
+
+        def __eq__(self, other):
+            CountingName.comparisons += 1
+            assert CountingName.comparisons <= budget, "the column lookup compares names quadratically"
+            return str.__eq__(self, other)
+
+        __hash__ = str.__hash__
+
+    columns = [CountingName(f"c{i}") for i in range(100_000)]
+    table = Table(columns, np.zeros((1, len(columns))))
+    spec = ",".join(f"c{i}" for i in range(99_998))
+    assert column_indices(table, spec, "inputs") == list(range(99_998))
+    assert CountingName.comparisons <= budget == 2 * len(columns)

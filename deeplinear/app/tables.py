@@ -10,6 +10,7 @@ labels ``Y`` (``(P, D)``). :class:`Standardizer` z-scores the columns with train
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,8 +53,8 @@ def read_table(path) -> Table:
             raise ValueError(f"{path}: cannot be read as CSV ({err})") from None
         if df.shape[0] == 0:
             raise ValueError(f"{path}: no data rows")
-        header = _header(path)
-        duplicates = sorted({h for h in header if header.count(h) > 1})
+        header = _header_of_even_rows(path)
+        duplicates = sorted(name for name, count in Counter(header).items() if count > 1)
         if duplicates:
             raise ValueError(f"{path}: the header names {', '.join(map(repr, duplicates))} more than once; "
                              "column names must be unique")
@@ -61,23 +62,41 @@ def read_table(path) -> Table:
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv or .npy")
 
 
-def _header(path) -> list[str]:
-    """The CSV header as written (pandas renames duplicates to ``a.1``, which would hide them)."""
+def _header_of_even_rows(path) -> list[str]:
+    """The CSV header as written (pandas renames duplicates to ``a.1``, which would hide them),
+    after checking that every data row has as many fields as the header: pandas reads a row with
+    one field more (a trailing comma) by making the first column the index, which shifts every
+    column by one. Blank lines are skipped, as pandas skips them."""
     import csv
 
     with open(path, newline="", encoding="utf-8-sig") as f:
-        return [h.strip() for h in next(csv.reader(f), [])]
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        for row in reader:
+            if row and len(row) != len(header):
+                raise ValueError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields but the header has {len(header)}"
+                    + (" (a trailing comma?)" if len(row) == len(header) + 1 and not row[-1].strip() else "")
+                    + "; every row needs one value per column")
+    return header
 
 
 def select_columns(table: Table, spec: str, what: str, path="") -> np.ndarray:
     """Columns named (or indexed) in the comma-separated ``spec``, as ``(rows, len(spec))`` float64."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
     idx = column_indices(table, spec, what, path)
+    names = [table.columns[i] for i in idx]
     block = table.values[:, idx]
     try:
         block = block.astype(np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"--{what}: columns {names} of {path} are not all numeric") from None
+        for j, name in enumerate(names):
+            try:
+                block[:, j].astype(np.float64)
+            except (TypeError, ValueError):
+                rows = [r for r, v in enumerate(block[:, j]) if not _is_number(v)]
+                raise ValueError(f"--{what}: column {name!r} of {path} is not numeric: row {rows[0] + 2} holds "
+                                 f"{block[rows[0], j]!r}") from None
+        raise
     bad = ~np.isfinite(block)
     if bad.any():
         r, c = np.argwhere(bad)[0]
@@ -85,19 +104,32 @@ def select_columns(table: Table, spec: str, what: str, path="") -> np.ndarray:
     return block
 
 
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def column_indices(table: Table, spec: str, what: str, path="") -> list[int]:
     """Indices of the columns named (or indexed) in the comma-separated ``spec``; each once."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise ValueError(f"--{what} needs at least one column name")
+    position = {}  # name -> first index: one pass, so 10^5 names take milliseconds
+    for i, column in enumerate(table.columns):
+        position.setdefault(column, i)
     idx = []
     for n in names:
-        if n in table.columns:
-            idx.append(table.columns.index(n))
+        if n in position:
+            idx.append(position[n])
         elif n.isdigit() and int(n) < len(table.columns):
             idx.append(int(n))
         else:
-            raise ValueError(f"--{what}: no column {n!r} in {path}; columns are {', '.join(table.columns)}")
+            shown = ", ".join(table.columns[:20]) + (f", ... ({len(table.columns)} in all)"
+                                                     if len(table.columns) > 20 else "")
+            raise ValueError(f"--{what}: no column {n!r} in {path}; columns are {shown}")
     if len(set(idx)) != len(idx):
         raise ValueError(f"--{what} names a column more than once: {spec}")
     return idx
