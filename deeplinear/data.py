@@ -78,6 +78,7 @@ def canonical_signs(v: np.ndarray) -> np.ndarray:
     return np.where(signs == 0, 1.0, signs)
 
 
+PSD_TOLERANCE = 1e-6  # eigenvalues below -PSD_TOLERANCE * max(kappa): the matrix is not PSD
 JOINT_PSD_CHECK_MAX = 2000  # test inputs up to which the Schur complement's every eigenvalue is checked
 
 
@@ -163,6 +164,20 @@ def check_joint_size(num_test: int, num_outputs: int = 1) -> None:
             f"a joint covariance over P* = {num_test} test inputs (x D = {num_outputs}) has {n * n:.3g} entries, "
             f"more than {MAX_JOINT_ENTRIES:.3g}; use the per-input covariance() and log_predictive_density(), "
             "or fewer test inputs at once"
+        )
+
+
+def _refuse_if_not_psd(kappa: np.ndarray, tolerance: float) -> None:
+    """``ValueError`` unless the eigenvalues ``kappa`` of a Gram matrix have a positive maximum and
+    none below ``-tolerance * max(kappa)`` (rounding makes a PSD matrix's zero eigenvalues tiny
+    negatives; a kernel that is not PSD has real negative ones, which clipping would hide)."""
+    top = kappa.max()
+    if top <= 0:
+        raise ValueError("K has no positive eigenvalue; a Gram matrix must be PSD and nonzero")
+    if kappa.min() < -tolerance * top:
+        raise ValueError(
+            f"K must be positive semi-definite, but its smallest eigenvalue is {kappa.min():.3e} "
+            f"(largest {top:.3e})"
         )
 
 
@@ -259,14 +274,8 @@ class KernelEigenbasis:
         rtol = check_rtol(rtol)
         check_representable("K", K, dtype, _RESCALE_GRAM)
         kappa, u = np.linalg.eigh((K + K.T) / 2)
+        _refuse_if_not_psd(kappa, PSD_TOLERANCE)
         top = kappa.max()
-        if top <= 0:
-            raise ValueError("K has no positive eigenvalue; a Gram matrix must be PSD and nonzero")
-        if kappa.min() < -1e-6 * top:
-            raise ValueError(
-                f"K must be positive semi-definite, but its smallest eigenvalue is {kappa.min():.3e} "
-                f"(largest {top:.3e})"
-            )
         rtol = K.shape[0] * np.finfo(np.float64).eps if rtol is None else rtol
         keep = kappa > rtol * top
         check_representable("the eigenvalues of K", kappa[keep], dtype, _RESCALE_GRAM, positive=True)
@@ -565,6 +574,9 @@ class RegressionData:
             raise ValueError("Y must be finite, got NaN or infinite entries")
         fixed = jax.lax.stop_gradient((K + K.T) / 2)
         kappa, U = jnp.linalg.eigh(fixed)
+        if is_concrete(kappa):  # as from_gram refuses it; inside a model (traced) rounding is clipped
+            _refuse_if_not_psd(np.asarray(kappa, np.float64),
+                               max(PSD_TOLERANCE, 10 * P * float(jnp.finfo(dtype).eps)))
         kappa = jnp.clip(kappa, 0.0)
         rotated = U.T @ Y
         D = Y.shape[1]

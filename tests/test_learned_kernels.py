@@ -152,6 +152,10 @@ def test_float32_gradient_is_close_to_float64():
         (np.eye(4, dtype=int), np.ones((4, 2)), TypeError, "floating"),
         (np.full((4, 4), np.nan), np.ones((4, 2)), ValueError, "finite"),
         (np.eye(4), np.full((4, 2), np.inf), ValueError, "finite"),
+        # issue 28: clipping made -I the zero kernel, where from_gram refuses it
+        (-np.eye(4), np.ones((4, 2)), ValueError, "no positive eigenvalue"),
+        (np.diag([1.0, 1.0, 1.0, -0.5]), np.ones((4, 2)), ValueError, "positive semi-definite"),
+        (np.diag([1.0, 1.0, 1.0, -0.5]).astype(np.float32), np.ones((4, 2)), ValueError, "positive semi-definite"),
     ],
 )
 def test_bad_learned_kernel_input_is_refused(K, Y, error, match):
