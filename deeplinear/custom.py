@@ -132,6 +132,46 @@ def _agrees(name, recorded, used):
                          "'Y' uses; record exactly what you pass to KroneckerNormal")
 
 
+ROOT_TOLERANCE = 1e-4  # max|root root^T - Q| / max|Q| accepted (float32 products of D x D factors)
+
+
+def _check_sampleable(trace) -> None:
+    """NUTS's needs, on the first trace: every latent site continuous (a discrete one made NumPyro
+    ask for ``funsor``), and a finite log density at the traced values (a NaN one ended in
+    NumPyro's "Cannot find valid initial parameters"), naming the sites that break them."""
+    discrete, bad = [], []
+    for name, site in trace.items():
+        if site["type"] != "sample":
+            continue
+        fn = site["fn"]
+        if not site["is_observed"] and getattr(fn.support, "is_discrete", False):
+            discrete.append(f"{name!r} ({type(fn).__name__})")
+            continue
+        try:
+            log_prob = float(np.sum(np.asarray(fn.log_prob(site["value"]))))
+        except Exception:  # noqa: BLE001 - what NUTS would meet as well; reported below by name
+            log_prob = float("nan")
+        if not np.isfinite(log_prob):
+            bad.append(f"{name!r} ({log_prob})")
+    if discrete:
+        raise ValueError("fit(model=...): NUTS samples continuous sites only; the model has the discrete latent "
+                         f"site(s) {', '.join(discrete)}: marginalize them out, or fix their values")
+    if bad:
+        raise ValueError("fit(model=...): the log density is not finite on a first trace (seed 0) at the site(s) "
+                         f"{', '.join(bad)}; NUTS needs a finite log density and gradient where it starts")
+
+
+def _root_factors_q(root, q) -> None:
+    """A ``KroneckerNormal(root=...)`` whose ``root`` is not a factor of its ``Q`` would have NUTS
+    sample one model while prediction, LOO and saving (which read ``Q``) use another."""
+    scale = max(float(np.abs(q).max()), np.finfo(np.float64).tiny)
+    error = float(np.abs(root @ np.swapaxes(root, -1, -2) - q).max()) / scale
+    if not error <= ROOT_TOLERANCE:
+        raise ValueError(f"fit(model=...): the likelihood 'Y' has a root that is not a factor of its Q: "
+                         f"max|root root^T - Q| / max|Q| = {error:.2e} (at most {ROOT_TOLERANCE:g}); the fit reads "
+                         "'Q', so give KroneckerNormal the q and root of one matrix (root @ root.T == q)")
+
+
 def inspect_model(model, data: RegressionData) -> CustomModel:
     """Check the site contract (module docstring) on one trace of ``model(data)`` (seed 0) and
     describe the model; a ``TypeError``/``ValueError`` says what is missing, before any compilation."""
@@ -147,6 +187,7 @@ def inspect_model(model, data: RegressionData) -> CustomModel:
         trace = handlers.trace(handlers.seed(model, 0)).get_trace(data)
     except Exception as err:  # the user's code: report any failure with its type
         raise ValueError(f"fit(model=...): model(data) failed on a first trace: {type(err).__name__}: {err}") from err
+    _check_sampleable(trace)
     D = data.num_outputs
     site = trace.get("Y")
     if site is None or site["type"] != "sample" or not site["is_observed"]:
@@ -167,6 +208,8 @@ def inspect_model(model, data: RegressionData) -> CustomModel:
     hint_fixed = "record a fixed value with numpyro.deterministic({!r}, value)"
     q = _require(trace, "Q", (D, D), "record it: numpyro.deterministic('Q', vbar @ vbar.T)")
     _agrees("Q", q, fn.q)
+    if fn.root is not None:
+        _root_factors_q(np.asarray(fn.root, np.float64), np.asarray(fn.q, np.float64))
     lam = _require(trace, "lambda_star", (), hint_fixed.format("lambda_star"))
     _agrees("lambda_star", lam, fn.lambda_star)
     if fn.noise_covariance is not None:

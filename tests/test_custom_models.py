@@ -126,7 +126,31 @@ def _unobserved(data):
     numpyro.sample("Y", dl.KroneckerNormal(q, lam, NOISE, data))
 
 
+def _root_of_another_q(data):
+    lam = numpyro.sample("lambda_star", dist.LogNormal(0.0, 1.0))
+    numpyro.deterministic("noise_variance", NOISE)
+    vbar = PRIOR.numpyro_vbar(prefix="net_")
+    q = numpyro.deterministic("Q", vbar @ vbar.T)
+    numpyro.sample("Y", dl.KroneckerNormal(q, lam, NOISE, data, root=2.0 * vbar, labels_are_data=True),
+                   obs=data.labels)
+
+
+def _with_a_discrete_site(data):
+    numpyro.sample("which", dist.Categorical(probs=np.array([0.5, 0.5])))
+    my_model(data)
+
+
+def _with_a_nan_log_density(data):
+    numpyro.sample("broken", dist.Normal(0.0, 1.0))
+    numpyro.factor("nan_term", np.nan)
+    my_model(data)
+
+
 @pytest.mark.parametrize("model,match", [
+    # issue 28: each checked before sampling, naming the site and what the contract requires
+    (_root_of_another_q, "root that is not a factor of its Q"),
+    (_with_a_discrete_site, "discrete latent site.*'which' \\(CategoricalProbs\\)"),
+    (_with_a_nan_log_density, "not finite.*'nan_term'"),
     (_without_lambda, "no site 'lambda_star'.*numpyro.deterministic"),
     (_wrong_record, "records a value other than"),
     (_not_kronecker, "KroneckerNormal"),
