@@ -14,7 +14,8 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["PrecisionWarning", "warn_if_unresolvable_in_float32", "warn_if_interpolation_ill_conditioned"]
+__all__ = ["PrecisionWarning", "warn_if_spec_imprecise", "warn_if_unresolvable_in_float32",
+           "warn_if_interpolation_ill_conditioned"]
 
 
 class PrecisionWarning(UserWarning):
@@ -116,3 +117,25 @@ def warn_if_interpolation_ill_conditioned(data, noise_variance, stacklevel: int 
             stacklevel=stacklevel,
         )
     return cond
+
+
+def warn_if_spec_imprecise(spec, data, stacklevel: int = 4) -> None:
+    """The precision checks of a model specification on ``data``, before sampling: the prior's
+    underflow, :func:`warn_if_unresolvable_in_float32` and
+    :func:`warn_if_interpolation_ill_conditioned` at the smallest noise variance the
+    specification fixes (the smallest eigenvalue of a fixed noise covariance). The one place that
+    :func:`deeplinear.fit` and :func:`deeplinear.evidence.log_evidence` share."""
+    import numpyro.distributions as dist
+
+    from deeplinear.priors import NNGPPrior
+
+    spec.prior.warn_if_underflows(data.dtype, stacklevel=stacklevel)
+    smallest_noise = spec.noise_variance
+    if spec.noise_model != "scalar" and spec.fixed_noise_covariance is not None:
+        smallest_noise = float(np.linalg.eigvalsh(spec.fixed_noise_covariance).min())
+    elif spec.noise_model != "scalar":
+        smallest_noise = spec.noise_variance if isinstance(spec.noise_variance, dist.Distribution) else None
+    if smallest_noise is not None:
+        warn_if_unresolvable_in_float32(data, smallest_noise, spec.lambda_star, stacklevel=stacklevel,
+                                        q_varies=not isinstance(spec.prior, NNGPPrior))
+        warn_if_interpolation_ill_conditioned(data, smallest_noise, stacklevel=stacklevel)

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -72,6 +73,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
+from deeplinear._precision import warn_if_spec_imprecise
 from deeplinear._types import KeyLike
 from deeplinear._validation import check_bool, check_choice, check_key, check_positive_int, raw_key
 from deeplinear.data import RegressionData, check_regression_data
@@ -88,6 +90,7 @@ LOG_WEIGHT_VARIANCE = 0.1  # the default schedule's Lambda^2 / T: variance of th
 MIN_TEMPERATURES = 16
 MAX_TEMPERATURES = 20_000
 MAX_PARTICLES = 2**22
+MIN_TRUSTED_ESS_FRACTION = 0.01  # final weights with an ESS below this share of the particles: a warning
 MAX_LEAPFROG = 256
 PILOT_ESS_FRACTION = 0.5  # each pilot temperature keeps this share of the particles effective
 PILOT_MOVES = 3  # HMC moves per pilot temperature (the step size is adapted after each)
@@ -108,7 +111,8 @@ class EvidenceEstimate(NamedTuple):
     log_evidence : float
         :math:`\log \hat Z`.
     standard_error : float
-        Its standard error (delta method from the normalized weights; 0 when nothing is sampled).
+        Its standard error (delta method from the normalized weights; 0 when nothing is sampled;
+        NaN, with a warning, when the log weights are equal to rounding and say nothing of it).
     effective_sample_size : float
         :math:`(\sum w_i)^2 / \sum w_i^2` of the final weights.
     num_particles, num_temperatures : int
@@ -493,6 +497,7 @@ def log_evidence(
     check_regression_data(data)
     spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
     model_args = spec.model_arguments(data)
+    warn_if_spec_imprecise(spec, data, stacklevel=4)  # the checks that protect fit
     method = check_choice("method", method, EVIDENCE_METHODS)
     num_particles = check_positive_int("num_particles", num_particles, minimum=2, maximum=MAX_PARTICLES)
     if num_temperatures is not None:
@@ -532,8 +537,13 @@ def _estimate(model_args, key, method, num_particles, num_temperatures, num_leap
             schedule = _tempered_smc(model_args, k_pilot, pilot_particles, num_leapfrog, bar)
             length = float(schedule.thermodynamic_length[-1])
             if num_temperatures is None:
-                num_temperatures = int(np.clip(math.ceil(length**2 / LOG_WEIGHT_VARIANCE), MIN_TEMPERATURES,
-                                               MAX_TEMPERATURES))
+                wanted = math.ceil(length**2 / LOG_WEIGHT_VARIANCE) if np.isfinite(length) else MAX_TEMPERATURES + 1
+                num_temperatures = int(np.clip(wanted, MIN_TEMPERATURES, MAX_TEMPERATURES))
+                if wanted > MAX_TEMPERATURES:
+                    _distrust(f"the annealing schedule needs about {wanted:.3g} temperatures (thermodynamic length "
+                              f"{length:.3g}) but is capped at MAX_TEMPERATURES = {MAX_TEMPERATURES}: the log weights "
+                              "vary far more than the standard error assumes. Standardize the labels (raw units "
+                              "make the likelihood extreme) or compare with another key")
             betas, steps, scales = schedule.resample(num_temperatures)
             moves = num_moves
         T = len(betas) - 1
@@ -557,10 +567,37 @@ def _estimate(model_args, key, method, num_particles, num_temperatures, num_leap
             bar.close()
     log_w = _finite_log_lik(carry[3])
     estimate, se, ess = _weights_summary(log_w)
+    se = _honest_standard_error(np.asarray(carry[3]), se, ess, num_particles)
     acceptance = float(carry[4]) / T if moves else float("nan")
     value = estimate + constant
     _check_finite(value)
     return EvidenceEstimate(value, se, ess, num_particles, T, method, acceptance, length, time.perf_counter() - started)
+
+
+def _distrust(message: str) -> None:
+    from deeplinear.inference import ConvergenceWarning
+
+    warnings.warn(f"log_evidence: {message}", ConvergenceWarning, stacklevel=4)
+
+
+def _honest_standard_error(log_w, se: float, ess: float, n: int) -> float:
+    """The standard error, checked against what the weights themselves say (issue 28): log weights
+    that are all equal to the precision's rounding of their size carry no information on the
+    error (a standard error of 0 would be a claim of exactness), so the error is NaN, with a
+    warning; an ESS below ``MIN_TRUSTED_ESS_FRACTION`` of the particles warns that the
+    delta-method error is itself unreliable."""
+    finite = log_w[np.isfinite(log_w)]
+    scale = float(np.max(np.abs(finite)))
+    resolution = float(np.finfo(log_w.dtype).eps) * scale
+    if finite.size == n and float(np.ptp(finite)) <= resolution:
+        _distrust(f"the {n} log weights agree to the rounding of {log_w.dtype} at their size ({scale:.3g} nats): "
+                  "their spread says nothing about the error, so the standard error is NaN. The log likelihood "
+                  "cannot be resolved in this precision: use float64 (jax.config.update('jax_enable_x64', True))")
+        return float("nan")
+    if ess < MIN_TRUSTED_ESS_FRACTION * n:
+        _distrust(f"the final weights have an ESS of {ess:.3g} of {n} particles: the estimate rests on a few "
+                  "particles and its standard error is unreliable; use more particles or temperatures")
+    return se
 
 
 def _data_constant(spec: ModelSpec, data: RegressionData) -> float:

@@ -31,7 +31,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from deeplinear._linalg import batched_map, psd_root
-from deeplinear._precision import warn_if_interpolation_ill_conditioned, warn_if_unresolvable_in_float32
+from deeplinear._precision import warn_if_spec_imprecise
 from deeplinear._prefetch import prefetch
 from deeplinear._types import KeyLike
 from deeplinear._validation import (
@@ -52,7 +52,6 @@ from deeplinear.likelihood import (
 from deeplinear.models import ModelSpec
 from deeplinear.models import arviz_dims_and_coords as _dims_and_coords
 from deeplinear.predictive import PredictiveMixture
-from deeplinear.priors import NNGPPrior
 from deeplinear.sampler import CHAIN_METHODS, run_nuts
 
 __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
@@ -521,16 +520,7 @@ def fit(
     log_likelihood = _store_loo_terms(log_likelihood, data, num_chains * num_samples)
     output_names = check_output_names(output_names, data.num_outputs)
     prior = spec.prior
-    prior.warn_if_underflows(data.dtype, stacklevel=3)
-    smallest_noise = spec.noise_variance
-    if spec.noise_model != "scalar" and spec.fixed_noise_covariance is not None:
-        smallest_noise = float(np.linalg.eigvalsh(spec.fixed_noise_covariance).min())
-    elif spec.noise_model != "scalar":
-        smallest_noise = spec.noise_variance if isinstance(spec.noise_variance, dist.Distribution) else None
-    if smallest_noise is not None:
-        warn_if_unresolvable_in_float32(data, smallest_noise, spec.lambda_star, stacklevel=3,
-                                        q_varies=not isinstance(prior, NNGPPrior))
-        warn_if_interpolation_ill_conditioned(data, smallest_noise, stacklevel=3)
+    warn_if_spec_imprecise(spec, data, stacklevel=4)
     dims, coords = _dims_and_coords(prior, data, output_names, spec.noise_model != "scalar")
 
     if not spec.has_latent_sites:

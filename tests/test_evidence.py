@@ -10,10 +10,12 @@ import numpyro.distributions as dist
 import pytest
 
 from deeplinear import (
+    ConvergenceWarning,
     FiniteWidthPrior,
     KroneckerNormal,
     ModelSpec,
     NNGPPrior,
+    PrecisionWarning,
     ProportionalLimitPrior,
     RegressionData,
     exact_posterior_d1,
@@ -195,3 +197,61 @@ def test_evidence_curve_refuses_bad_specs():
     with pytest.raises(ValueError, match="num_outputs"):
         evidence_curve(_data(6, 2, 3), {"one": ProportionalLimitPrior(1.0, 1)})
 
+
+
+# --- Issue 28: estimates that say when they cannot be trusted ------------------------------------------
+
+def _raw_unit_data(scale):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10, 3))
+    Y = X @ rng.normal(size=(3, 2)) + 1e-3 * rng.normal(size=(10, 2))
+    return RegressionData.linear(X, Y * scale)
+
+
+def test_the_precision_check_of_fit_protects_log_evidence():
+    """float32 with a tiny fixed noise cannot resolve the likelihood (the evidence was 1.3e6 nats
+    off float64, equal for two priors): the PrecisionWarning that fit gives, before sampling."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log_evidence(_raw_unit_data(1.0), FiniteWidthPrior((4, 4), 2), noise_variance=1e-9, num_particles=16,
+                     method="prior")
+    assert any(issubclass(w.category, PrecisionWarning) and "float32 cannot resolve" in str(w.message)
+               for w in caught)
+
+
+def test_a_capped_schedule_warns(monkeypatch):
+    """Labels in raw units need far more temperatures than the cap: the estimate's own diagnostic
+    (the schedule it wanted) is reported, not hidden behind a sub-nat standard error."""
+    import warnings
+
+    import deeplinear.evidence as evidence
+
+    monkeypatch.setattr(evidence, "MAX_TEMPERATURES", 64)  # the check, at a size that runs in seconds
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimate = log_evidence(_raw_unit_data(1e3), ProportionalLimitPrior(1.0, 2), noise_variance=1.0,
+                                num_particles=16, pilot_particles=16)
+    assert estimate.num_temperatures == 64
+    assert any(issubclass(w.category, ConvergenceWarning) and "capped at MAX_TEMPERATURES = 64" in str(w.message)
+               for w in caught)
+
+
+def test_log_weights_equal_to_rounding_give_no_standard_error_of_zero():
+    """Weights that agree to float32's rounding at 1.3e6 nats carry no information on the error:
+    NaN with a warning, never 0; weights with a real spread keep their delta-method error."""
+    import warnings
+
+    from deeplinear.evidence import _honest_standard_error
+
+    flat = np.full(64, -1.3e6, np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert np.isnan(_honest_standard_error(flat, 0.0, 64.0, 64))
+    assert [w.category for w in caught] == [ConvergenceWarning] and "float64" in str(caught[0].message)
+    spread = np.linspace(-3.0, -1.0, 64).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _honest_standard_error(spread, 0.25, 40.0, 64) == 0.25
+    assert not caught
