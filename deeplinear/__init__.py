@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 # loads matplotlib, pandas or SciPy's optimizers.
 _LAZY = {
     "ArrayChunks": "deeplinear.streaming",
-    "CacheWarning": "deeplinear.cache",
     "ConvergenceWarning": "deeplinear.inference",
     "FiniteWidthPrior": "deeplinear.priors",
     "KroneckerNormal": "deeplinear.likelihood",
@@ -97,7 +96,7 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from deeplinear import moments
     from deeplinear._precision import PrecisionWarning
-    from deeplinear.cache import CacheWarning, enable_compilation_cache
+    from deeplinear.cache import enable_compilation_cache
     from deeplinear.comparison import compare_models
     from deeplinear.data import PredictionKernel, RegressionData
     from deeplinear.exact import exact_posterior_d1
@@ -116,7 +115,6 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ArrayChunks",
-    "CacheWarning",
     "ConvergenceWarning",
     "FiniteWidthPrior",
     "KroneckerNormal",

@@ -142,6 +142,8 @@ def test_a_cache_folder_that_cannot_be_made_leaves_the_cache_off_with_one_warnin
 
     import jax
 
+    from deeplinear.cache import CacheWarning
+
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     before = jax.config.jax_compilation_cache_dir
@@ -149,7 +151,7 @@ def test_a_cache_folder_that_cannot_be_made_leaves_the_cache_off_with_one_warnin
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert dl.enable_compilation_cache(target) is None
-        assert [w.category for w in caught] == [dl.CacheWarning], [str(w.message) for w in caught]
+        assert [w.category for w in caught] == [CacheWarning], [str(w.message) for w in caught]
         message = str(caught[0].message)
         assert str(blocker) in message and "DEEPLINEAR_COMPILATION_CACHE=off" in message
         assert jax.config.jax_compilation_cache_dir == before
@@ -178,6 +180,7 @@ def test_the_command_line_runs_under_a_read_only_home(tmp_path, monkeypatch, cap
     import warnings
 
     from deeplinear.app.cli import main
+    from deeplinear.cache import CacheWarning
 
     home = tmp_path / "home"
     home.write_text("not a folder")
@@ -189,7 +192,7 @@ def test_the_command_line_runs_under_a_read_only_home(tmp_path, monkeypatch, cap
         warnings.simplefilter("always")
         code = main(["simulate", "--prior-samples", "200", "--output", "figs"])
     assert code == 0, capsys.readouterr().err
-    assert [w.category for w in caught if issubclass(w.category, dl.CacheWarning)] == [dl.CacheWarning]
+    assert [w.category for w in caught if issubclass(w.category, CacheWarning)] == [CacheWarning]
     assert (tmp_path / "figs" / "lognormal_convergence.png").stat().st_size > 0
 
 
