@@ -119,15 +119,14 @@ def warn_if_interpolation_ill_conditioned(data, noise_variance, stacklevel: int 
     return cond
 
 
-def warn_if_spec_imprecise(spec, data, stacklevel: int = 4) -> None:
+def warn_if_spec_imprecise(spec, data, q_varies: bool, stacklevel: int = 4) -> None:
     """The precision checks of a model specification on ``data``, before sampling: the prior's
     underflow, :func:`warn_if_unresolvable_in_float32` and
     :func:`warn_if_interpolation_ill_conditioned` at the smallest noise variance the
     specification fixes (the smallest eigenvalue of a fixed noise covariance). The one place that
-    :func:`deeplinear.fit` and :func:`deeplinear.evidence.log_evidence` share."""
+    :func:`deeplinear.fit` and :func:`deeplinear.evidence.log_evidence` share (``q_varies``: the
+    prior's ``Q`` is random, i.e. not the NNGP's)."""
     import numpyro.distributions as dist
-
-    from deeplinear.priors import NNGPPrior
 
     spec.prior.warn_if_underflows(data.dtype, stacklevel=stacklevel)
     smallest_noise = spec.noise_variance
@@ -137,5 +136,5 @@ def warn_if_spec_imprecise(spec, data, stacklevel: int = 4) -> None:
         smallest_noise = spec.noise_variance if isinstance(spec.noise_variance, dist.Distribution) else None
     if smallest_noise is not None:
         warn_if_unresolvable_in_float32(data, smallest_noise, spec.lambda_star, stacklevel=stacklevel,
-                                        q_varies=not isinstance(spec.prior, NNGPPrior))
+                                        q_varies=q_varies)
         warn_if_interpolation_ill_conditioned(data, smallest_noise, stacklevel=stacklevel)

@@ -79,6 +79,7 @@ from deeplinear._validation import check_bool, check_choice, check_key, check_po
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.likelihood import relative_constant
 from deeplinear.models import ModelSpec
+from deeplinear.priors import NNGPPrior
 from deeplinear.sampler import model_of_arguments
 
 __all__ = ["EvidenceEstimate", "evidence_curve", "log_evidence"]
@@ -497,7 +498,7 @@ def log_evidence(
     check_regression_data(data)
     spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
     model_args = spec.model_arguments(data)
-    warn_if_spec_imprecise(spec, data, stacklevel=4)  # the checks that protect fit
+    warn_if_spec_imprecise(spec, data, not isinstance(spec.prior, NNGPPrior), stacklevel=4)  # as in fit
     method = check_choice("method", method, EVIDENCE_METHODS)
     num_particles = check_positive_int("num_particles", num_particles, minimum=2, maximum=MAX_PARTICLES)
     if num_temperatures is not None:

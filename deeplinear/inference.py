@@ -52,6 +52,7 @@ from deeplinear.likelihood import (
 from deeplinear.models import ModelSpec
 from deeplinear.models import arviz_dims_and_coords as _dims_and_coords
 from deeplinear.predictive import PredictiveMixture
+from deeplinear.priors import NNGPPrior
 from deeplinear.sampler import CHAIN_METHODS, run_nuts
 
 __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
@@ -520,7 +521,7 @@ def fit(
     log_likelihood = _store_loo_terms(log_likelihood, data, num_chains * num_samples)
     output_names = check_output_names(output_names, data.num_outputs)
     prior = spec.prior
-    warn_if_spec_imprecise(spec, data, stacklevel=4)
+    warn_if_spec_imprecise(spec, data, not isinstance(prior, NNGPPrior), stacklevel=4)
     dims, coords = _dims_and_coords(prior, data, output_names, spec.noise_model != "scalar")
 
     if not spec.has_latent_sites:
