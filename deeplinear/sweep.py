@@ -241,11 +241,19 @@ def _set_aside(path: Path) -> Path:
     """Rename a damaged checkpoint file to ``<name>.damaged`` (``.damaged-1``, ... if taken), with a warning."""
     for n in range(1000):
         target = path.with_name(path.name + (".damaged" if n == 0 else f".damaged-{n}"))
-        if not target.exists():
+        try:
+            os.link(path, target)  # exclusive: an earlier '.damaged' file is never replaced
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links
+            if target.exists():
+                continue
             os.replace(path, target)
-            warnings.warn(f"checkpoint file {path} is damaged (unreadable, truncated or edited): set aside as "
-                          f"{target.name}; its fit runs again", RuntimeWarning, stacklevel=4)
-            return target
+        else:
+            path.unlink()
+        warnings.warn(f"checkpoint file {path} is damaged (unreadable, truncated or edited): set aside as "
+                      f"{target.name}; its fit runs again", RuntimeWarning, stacklevel=4)
+        return target
     raise FileExistsError(f"checkpoint file {path} is damaged and 1000 '.damaged' names beside it are taken")
 
 
