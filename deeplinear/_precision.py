@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["PrecisionWarning", "warn_if_spec_imprecise", "warn_if_unresolvable_in_float32",
-           "warn_if_interpolation_ill_conditioned"]
+           "warn_if_interpolation_ill_conditioned", "warn_if_correlation_ill_conditioned"]
 
 
 class PrecisionWarning(UserWarning):
@@ -119,11 +119,46 @@ def warn_if_interpolation_ill_conditioned(data, noise_variance, stacklevel: int 
     return cond
 
 
+CORRELATION_DIGITS_LEFT = 1e-2  # warn when cond(Omega) * eps leaves fewer than two significant digits
+
+
+def warn_if_correlation_ill_conditioned(correlation, dtype, stacklevel: int = 3) -> float:
+    r"""Warn when a fixed noise correlation :math:`\Omega` is too close to singular for ``dtype``.
+
+    Stored in ``dtype``, each entry of :math:`\Omega` moves by up to :math:`\varepsilon/2` (its
+    largest entries are about 1), so its smallest eigenvalue
+    :math:`\omega_{\min}` moves by about :math:`\varepsilon`: a relative error of
+    :math:`\operatorname{cond}(\Omega)\,\varepsilon` with
+    :math:`\operatorname{cond}(\Omega) = \omega_{\max}/\omega_{\min}`. The noise covariance's
+    smallest eigenvalue, and with it the likelihood, the predictions and the LOO terms along that
+    direction of the outputs, inherit it (correlation :math:`1 - 10^{-7}` in float32: the
+    eigenvalue :math:`10^{-7}` is stored as :math:`1.2\cdot10^{-7}`). When that error exceeds
+    ``CORRELATION_DIGITS_LEFT`` (fewer than two correct digits), emits a :class:`PrecisionWarning`.
+    The scale of the variances does not enter: :math:`\operatorname{diag}(\sigma)` is applied
+    without cancellation. Returns :math:`\operatorname{cond}(\Omega)`.
+    """
+    omega = np.linalg.eigvalsh(np.asarray(correlation, np.float64))
+    cond = float(omega.max() / omega.min())
+    eps = float(np.finfo(dtype).eps)
+    if cond * eps > CORRELATION_DIGITS_LEFT:
+        warnings.warn(
+            f"noise_correlation is nearly singular: cond = {cond:.1e} (smallest eigenvalue {omega.min():.1e}), so "
+            f"in {np.dtype(dtype).name} (eps {eps:.1e}) its rounding can move that eigenvalue by up to cond x eps = "
+            f"{cond * eps:.1e} of itself: the likelihood, predictions and LOO terms along its direction of the "
+            "outputs keep fewer than two correct digits. Use float64 (jax.config.update('jax_enable_x64', True) "
+            "and dtype='float64') or a correlation further from +-1.",
+            PrecisionWarning,
+            stacklevel=stacklevel,
+        )
+    return cond
+
+
 def warn_if_spec_imprecise(spec, data, q_varies: bool, stacklevel: int = 4) -> None:
     """The precision checks of a model specification on ``data``, before sampling: the prior's
     underflow, :func:`warn_if_unresolvable_in_float32` and
     :func:`warn_if_interpolation_ill_conditioned` at the smallest noise variance the
-    specification fixes (the smallest eigenvalue of a fixed noise covariance). The one place that
+    specification fixes (the smallest eigenvalue of a fixed noise covariance), and
+    :func:`warn_if_correlation_ill_conditioned` for a fixed noise correlation. The one place that
     :func:`deeplinear.fit` and :func:`deeplinear.evidence.log_evidence` share (``q_varies``: the
     prior's ``Q`` is random, i.e. not the NNGP's)."""
     import numpyro.distributions as dist
@@ -138,3 +173,5 @@ def warn_if_spec_imprecise(spec, data, q_varies: bool, stacklevel: int = 4) -> N
         warn_if_unresolvable_in_float32(data, smallest_noise, spec.lambda_star, stacklevel=stacklevel,
                                         q_varies=q_varies)
         warn_if_interpolation_ill_conditioned(data, smallest_noise, stacklevel=stacklevel)
+    if spec.noise_model == "full" and isinstance(spec.noise_correlation, tuple):
+        warn_if_correlation_ill_conditioned(spec.noise_correlation, data.dtype, stacklevel=stacklevel)

@@ -20,6 +20,7 @@ from numpyro.infer.util import log_density
 import deeplinear as dl
 from deeplinear import PrecisionWarning
 from deeplinear._precision import warn_if_unresolvable_in_float32
+from deeplinear.evidence import log_evidence
 from deeplinear.likelihood import loo_log_likelihood_draws
 
 NUM_DRAWS = 10
@@ -158,3 +159,24 @@ def test_float32_predictions_without_cancellation(prior):
                           np.asarray(loo_log_likelihood_draws(jnp.asarray(q64, dtype), ones, noise, data), float)]
     for name, ref, low in zip(("mean", "cov", "loo"), out[jnp.float64], out[jnp.float32]):
         assert np.max(np.abs(low - ref)) / np.max(np.abs(ref)) < PRED_RTOL32, name
+
+
+def test_a_nearly_singular_noise_correlation_warns_in_float32():
+    """Correlation 1 - 1e-7 in float32 is stored as 1 - 1.2e-7, so the noise covariance's smallest
+    eigenvalue is 19% off and the held-out log density with it (issue 28): fit and log_evidence
+    say so before sampling; a correlation of 0.99, or float64, does not warn."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(P, N0))
+    Y = X @ rng.normal(size=(N0, 1)) + 1e-4 * rng.normal(size=(P, 2))
+    near = 1 - 1e-7
+    full = dict(noise_model="full", noise_variance=(1.0, 1.0), noise_correlation=((1.0, near), (near, 1.0)))
+    data32 = dl.RegressionData.linear(X, Y, dtype="float32")
+    with pytest.warns(PrecisionWarning, match="noise_correlation is nearly singular"):
+        dl.fit(data32, dl.NNGPPrior(2), **full)
+    with pytest.warns(PrecisionWarning, match="noise_correlation is nearly singular"):
+        log_evidence(data32, dl.NNGPPrior(2), method="prior", num_particles=4, **full)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        dl.fit(data32, dl.NNGPPrior(2), **{**full, "noise_correlation": ((1.0, 0.99), (0.99, 1.0))})
+        with jax.enable_x64(True):
+            dl.fit(dl.RegressionData.linear(X, Y, dtype="float64"), dl.NNGPPrior(2), **full)
