@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import math
 import os
 import pickle
 import sys
@@ -84,7 +85,10 @@ def enable_compilation_cache(directory=None, *, min_compile_time_secs: float = 0
 
     The cache is only a speed-up: a folder that cannot be made or written (a read-only home, a
     full disk) leaves it off, with one :class:`CacheWarning` that names the folder and the
-    switch, and returns ``None``; everything else runs as without it.
+    switch, and returns ``None``; everything else runs as without it. Entries that JAX could not
+    read back (a write cut short) are removed, with one :class:`CacheWarning`, so that JAX stores
+    them again instead of warning and compiling in every later run
+    (:func:`_replace_damaged_entries`).
 
     Examples
     --------
@@ -114,9 +118,109 @@ def enable_compilation_cache(directory=None, *, min_compile_time_secs: float = 0
             f"switch the cache off ({ENVIRONMENT_VARIABLE}=off; the command line's --no-compilation-cache)",
             CacheWarning, stacklevel=2)
         return None
+    removed = _replace_damaged_entries(folder)
+    if removed:
+        import warnings
+
+        warnings.warn(
+            f"removed {len(removed)} damaged compiled program(s) from the compilation cache {folder} (they cannot be "
+            f"decompressed, e.g. {removed[0].name}: a write that was cut short); JAX compiles and stores them again",
+            CacheWarning, stacklevel=2)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
     return folder
+
+
+# --- Damaged entries of JAX's cache ---------------------------------------------------------------
+
+ENTRY_SUFFIX = "-cache"  # JAX's file cache: "<module>-<hash>-cache"
+SETTLE_SECONDS = 120.0  # entries newer than this may still be being written by another process
+VERIFIED_STAMP = ".deeplinear-verified"  # its modification time: entries before it were verified
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _zstd_decompressor():
+    """The zstd decompressor JAX would use (``compression.zstd``, then ``zstandard``), or ``None``."""
+    try:
+        from compression import zstd  # Python >= 3.14
+
+        return zstd.decompress
+    except ImportError:
+        pass
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard.ZstdDecompressor().decompress
+
+
+def _entry_is_damaged(path: Path) -> bool:
+    """Whether JAX could not decompress this entry: neither a complete zstd frame nor a complete zlib
+    stream (JAX compresses every entry with one of the two). A zstd entry that this Python cannot
+    decompress is not judged (another environment sharing the folder may have written it)."""
+    import zlib
+
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return False  # gone, or not readable here: not ours to judge
+    if blob.startswith(ZSTD_MAGIC):
+        decompress = _zstd_decompressor()
+        if decompress is None:
+            return False
+        try:
+            decompress(blob)
+        except Exception:  # noqa: BLE001 - each zstd binding raises its own error type
+            return True
+        return False
+    try:
+        zlib.decompress(blob)
+    except zlib.error:
+        return True
+    return False
+
+
+def _replace_damaged_entries(folder) -> list[Path]:
+    r"""Remove the entries of JAX's compilation cache in ``folder`` that JAX could not decompress, so
+    that JAX compiles and stores them again; returns the removed paths.
+
+    JAX writes an entry in place (not atomically) and never replaces one that exists: an entry cut
+    short (a killed process, a full disk) or damaged otherwise makes every later run warn ("Error
+    reading persistent compilation cache entry") and compile that program again, forever. Only
+    entries written since the last check are read (a stamp file in ``folder`` records when that
+    was), and not those of the last ``SETTLE_SECONDS`` (another process may still be writing them;
+    they are checked next time). Only files named like JAX's entries (``*-cache``) are considered.
+    """
+    import time
+
+    folder = Path(folder)
+    stamp = folder / VERIFIED_STAMP
+    try:
+        since = stamp.stat().st_mtime
+    except OSError:
+        since = -math.inf
+    until = time.time() - SETTLE_SECONDS
+    removed = []
+    for path in folder.glob(f"*{ENTRY_SUFFIX}"):
+        try:
+            modified = path.stat().st_mtime
+        except OSError:
+            continue
+        if since <= modified < until and _entry_is_damaged(path):
+            try:
+                path.unlink()
+            except FileNotFoundError:  # another process removed it first
+                pass
+            except OSError:
+                continue
+            removed.append(path)
+    if until > since:
+        try:
+            stamp.touch()
+            os.utime(stamp, (until, until))
+        except OSError:
+            pass  # checked again next time
+    return sorted(removed)
 
 
 # --- Traced programs kept beside the compiled ones -------------------------------------------------

@@ -8,6 +8,7 @@ built again counts either way."""
 
 import contextlib
 import os
+import time
 
 import jax
 import numpy as np
@@ -437,3 +438,63 @@ def test_prefetch_imports_in_the_background_and_leaves_errors_to_the_caller():
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert "deeplinear_no_such_module" not in sys.modules
+
+
+def test_damaged_cache_entries_are_replaced(tmp_path):
+    """Issue 28: JAX never replaces an entry that exists, so a damaged one (a write cut short) made
+    every later run warn and compile again. enable_compilation_cache removes it, with one
+    CacheWarning; JAX stores it afresh, and the next run neither warns nor compiles it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, sys\n"
+        "warnings.simplefilter('always')\n"
+        "import jax, jax.numpy as jnp, deeplinear as dl\n"
+        "dl.enable_compilation_cache(sys.argv[1], min_compile_time_secs=0.0)\n"
+        "print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8)))[0, 0]))\n"
+    )
+    cache_settings = ("DEEPLINEAR_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR",
+                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    env = {k: v for k, v in os.environ.items() if k not in cache_settings}
+    folder = tmp_path / "cache"
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stderr
+
+    assert "Error reading" not in run()
+    entries = sorted(folder.glob("*-cache"))
+    assert entries
+    long_ago = time.time() - 3600  # written an hour ago: settled
+    for i, entry in enumerate(entries):  # one truncated, the others garbage
+        entry.write_bytes(entry.read_bytes()[:20] if i == 0 else b"garbage")
+        os.utime(entry, (long_ago, long_ago))
+    (folder / ".deeplinear-verified").unlink()
+    first = run()
+    assert first.count("CacheWarning") == 1 and f"removed {len(entries)} damaged" in first, first[-2000:]
+    assert "Error reading persistent compilation cache" not in first
+    for entry in folder.glob("*-cache"):
+        os.utime(entry, (long_ago, long_ago))  # settled, so checked by the next run
+    os.utime(folder / ".deeplinear-verified", (long_ago - 1, long_ago - 1))
+    again = run()
+    assert "Warning" not in again, again[-2000:]  # the fresh entries are whole: read, not removed
+    assert len(list(folder.glob("*-cache"))) == len(entries)
+
+
+def test_entries_being_written_are_not_judged(tmp_path):
+    """An entry newer than SETTLE_SECONDS may still be being written by another process: left alone."""
+    from deeplinear.cache import _replace_damaged_entries
+
+    fresh = tmp_path / "jit_f-0123-cache"
+    fresh.write_bytes(b"half writ")
+    settled = tmp_path / "jit_g-4567-cache"
+    settled.write_bytes(b"half writ")
+    os.utime(settled, (time.time() - 3600,) * 2)
+    user_file = tmp_path / "notes.txt"
+    user_file.write_bytes(b"not an entry")
+    os.utime(user_file, (time.time() - 3600,) * 2)
+    assert _replace_damaged_entries(tmp_path) == [settled]
+    assert fresh.exists() and user_file.exists() and not settled.exists()
