@@ -323,6 +323,17 @@ def check_hyperprior(name: str, prior):
     return prior
 
 
+def check_path(name: str, value, what: str = "file"):
+    """``value`` names a ``what`` (``"file"`` or ``"folder"``): a non-empty ``str`` or ``os.PathLike``;
+    returned as a :class:`pathlib.Path`."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise TypeError(f"{name} must be a {what} path (a non-empty str or os.PathLike), got {describe(value)}")
+    return Path(value)
+
+
 def check_instance(name: str, value, cls, hint: str = ""):
     """``value`` is an instance of ``cls`` (a ``TypeError`` naming ``name`` otherwise); ``hint``
     says how to make one."""

@@ -97,11 +97,11 @@ def enable_compilation_cache(directory=None, *, min_compile_time_secs: float = 0
     """
     import jax
 
-    from deeplinear._validation import check_positive_scalar
+    from deeplinear._validation import check_path, check_positive_scalar
 
     check_positive_scalar("min_compile_time_secs", min_compile_time_secs, allow_zero=True)
-    if directory is not None and not isinstance(directory, (str, os.PathLike)):
-        raise TypeError(f"directory must be a folder path, got {directory!r}")
+    if directory is not None:
+        check_path("directory", directory, "folder")
     if directory is None:
         setting = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
         if setting.lower() in OFF_WORDS:

@@ -497,17 +497,17 @@ def log_evidence(
     started = time.perf_counter()
     check_regression_data(data)
     spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
-    model_args = spec.model_arguments(data)
-    warn_if_spec_imprecise(spec, data, not isinstance(spec.prior, NNGPPrior), stacklevel=4)  # as in fit
-    method = check_choice("method", method, EVIDENCE_METHODS)
+    method = check_choice("method", method, EVIDENCE_METHODS)  # every argument before anything is traced
     num_particles = check_positive_int("num_particles", num_particles, minimum=2, maximum=MAX_PARTICLES)
     if num_temperatures is not None:
         num_temperatures = check_positive_int("num_temperatures", num_temperatures, maximum=MAX_TEMPERATURES)
     num_leapfrog = check_positive_int("num_leapfrog", num_leapfrog, maximum=MAX_LEAPFROG)
     num_moves = check_positive_int("num_moves", num_moves, maximum=MAX_LEAPFROG)
     pilot_particles = check_positive_int("pilot_particles", pilot_particles, minimum=2, maximum=MAX_PARTICLES)
-    key = check_key(key)
     progress_bar = check_bool("progress_bar", progress_bar)
+    key = check_key(key)  # JAX's first work: after every other argument is checked
+    model_args = spec.model_arguments(data)
+    warn_if_spec_imprecise(spec, data, not isinstance(spec.prior, NNGPPrior), stacklevel=4)  # as in fit
     constant = _data_constant(spec, data)
 
     if not spec.has_latent_sites:  # NNGP with everything fixed: the evidence is the likelihood

@@ -15,7 +15,6 @@ it, ready for ``predict`` (without the MCMC object).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -24,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from deeplinear._files import atomic_write
-from deeplinear._validation import check_bool
+from deeplinear._validation import check_bool, check_path
 from deeplinear.custom import CustomModel
 from deeplinear.data import InterceptTerms, KernelEigenbasis, RegressionData, null_scatter
 from deeplinear.inference import PosteriorFit
@@ -45,8 +44,7 @@ def save_fit(result: PosteriorFit, path, *, overwrite: bool = False) -> Path:
     """
     if not isinstance(result, PosteriorFit):
         raise TypeError(f"result must be a PosteriorFit, got {type(result).__name__}")
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path, got {path!r}")
+    check_path("path", path)
     overwrite = check_bool("overwrite", overwrite)
     result.data.require_rows("save_fit")
     path = Path(path)
@@ -100,8 +98,7 @@ def load_fit(path) -> PosteriorFit:
     ``R``, ``D`` of the prior) or non-finite values raise a ``ValueError`` naming ``path``. A float64
     fit needs JAX's 64-bit mode (it is not silently downgraded to float32).
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path, got {path!r}")
+    check_path("path", path)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")

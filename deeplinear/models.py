@@ -47,6 +47,7 @@ import numpyro.distributions as dist
 
 from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._validation import (
+    check_choice,
     check_hyperprior,
     check_noise_covariance,
     check_noise_for_data,
@@ -197,8 +198,7 @@ class ModelSpec:
                 f"prior must be a FiniteWidthPrior, ProportionalLimitPrior or NNGPPrior, got {describe(self.prior)}"
             )
         self._check_intercept()
-        if self.noise_model not in NOISE_MODELS:
-            raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
+        check_choice("noise_model", self.noise_model, NOISE_MODELS)
         if self.noise_model != "scalar":
             self._check_matrix_noise()
         elif self.noise_correlation is not None:

@@ -48,7 +48,7 @@ import numpy as np
 from deeplinear._executor import InProcessExecutor, check_executor, run_with_retry
 from deeplinear._files import atomic_write, ensure_writable_folder
 from deeplinear._types import KeyLike
-from deeplinear._validation import check_bool, raw_key
+from deeplinear._validation import check_bool, check_path, describe, raw_key
 from deeplinear.data import check_regression_data
 from deeplinear.inference import ConvergenceWarning, _validate_fit_args, fit
 from deeplinear.loo import loo
@@ -113,7 +113,7 @@ def _checked_tasks(tasks) -> list:
     out = []
     for name, pair in tasks.items():
         if not isinstance(name, str) or not name:
-            raise TypeError(f"task names must be non-empty strings, got {name!r}")
+            raise TypeError(f"tasks: every name (key) must be a non-empty string, got {describe(name)}")
         if not (isinstance(pair, tuple) and len(pair) == 2):
             raise TypeError(f"tasks[{name!r}] must be a pair (RegressionData, ModelSpec), got {type(pair).__name__}")
         data, spec = pair
@@ -345,6 +345,7 @@ def run_sweep(
     checked = _checked_tasks(tasks)
     _validate_fit_args(num_warmup, num_samples, num_chains, "auto", target_accept_prob, max_tree_depth, None, None)
     keep_datatrees = check_bool("keep_datatrees", keep_datatrees)
+    folder = None if checkpoint is None else check_path("checkpoint", checkpoint, "folder")
     if executor is not None:
         check_executor(executor)
     base = raw_key(key)
@@ -356,7 +357,6 @@ def run_sweep(
     prints = [_fingerprint(name, host[i], spec_json, keys[i], settings) for i, (name, _, spec_json)
               in enumerate(checked)]
 
-    folder = None if checkpoint is None else Path(checkpoint)
     rows, trees, reused, unwritten = {}, {}, [], []
     if folder is not None:
         _claim_folder(folder, prints)

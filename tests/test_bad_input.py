@@ -5,6 +5,7 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 
+import deeplinear as dl
 from deeplinear import (
     FiniteWidthPrior,
     KroneckerNormal,
@@ -27,6 +28,7 @@ from deeplinear.app.prior_laws import lognormal_convergence, offdiagonal_varianc
 from deeplinear.datasets import correlated_outputs
 from deeplinear.likelihood import loo_log_likelihood
 from deeplinear.predictive import conditional_predictive
+from deeplinear.sweep import run_sweep
 
 KEY = jax.random.key(0)
 X = np.ones((3, 2))
@@ -205,6 +207,11 @@ CASES = [
     (lambda: ModelSpec.from_dict({"prior": {"kind": "nngp", "num_outputs": 2},
                                   "noise_variance": {"distribution": "Nope"}}), ValueError, "numpyro distribution"),
     (lambda: ModelSpec.from_json("{not json"), ValueError, "JSON"),
+    # found by the seeded argument fuzz (issue 28): raw numpy/pathlib errors naming no argument
+    (lambda: ModelSpec(LIM2, noise_model=np.ones(3)), TypeError, "noise_model must be one of"),
+    (lambda: run_sweep({"x": (DATA, ModelSpec(LIM2))}, checkpoint=float("inf")), TypeError, "checkpoint must be a"),
+    (lambda: run_sweep({1: (DATA, ModelSpec(LIM2))}), TypeError, "tasks: every name"),
+    (lambda: dl.load_fit(""), TypeError, "path must be a file path"),
     # hyperpriors outside the support are refused before compilation (issue 12, item 6)
     (lambda: fit(DATA, LIM2, ratio=dist.Normal(0.0, 1.0)), ValueError, "ratio must be a prior over positive"),
     (lambda: fit(DATA, LIM2, noise_variance=dist.Normal(0.0, 1.0)), ValueError, "noise_variance must be a prior"),
