@@ -1,6 +1,7 @@
-"""Issue 12's hostile cases: what happened before (as reported in the issue) and what happens now.
+"""Issues 12 and 28's hostile cases: what happened before (as reported in the issues) and what happens now.
 
-Runs every case against the installed deeplinear and writes ``results/hostile_inputs.md``. "Now" is
+Runs every case against the installed deeplinear (issue 28's, on the newer surfaces, are in
+``hostile_trust3.py``) and writes ``results/hostile_inputs.md``. "Now" is
 measured here: the exception type and the start of its message, the warning raised, or the
 finite result. Run: ``python benchmarks/hostile_inputs.py`` (about a minute on 2 cores).
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpyro.distributions as dist
 from _machine import describe
+from hostile_trust3 import CASES as TRUST3_CASES
 
 import deeplinear as dl
 from deeplinear.app.cli import main
@@ -302,20 +304,25 @@ def outcome(call) -> str:
 
 def main_() -> None:
     rows = []
-    for item, case, before, call in CASES:
+    for item, case, before, call in CASES + TRUST3_CASES:
         now = outcome(call).replace("|", "\\|").replace("\n", " ")
         rows.append(f"| {item} | {case} | {before} | {now} |")
         print(rows[-1], flush=True)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     out = Path(__file__).parent / "results" / "hostile_inputs.md"
     out.write_text(
-        "# Hostile inputs (issue 12): before and now\n\n"
+        "# Hostile inputs (issues 12 and 28): before and now\n\n"
         f"Machine: {describe()}\n\nLoad (`uptime`): {load}\n\n"
-        "\"Before\" is what the issue reported for deeplinear 0.2.0-dev; \"now\" is measured by "
-        "`benchmarks/hostile_inputs.py` on this commit. Every case is also a test in "
+        "\"Before\" is what the issue reported (items 1-8: issue 12, deeplinear 0.2.0-dev; items 28.x: "
+        "issue 28, on the sweeps, cache, custom models, evidence, readers and Dask frames); \"now\" is "
+        "measured by `benchmarks/hostile_inputs.py` on this commit. Every case is also a test: items 1-8 in "
         "`tests/test_hostile_inputs.py` or `tests/test_bad_input.py` (the error type and that the message "
         "names the argument; for data safety, that the original file is byte-identical and no stray file "
-        "remains); `tests/test_fuzz.py` runs 1,000 random combinations.\n\n"
+        "remains); items 28.x in `tests/test_sweep.py`, `test_evidence.py`, `test_numerical_range.py`, "
+        "`test_learned_kernels.py`, `test_custom_models.py`, `test_hostile_inputs.py`, `test_distributed.py`, "
+        "`test_compilation.py` and `test_persistence.py`. `tests/test_fuzz.py` runs 1,000 random data "
+        "combinations and 1,000 random argument combinations of `log_evidence`, `renormalized_kernel` and "
+        "`run_sweep`.\n\n"
         "| item | case | before | now |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     print(f"written to {out}")

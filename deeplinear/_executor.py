@@ -88,6 +88,8 @@ def run_with_retry(executor, tasks, submit: Callable, on_result: Callable | None
     def settle(future):
         task, first_error, where = pending.pop(future)
         error = future.exception()
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C reached the worker too: the user stops the run
+            raise error
         if error is None:
             results[task] = future.result()
             if on_result is not None:
@@ -117,6 +119,10 @@ def run_with_retry(executor, tasks, submit: Callable, on_result: Callable | None
                 done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
                     settle(future)
+    except BaseException:  # an interrupt: tasks not yet started are cancelled, so the executor stops soon
+        for future in pending:
+            future.cancel()
+        raise
     finally:
         for replacement in made:
             replacement.shutdown(wait=True, cancel_futures=True)

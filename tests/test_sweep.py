@@ -323,3 +323,51 @@ def test_damaged_checkpoint_files_are_set_aside_and_their_fits_rerun(tmp_path, m
     calls = _counting_fits(monkeypatch)
     third = run_sweep(tasks, key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
     assert calls == [] and third.reused == tuple(tasks)
+
+
+SIGINT_SWEEP = """
+import concurrent.futures, multiprocessing, sys
+sys.path.insert(0, sys.argv[2])
+import test_sweep as t
+from deeplinear.sweep import run_sweep
+with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    run_sweep(t._pool_tasks(), key=t.KEY, executor=pool, checkpoint=sys.argv[1], **t.SETTINGS)
+"""
+
+
+def _pool_tasks():
+    specs = {f"a={a:g}": dl.ModelSpec(dl.ProportionalLimitPrior(a, 2, num_steps=4), noise_variance=0.1)
+             for a in POOL_RATIOS}
+    return grid(_data_sets(), specs)
+
+
+def test_a_pool_sweep_interrupted_by_ctrl_c_is_resumed_without_refits_or_duplicates(tmp_path, monkeypatch):
+    """Issue 28's acceptance: 12 fits on a 2-worker process pool, Ctrl-C (SIGINT to the process group,
+    as a terminal sends it) once the first row is on disk; the rerun fits only what is missing and
+    writes every row once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder = tmp_path / "checkpoint"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.Popen([sys.executable, "-c", SIGINT_SWEEP, str(folder), str(Path(__file__).parent)],
+                           env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(folder.glob("fit-*.json")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode != 0 and "KeyboardInterrupt" in err, err[-3000:]
+    finished = sorted(p.name for p in folder.glob("fit-*.json"))
+    assert 1 <= len(finished) < 12, finished  # interrupted mid-sweep
+    print(f"{len(finished)} of 12 rows written before Ctrl-C")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(finished + ["sweep.json"])  # no partial file
+    calls = _counting_fits(monkeypatch)
+    again = run_sweep(_pool_tasks(), key=KEY, checkpoint=folder, **SETTINGS)
+    assert len(calls) == 12 - len(finished) and len(again.reused) == len(finished)
+    assert len(list(folder.glob("fit-*.json"))) == 12 and list(again.table.index) == list(_pool_tasks())
+    assert not again.failures and np.all(np.isfinite(again.table["elpd_loo"]))
