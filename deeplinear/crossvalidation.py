@@ -1,0 +1,249 @@
+r"""Cross-validation by refitting: exact LOO, PSIS-LOO with refits where Pareto k is large, K-fold.
+
+PSIS-LOO (:func:`deeplinear.loo`) reweights one posterior; where an input is influential its
+Pareto :math:`\hat k` exceeds 0.7 and the estimate cannot be trusted. The remedy is to refit
+without it. For a held-out set :math:`H` (one input for LOO, a fold for K-fold) and the training
+rows :math:`T = \{1..P\} \setminus H`,
+
+.. math::
+
+    \mathrm{elpd}_i = \log \frac1S \sum_{s=1}^S p(y_i \mid Y_T, \theta_s^{(-H)}),
+    \qquad \theta_s^{(-H)} \sim p(\theta \mid Y_T),
+
+with :math:`\theta = (Q, \lambda_*, \Sigma_\varepsilon, \mu)`. The model does not factorize over
+inputs (the outputs are matrix-normal with covariance :math:`\lambda_* Q \otimes K +
+\Sigma_\varepsilon \otimes I`), so :math:`p(y_i \mid Y_T, \theta)` is the Gaussian conditional of
+row :math:`i` given the training rows: the leave-one-input-out term of row :math:`i` in the data
+restricted to :math:`T \cup \{i\}` (:func:`~deeplinear.likelihood.loo_log_likelihood`; for LOO that
+is the full data).
+
+The algorithms are arviz-stats' own (``arviz_stats.reloo``, ``arviz_stats.loo_kfold``); this module
+is their :class:`RefitWrapper`. The data restricted to rows :math:`T` are set up from the full
+data's eigenbasis, :math:`K_{TT} = U_T \operatorname{diag}(\kappa) U_T^\top`, as the linear kernel
+of the features :math:`U_T \operatorname{diag}(\sqrt{R\kappa})` (``R`` columns): every refit of
+one training-set size has the same shapes, so all of them share one compiled program set.
+The refit holding out rows :math:`H` uses ``jax.random.fold_in(key, min(H))``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from arviz_stats import SamplingWrapper
+
+from deeplinear._validation import check_positive_int, describe
+from deeplinear.inference import PosteriorFit, fit
+from deeplinear.likelihood import loo_log_likelihood_draws
+from deeplinear.models import ModelSpec
+
+__all__ = ["RefitWrapper", "exact_loo", "reloo", "kfold"]
+
+DEFAULT_K_THRESHOLD = 0.7  # Pareto k above which a PSIS-LOO term is replaced by a refit
+DEFAULT_FOLDS = 10
+
+
+def _check_refittable(result) -> None:
+    if not isinstance(result, PosteriorFit):
+        raise TypeError(f"fit must be a deeplinear PosteriorFit, got {describe(result)}")
+    if not isinstance(result.spec, ModelSpec):
+        raise ValueError("refit-based cross-validation needs a built-in model (ModelSpec); a fit of your own "
+                         "NumPyro model (fit(model=...)) cannot be refitted on a subset here")
+    result.data.require_rows("refit-based cross-validation")
+    if result.data.kernel_kind == "learned":
+        raise ValueError("refit-based cross-validation needs a fixed kernel; a learned kernel (learned_gram, "
+                         "learned_features) depends on its hyperparameters, so refit it with your own model")
+
+
+def restrict_rows(data, rows):
+    r"""The data restricted to ``rows`` (increasing indices): the kernel :math:`K_{TT}` and the labels
+    of those inputs, set up as the linear kernel of :math:`U_T \operatorname{diag}(\sqrt{R\kappa})`
+    (module docstring), in the data's precision."""
+    rows = np.asarray(rows)
+    U = np.asarray(data.basis.eigenvectors, np.float64)[rows]
+    kappa = np.asarray(data.basis.eigenvalues, np.float64)
+    features = U * np.sqrt(kappa * kappa.size)[None, :]
+    from deeplinear.data import RegressionData
+
+    return RegressionData.linear(features, np.asarray(data.labels, np.float64)[rows], dtype=data.dtype)
+
+
+def _default_settings(result, settings) -> dict:
+    post = result.datatree["posterior"]
+    out = {"num_chains": int(post.sizes["chain"]), "num_samples": int(post.sizes["draw"])}
+    out["num_warmup"] = out["num_samples"]
+    if settings is not None:
+        if not isinstance(settings, dict):
+            raise TypeError(f"refit_settings must be a dict of fit keywords, got {describe(settings)}")
+        allowed = {"num_warmup", "num_samples", "num_chains", "target_accept_prob", "max_tree_depth", "chain_method"}
+        unknown = set(settings) - allowed
+        if unknown:
+            raise ValueError(f"refit_settings: unknown keyword(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        out.update(settings)
+    for name in ("num_warmup", "num_samples", "num_chains"):
+        out[name] = check_positive_int(f"refit_settings[{name!r}]", out[name], minimum=1 if name != "num_warmup" else 0)
+    out["progress_bar"] = False
+    out["log_likelihood"] = False  # the refit's own PSIS terms are not used
+    return out
+
+
+def _conditional_terms(refit: PosteriorFit, data, train, held) -> np.ndarray:
+    """``(S, len(held))``: :math:`\\log p(y_i \\mid Y_T, \\theta_s)` for the refit's draws (module docstring)."""
+    dtype = data.dtype
+    q = np.asarray(refit.draws("Q"), dtype)
+    lam = np.asarray(refit.draws("lambda_star"), dtype)
+    out = []
+    for i in held:
+        rows = np.sort(np.append(train, i))
+        sub = data if rows.size == data.num_obs else restrict_rows(data, rows)
+        kw = refit._draw_keywords(dtype)
+        terms = np.asarray(loo_log_likelihood_draws(q, lam, kw.pop("noise_variance"), sub, **kw), np.float64)
+        out.append(terms[:, int(np.searchsorted(rows, i))])
+    ll = np.stack(out, axis=1)
+    if not np.all(np.isfinite(ll)):
+        raise FloatingPointError("the held-out log-likelihood terms of a refit are not finite in this precision; "
+                                 "rescale the inputs and labels, or use float64 (jax_enable_x64)")
+    return ll
+
+
+class RefitWrapper(SamplingWrapper):
+    r"""An ``arviz_stats.SamplingWrapper`` that refits ``result``'s model on subsets of its inputs.
+
+    ``sel_observations(idx)`` gives the training rows (all but ``idx``) and ``idx``; ``sample``
+    refits with :func:`deeplinear.fit` (the same model; ``refit_settings``, keywords of ``fit``:
+    by default the original fit's chains and draws, with as many warm-up steps as draws);
+    ``log_likelihood__i`` gives :math:`\log p(y_i \mid Y_T, \theta_s)` for the held-out rows
+    (module docstring) as a ``(chain, draw, obs)`` DataArray. Pass it to ``arviz_stats.reloo`` or
+    ``arviz_stats.loo_kfold``, as :func:`reloo`, :func:`exact_loo` and :func:`kfold` do.
+
+    Attributes
+    ----------
+    refitted : list[tuple[int, ...]]
+        The held-out rows of each refit, in order. The refit holding out rows :math:`H` uses
+        ``jax.random.fold_in(key, min(H))``, so a row's refit is the same in :func:`reloo` and
+        :func:`exact_loo`.
+    convergence_warnings : list[tuple[tuple[int, ...], str]]
+        The refits' convergence warnings, reported together by :meth:`report_convergence`.
+    """
+
+    def __init__(self, result: PosteriorFit, *, key=0, refit_settings: dict | None = None):
+        from deeplinear._validation import raw_key
+
+        _check_refittable(result)
+        super().__init__(result, idata_orig=result.datatree)
+        self.settings = _default_settings(result, refit_settings)
+        self._base_key = raw_key(key)
+        self.refitted: list[tuple[int, ...]] = []
+        self.convergence_warnings: list[tuple[tuple[int, ...], str]] = []
+
+    def sel_observations(self, idx):
+        data = self.model.data
+        held = np.atleast_1d(np.asarray(idx, dtype=np.int64))
+        if held.size == 0 or held.min() < 0 or held.max() >= data.num_obs:
+            raise ValueError(f"held-out rows must be in [0, {data.num_obs}), got {held.tolist()}")
+        return np.setdiff1d(np.arange(data.num_obs), held), held
+
+    def sample(self, modified_observed_data):
+        import warnings
+
+        import jax
+
+        from deeplinear.inference import ConvergenceWarning
+
+        train = np.asarray(modified_observed_data)
+        held = tuple(int(i) for i in np.setdiff1d(np.arange(self.model.data.num_obs), train))
+        key = jax.random.fold_in(self._base_key, held[0])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            refit = fit(restrict_rows(self.model.data, train), self.model.spec, key=key, **self.settings)
+        for w in caught:  # convergence is summarized once, by report_convergence; anything else passes on
+            if issubclass(w.category, ConvergenceWarning):
+                self.convergence_warnings.append((held, str(w.message)))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self.refitted.append(held)
+        return train, refit
+
+    def report_convergence(self, stacklevel: int = 3) -> None:
+        """One :class:`~deeplinear.ConvergenceWarning` for all refits that warned, naming them."""
+        import warnings
+
+        from deeplinear.inference import ConvergenceWarning
+
+        if self.convergence_warnings:
+            first_held, first = self.convergence_warnings[0]
+            warnings.warn(f"{len(self.convergence_warnings)} of {len(self.refitted)} refits warned about convergence "
+                          f"(refit_settings: more draws or warm-up); the first, holding out rows {list(first_held)}: "
+                          f"{first}", ConvergenceWarning, stacklevel=stacklevel)
+
+    def get_inference_data(self, fitted_model):
+        return fitted_model
+
+    def log_likelihood__i(self, excluded_obs, idata__i):
+        import xarray as xr
+
+        train, refit = idata__i
+        held = np.atleast_1d(np.asarray(excluded_obs))
+        ll = _conditional_terms(refit, self.model.data, train, held)
+        post = refit.datatree["posterior"]
+        return xr.DataArray(ll.reshape(post.sizes["chain"], post.sizes["draw"], held.size),
+                            dims=("chain", "draw", "obs"), coords={"obs": held})
+
+
+def _check_threshold(k_threshold) -> float:
+    if isinstance(k_threshold, bool) or not isinstance(k_threshold, (int, float, np.integer, np.floating)) or \
+            np.isnan(k_threshold) or k_threshold == np.inf:
+        raise TypeError(f"k_threshold must be a real number (or -inf: refit every input), got {describe(k_threshold)}")
+    return float(k_threshold)
+
+
+def reloo(result: PosteriorFit, *, k_threshold: float = DEFAULT_K_THRESHOLD, key=0, refit_settings: dict | None = None):
+    r"""PSIS-LOO whose terms with Pareto :math:`\hat k >` ``k_threshold`` are replaced by exact ones from
+    refits without that input (``arviz_stats.reloo`` with :class:`RefitWrapper`; module docstring).
+
+    Returns ``arviz_stats``' ``ELPDDataLOO`` (pointwise), which ``arviz_stats.compare`` ranks; its
+    ``refitted`` attribute lists the refitted inputs (their Pareto k is set to 0). ``key`` seeds the
+    refits; ``refit_settings`` as in :class:`RefitWrapper`.
+    """
+    return _reloo(result, _check_threshold(k_threshold), key, refit_settings, stacklevel=4)
+
+
+def _reloo(result, k_threshold: float, key, refit_settings, stacklevel: int):
+    import arviz_stats
+
+    from deeplinear.loo import loo
+
+    wrapper = RefitWrapper(result, key=key, refit_settings=refit_settings)
+    psis = loo(result)
+    if psis.elpd_i is None or psis.pareto_k is None:
+        raise ValueError("reloo needs the pointwise PSIS-LOO of the fit: fit(..., log_likelihood=True) on data that "
+                         "keep their rows")
+    out = arviz_stats.reloo(wrapper, loo_orig=psis, k_threshold=k_threshold, pointwise=True)
+    wrapper.report_convergence(stacklevel)
+    out.refitted = [held[0] for held in wrapper.refitted]
+    return out
+
+
+def exact_loo(result: PosteriorFit, *, key=0, refit_settings: dict | None = None):
+    r"""Exact LOO: one refit without each input (:func:`reloo` with every input refitted), ``P`` refits
+    of ``P - 1`` rows, which share one compiled program set."""
+    return _reloo(result, -np.inf, key, refit_settings, stacklevel=4)
+
+
+def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, key=0,
+          refit_settings: dict | None = None):
+    r"""K-fold cross-validation: the inputs split at random (``seed``) into ``folds`` groups of nearly
+    equal size; each group is held out in turn and predicted from a refit on the rest
+    (``arviz_stats.loo_kfold`` with :class:`RefitWrapper`; module docstring). The folds have at most
+    two sizes, so the refits compile at most two program sets. Returns ``ELPDDataLOOKFold``
+    (pointwise), with ``refitted`` listing each fold's inputs.
+    """
+    import arviz_stats
+
+    wrapper = RefitWrapper(result, key=key, refit_settings=refit_settings)
+    P = result.data.num_obs
+    folds = check_positive_int("folds", folds, minimum=2, maximum=P)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    out = arviz_stats.loo_kfold(result.datatree, wrapper, pointwise=True, k=folds, seed=int(seed))
+    wrapper.report_convergence()
+    out.refitted = list(wrapper.refitted)
+    return out
