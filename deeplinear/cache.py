@@ -421,8 +421,8 @@ class ReusedTraceJit:
         offsets = np.cumsum([0] + [len(jax.tree.leaves(a)) for a in dynamic])
         donated = tuple(i for a, name in enumerate(names) if name in self._donate
                         for i in range(offsets[a], offsets[a + 1]))
-        return jax.jit(exported.call, in_shardings=jax.sharding.SingleDeviceSharding(device),
-                       donate_argnums=donated), out_tree
+        one_device = getattr(jax.sharding, "make_single_device_sharding", None) or jax.sharding.SingleDeviceSharding
+        return jax.jit(exported.call, in_shardings=one_device(device), donate_argnums=donated), out_tree
 
 
 def reuse_traces(fun=None, *, static_argnames=(), donate_argnames=()):

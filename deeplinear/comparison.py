@@ -7,7 +7,9 @@ the models side by side:
 
 * PSIS-LOO from the exact pointwise leave-one-input-out terms
   (:func:`~deeplinear.likelihood.loo_log_likelihood`), subsampled beyond a memory budget
-  (:func:`~deeplinear.loo.loo`), ranked by ``arviz.compare``;
+  (:func:`~deeplinear.loo.loo`); or, where PSIS cannot be trusted (Pareto :math:`\hat k > 0.7`),
+  cross-validation by refitting (:mod:`deeplinear.crossvalidation`: PSIS with refits of the
+  high-:math:`\hat k` inputs, exact LOO, K-fold); ranked by ``arviz.compare``;
 * the held-out log predictive density of test labels,
   :math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s), \Sigma_{*jj}(Q_s) + \sigma_s^2 I)`;
 * predictive means, variances and cross-output correlations at the test inputs.
@@ -20,8 +22,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from deeplinear._validation import check_choice
 from deeplinear.inference import PosteriorFit
-from deeplinear.loo import loo
+from deeplinear.loo import loo as psis_loo
 from deeplinear.predictive import correlation_matrix
 
 __all__ = ["compare_models", "ModelComparison"]
@@ -33,8 +36,10 @@ class ModelComparison(NamedTuple):
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per model: ``elpd_loo``, ``elpd_loo_se``, ``max_pareto_k`` (PSIS reliability:
-        above 0.7 the LOO estimate for some input is unreliable), ``heldout_lpd`` (if test labels
+        One row per model: ``elpd_loo``, ``elpd_loo_se`` (``elpd_kfold``, ``elpd_kfold_se`` for
+        ``loo="kfold"``), ``max_pareto_k`` (PSIS reliability over the terms still from PSIS: above
+        0.7 the LOO estimate for some input is unreliable; 0 once every such input is refitted),
+        ``refitted`` (the inputs, or folds, refitted; ``loo="psis"``: none), ``heldout_lpd`` (if test labels
         were given) with ``heldout_lpd_se`` (:math:`\sqrt{P_*}` times the standard deviation of its
         per-input terms, as for ``elpd_loo_se``; for the difference of two models use the paired
         terms, ``predictive[name].log_predictive_density(Y_test, pointwise=True)``), mean predictive variance
@@ -43,20 +48,27 @@ class ModelComparison(NamedTuple):
         ``corr(Q)`` (absolute values, so correlations of opposite signs do not cancel; the
         entries with their signs are in ``q_correlation``).
     loo : pandas.DataFrame
-        ``arviz.compare`` on the LOO estimates (ranked, with weights).
+        ``arviz.compare`` on the LOO (or K-fold) estimates (ranked, with weights).
     predictive : dict[str, deeplinear.predictive.PredictiveMixture]
     q_correlation : dict[str, numpy.ndarray]
         Posterior mean of :math:`\operatorname{corr}(Q)` (``D x D``) per model.
+    cross_validation : dict[str, arviz_stats ELPDData]
+        Each model's LOO or K-fold estimate, pointwise (``elpd_i``, ``pareto_k``).
     """
 
     table: object
     loo: object
     predictive: dict
     q_correlation: dict
+    cross_validation: dict
+
+
+LOO_METHODS = ("psis", "reloo", "exact", "kfold")
 
 
 def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, test_gram=None, rows=None,
-                   loo_seed: int = 0) -> ModelComparison:
+                   loo_seed: int = 0, loo: str = "psis", k_threshold: float = 0.7, folds: int = 10,
+                   key=0, refit_settings: dict | None = None) -> ModelComparison:
     r"""Compare fitted models (e.g. ``{"limit a=1": fit1, "NNGP": fit0}``) on the same data.
 
     Parameters
@@ -68,7 +80,18 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
         Held-out labels for the log predictive density.
     rows, loo_seed
         Passed to :func:`~deeplinear.loo.loo` (``rows``: the training rows again, for data set up by
-        streaming; ``loo_seed``: the subsample, the same for every fit, when LOO is subsampled).
+        streaming; ``loo_seed``: the subsample, the same for every fit, when LOO is subsampled; for
+        ``loo="kfold"``, the seed of the split, the same folds for every fit).
+    loo : {"psis", "reloo", "exact", "kfold"}, default "psis"
+        ``"psis"``: PSIS-LOO from the fit alone. ``"reloo"``: PSIS-LOO with every input whose
+        Pareto :math:`\hat k` exceeds ``k_threshold`` refitted without it
+        (:func:`deeplinear.crossvalidation.reloo`). ``"exact"``: one refit per input. ``"kfold"``:
+        ``folds``-fold cross-validation. The refits share compiled programs (one set per training-set size).
+    k_threshold : float, default 0.7
+    folds : int, default 10
+    key, refit_settings
+        The refits' seed (the refit holding out inputs ``H`` uses ``fold_in(key, min(H))``) and
+        sampler settings (:class:`deeplinear.crossvalidation.RefitWrapper`).
     """
     import arviz_stats
     import pandas as pd
@@ -86,18 +109,34 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
     if Y_test is not None and not has_test:
         raise ValueError("Y_test needs test inputs (X_test, or cross_gram and test_gram)")
 
+    loo = check_choice("loo", loo, LOO_METHODS)
+    if loo != "psis":
+        from deeplinear import crossvalidation
+
+        crossvalidation.check_arguments(loo, fits.values(), k_threshold, folds, refit_settings, key)
     with warnings.catch_warnings():  # high Pareto k is reported in the table instead
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
-        loos = {name: loo(f, rows=rows, seed=loo_seed) for name, f in fits.items()}
+        if loo == "psis":
+            loos = {name: psis_loo(f, rows=rows, seed=loo_seed) for name, f in fits.items()}
+        elif loo == "kfold":
+            loos = {name: crossvalidation.kfold(f, folds=folds, seed=loo_seed, key=key, refit_settings=refit_settings)
+                    for name, f in fits.items()}
+        else:
+            threshold = -np.inf if loo == "exact" else k_threshold
+            loos = {name: crossvalidation.reloo(f, k_threshold=threshold, key=key, refit_settings=refit_settings)
+                    for name, f in fits.items()}
+    prefix = "elpd_kfold" if loo == "kfold" else "elpd_loo"
     rows, predictive, q_correlation = [], {}, {}
     D = next(iter(fits.values())).data.num_outputs
     for name, f in fits.items():
         qcorr = q_correlation[name] = correlation_matrix(f.draws("Q")).mean(0)
         row = {
             "model": name,
-            "elpd_loo": loos[name].elpd,
-            "elpd_loo_se": loos[name].se,
-            "max_pareto_k": float(np.max(loos[name].pareto_k)) if loos[name].pareto_k is not None else np.nan,
+            prefix: loos[name].elpd,
+            f"{prefix}_se": loos[name].se,
+            "max_pareto_k": float(np.max(loos[name].pareto_k)) if getattr(loos[name], "pareto_k", None) is not None
+            else np.nan,
+            "refitted": _refitted_text(getattr(loos[name], "refitted", [])),
             "mean_abs_Q_offdiag_corr": float(np.abs(_offdiag(qcorr)).mean()) if D > 1 else 0.0,
         }
         if has_test:
@@ -116,7 +155,14 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
     ranked = arviz_stats.compare(loos, round_to="none") if len(loos) > 1 else None
-    return ModelComparison(table, ranked, predictive, q_correlation)
+    return ModelComparison(table, ranked, predictive, q_correlation, loos)
+
+
+def _refitted_text(refitted) -> str:
+    """The refitted inputs (``"3, 7"``) or folds (``"4 folds"``); ``""`` for none."""
+    if refitted and isinstance(refitted[0], tuple):
+        return f"{len(refitted)} folds"
+    return ", ".join(str(i) for i in refitted)
 
 
 def _offdiag(mats):

@@ -247,3 +247,19 @@ def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, ke
     wrapper.report_convergence()
     out.refitted = list(wrapper.refitted)
     return out
+
+
+def check_arguments(method: str, fits, k_threshold, folds, refit_settings, key) -> None:
+    """The checks of :func:`reloo` (``method`` ``"reloo"``, ``"exact"``) or :func:`kfold` (``"kfold"``)
+    for several fits at once, before any refit (:func:`deeplinear.compare_models`)."""
+    from deeplinear._validation import raw_key
+
+    fits = list(fits)
+    for result in fits:
+        _check_refittable(result)
+        _default_settings(result, refit_settings)
+    if method == "reloo":
+        _check_threshold(k_threshold)
+    if method == "kfold":
+        check_positive_int("folds", folds, minimum=2, maximum=min(f.data.num_obs for f in fits))
+    raw_key(key)

@@ -186,3 +186,22 @@ def test_learned_kernels_and_streamed_data_are_refused():
     learned = dl.RegressionData.learned_gram(X @ X.T / N0, Y)
     with pytest.raises(ValueError, match="learned kernel"):
         cv.exact_loo(dl.fit(learned, dl.NNGPPrior(D), noise_variance=NOISE))
+
+
+def test_compare_models_with_refits(original, exact):
+    """compare_models(loo="exact") is exact_loo per model, ranked by arviz_stats.compare; "kfold" uses
+    the same folds for every model; a bad choice is refused before any refit."""
+    X, Y, limit = original
+    nngp = dl.fit(limit.data, dl.NNGPPrior(D), noise_variance=NOISE)  # nothing sampled: exact refits
+    fits = {"limit": limit, "NNGP": nngp}
+    comparison = dl.compare_models(fits, loo="exact", key=5, refit_settings=SETTINGS)
+    np.testing.assert_allclose(comparison.table.loc["limit", "elpd_loo"], exact.elpd, rtol=1e-6)
+    assert comparison.table.loc["NNGP", "refitted"] == ", ".join(str(i) for i in range(P))
+    assert set(comparison.loo.index) == {"limit", "NNGP"}
+    folds = dl.compare_models(fits, loo="kfold", folds=4, refit_settings=SETTINGS)
+    assert folds.cross_validation["limit"].refitted == folds.cross_validation["NNGP"].refitted
+    assert "elpd_kfold" in folds.table.columns and (folds.table["refitted"] == "4 folds").all()
+    with pytest.raises(ValueError, match="loo must be one of"):
+        dl.compare_models(fits, loo="brute")
+    with pytest.raises(ValueError, match="folds"):
+        dl.compare_models(fits, loo="kfold", folds=P + 1)
