@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from deeplinear._validation import check_choice
+from deeplinear._validation import check_bool, check_choice, check_positive_int
 from deeplinear.inference import PosteriorFit
 from deeplinear.loo import loo as psis_loo
 from deeplinear.predictive import correlation_matrix
@@ -68,7 +68,8 @@ LOO_METHODS = ("psis", "reloo", "exact", "kfold")
 
 def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, test_gram=None, rows=None,
                    loo_seed: int = 0, loo: str = "psis", k_threshold: float = 0.7, folds: int = 10,
-                   key=0, refit_settings: dict | None = None) -> ModelComparison:
+                   key=0, refit_settings: dict | None = None, evidence: bool = False,
+                   evidence_particles: int = 1024) -> ModelComparison:
     r"""Compare fitted models (e.g. ``{"limit a=1": fit1, "NNGP": fit0}``) on the same data.
 
     Parameters
@@ -91,7 +92,16 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
     folds : int, default 10
     key, refit_settings
         The refits' seed (the refit holding out inputs ``H`` uses ``fold_in(key, min(H))``) and
-        sampler settings (:class:`deeplinear.crossvalidation.RefitWrapper`).
+        sampler settings (:class:`deeplinear.crossvalidation.RefitWrapper`); ``key`` also seeds the
+        evidence estimates.
+    evidence : bool, default False
+        Also estimate each model's log evidence :math:`\log p(Y \mid \mathcal M)`
+        (:func:`deeplinear.evidence.log_evidence`, ``evidence_particles`` particles, annealed
+        importance sampling; exact for a fixed NNGP): columns ``log_evidence``, ``log_evidence_se``
+        and the log Bayes factor against the first model, ``log_bayes_factor`` with
+        ``log_bayes_factor_se`` (the two standard errors in quadrature; the estimates are
+        independent). The estimates' own warnings (a capped schedule, a low ESS) pass through.
+        NaN, with the reason in ``evidence_note``, for a model of your own (``fit(model=...)``).
     """
     import arviz_stats
     import pandas as pd
@@ -110,6 +120,8 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
         raise ValueError("Y_test needs test inputs (X_test, or cross_gram and test_gram)")
 
     loo = check_choice("loo", loo, LOO_METHODS)
+    evidence = check_bool("evidence", evidence)
+    evidence_particles = check_positive_int("evidence_particles", evidence_particles, minimum=2)
     if loo != "psis":
         from deeplinear import crossvalidation
 
@@ -154,8 +166,35 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
                 row["heldout_lpd_se"] = float(np.sqrt(terms.size) * terms.std(ddof=1)) if terms.size > 1 else np.nan
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
+    if evidence:
+        _add_evidence(table, fits, evidence_particles, key)
     ranked = arviz_stats.compare(loos, round_to="none") if len(loos) > 1 else None
     return ModelComparison(table, ranked, predictive, q_correlation, loos)
+
+
+def _add_evidence(table, fits: dict, num_particles: int, key) -> None:
+    """The evidence columns of :func:`compare_models` (its docstring)."""
+    from deeplinear.evidence import log_evidence
+    from deeplinear.models import ModelSpec
+
+    values, errors, notes = [], [], []
+    for f in fits.values():
+        if isinstance(f.spec, ModelSpec):
+            estimate = log_evidence(f.data, f.spec, num_particles=num_particles, key=key)
+            values.append(float(estimate.log_evidence))
+            errors.append(float(estimate.standard_error))
+            notes.append(estimate.method)
+        else:
+            values.append(np.nan)
+            errors.append(np.nan)
+            notes.append("not estimated: a model of your own (fit(model=...)) has no ModelSpec to anneal")
+    values, errors = np.asarray(values), np.asarray(errors)
+    table["log_evidence"] = values
+    table["log_evidence_se"] = errors
+    table["log_bayes_factor"] = values - values[0]
+    table["log_bayes_factor_se"] = np.sqrt(errors**2 + errors[0] ** 2)
+    table.iloc[0, table.columns.get_loc("log_bayes_factor_se")] = 0.0  # the first model against itself
+    table["evidence_note"] = notes
 
 
 def _refitted_text(refitted) -> str:

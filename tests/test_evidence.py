@@ -255,3 +255,38 @@ def test_log_weights_equal_to_rounding_give_no_standard_error_of_zero():
         warnings.simplefilter("always")
         assert _honest_standard_error(spread, 0.25, 40.0, 64) == 0.25
     assert not caught
+
+
+def test_compare_models_puts_the_evidence_beside_loo():
+    """Issue 31: compare_models(evidence=True) adds log evidence and the log Bayes factor against the
+    first model. Two fixed NNGPs have closed-form evidence (per output, N(y_d; 0, lambda K + sigma^2 I),
+    scipy here); a limit prior gets the AIS estimate with its standard error."""
+    import warnings
+
+    from scipy.stats import multivariate_normal
+
+    import deeplinear as dl
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 3))
+    Y = X @ rng.normal(size=(3, 2)) + 0.5 * rng.normal(size=(8, 2))
+    data = dl.RegressionData.linear(X, Y, dtype="float32")
+    K = X @ X.T / 3
+
+    def closed_form(noise):
+        return sum(multivariate_normal.logpdf(Y[:, d], np.zeros(8), K + noise * np.eye(8)) for d in range(2))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dl.ConvergenceWarning)
+        fits = {"a": dl.fit(data, dl.NNGPPrior(2), noise_variance=0.25),
+                "b": dl.fit(data, dl.NNGPPrior(2), noise_variance=1.0),
+                "limit": dl.fit(data, dl.ProportionalLimitPrior(1.0, 2, num_steps=4), noise_variance=0.25,
+                                num_warmup=50, num_samples=50, num_chains=1, progress_bar=False)}
+        table = dl.compare_models(fits, evidence=True, evidence_particles=64, key=3).table
+    np.testing.assert_allclose(table.loc[["a", "b"], "log_evidence"], [closed_form(0.25), closed_form(1.0)],
+                               rtol=1e-4)
+    np.testing.assert_allclose(table.loc["b", "log_bayes_factor"], closed_form(1.0) - closed_form(0.25), rtol=1e-3)
+    assert table.loc["b", "log_bayes_factor_se"] == 0.0 and list(table["evidence_note"][:2]) == ["exact"] * 2
+    limit = log_evidence(data, fits["limit"].spec, num_particles=64, key=3)
+    np.testing.assert_allclose(table.loc["limit", "log_evidence"], limit.log_evidence, rtol=1e-6)
+    assert table.loc["limit", "log_bayes_factor_se"] == pytest.approx(limit.standard_error) and limit.standard_error > 0
