@@ -41,8 +41,14 @@ def test_default_run_infers_compares_and_simulates(tmp_path, capsys, monkeypatch
     for other in ("the NNGP", "the Wishart baseline", "the same model with scalar noise"):
         assert re.search(rf"the limit with a inferred \(full noise\) (beats|does not beat) {other}.*nats", stdout)
     assert "What correlated noise changes" in stdout and "corr(Q), scalar noise" in stdout
+    # issue 31: the comparison refits every man whose Pareto k exceeds 0.7 and says so; no open caveat
+    for other in ("the NNGP", "the Wishart baseline", "the same model with scalar noise"):
+        assert re.search(rf"by LOO, the limit with a inferred \(full noise\) (beats|does not beat) {other}.*the "
+                         "held-out density (agrees|disagrees)", stdout)
+    assert "Refitted without themselves:" in stdout and "PSIS-LOO is unreliable" not in stdout
     assert (tmp_path / "figs" / "predictive_correlations.png").stat().st_size > 0
     assert (tmp_path / "figs" / "posterior_correlation_and_ratio.png").stat().st_size > 0
+    assert (tmp_path / "figs" / "loo_pointwise.png").stat().st_size > 0
     assert "N(-a/2, a/2)" in stdout and "E[Q_12^2]" in stdout
     assert (tmp_path / "figs" / "lognormal_convergence.png").stat().st_size > 0
     assert (tmp_path / "figs" / "offdiagonal_variance.png").stat().st_size > 0

@@ -68,6 +68,9 @@ def _build_parser():
         p.add_argument("--samples", type=positive_int, default=500, help="posterior draws per chain")
         p.add_argument("--warmup", type=positive_int, default=500, help="warmup steps per chain")
         p.add_argument("--chains", type=positive_int, default=2, help="MCMC chains")
+        p.add_argument("--loo", choices=("reloo", "psis", "exact", "kfold"), default="reloo",
+                       help="cross-validation: PSIS-LOO with refits where Pareto k > 0.7 (default), PSIS only, "
+                       "one refit per man, or 5-fold")
     return parser
 
 
@@ -135,7 +138,7 @@ def _simulate_into(args, outputs):
     return 0
 
 
-_INFER_FIGURES = ["predictive_correlations.png", "posterior_correlation_and_ratio.png"]
+_INFER_FIGURES = ["predictive_correlations.png", "posterior_correlation_and_ratio.png", "loo_pointwise.png"]
 _SIM_FIGURES = ["lognormal_convergence.png", "offdiagonal_variance.png"]
 
 
@@ -148,10 +151,18 @@ def _infer(args):
 def _infer_into(args, outputs):
     import pandas as pd
 
-    from deeplinear.app.demo import correlation_table, heldout_verdicts, inference_demo, noise_effect
+    from deeplinear.app.demo import (
+        correlation_table,
+        heldout_verdicts,
+        inference_demo,
+        loo_verdicts,
+        noise_effect,
+        refitted_summary,
+    )
 
     print("Posterior inference on the Linnerud data (theory.md §4)")
-    demo = inference_demo(num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains, key=args.seed)
+    demo = inference_demo(num_warmup=args.warmup, num_samples=args.samples, num_chains=args.chains, key=args.seed,
+                          loo=args.loo)
     inferred = demo.inferred
     print(f"data: {demo.dataset.description}; inputs and labels standardized with the training rows")
     print("noise: a full output-noise covariance (per-output variances, LKJ(3, 1) correlation), as the")
@@ -165,7 +176,10 @@ def _infer_into(args, outputs):
         print("correlation, and corr(Q) of the inferred-ratio model with full and with scalar noise")
         print(noise_effect(demo).to_string(float_format=lambda v: f"{v:+.2f}"))
         print()
-        print("Model comparison (elpd_loo: PSIS-LOO over training inputs; heldout_lpd: log density of the")
+        cv_text = {"reloo": "PSIS-LOO over training inputs, each man with Pareto k > 0.7 refitted without him",
+                   "psis": "PSIS-LOO over training inputs", "exact": "exact LOO, one refit without each man",
+                   "kfold": "5-fold cross-validation by refitting"}[args.loo]
+        print(f"Model comparison (elpd: {cv_text}; heldout_lpd: log density of the")
         print("held-out labels in the data's units; pred_corr: predictive cross-output correlation at the")
         print("test inputs; Q corr: posterior mean of |corr(Q)|, averaged over output pairs). The Wishart")
         print("baseline is one hidden layer of width D + 1 (the intrinsic-coregionalization model)")
@@ -175,13 +189,21 @@ def _infer_into(args, outputs):
         for line in heldout_verdicts(demo):
             print(f"  {line}.")
         print()
-        print("arviz.compare (PSIS-LOO):")
+        print("Cross-validation on the training men:")
+        for line in loo_verdicts(demo):
+            print(f"  {line}.")
+        if args.loo in ("reloo", "exact"):
+            print("Refitted without themselves:")
+            for line in refitted_summary(demo):
+                print(f"  {line}.")
+        print()
+        print(f"arviz.compare ({cv_text}):")
         cols = [c for c in ("rank", "elpd", "elpd_diff", "dse", "weight") if c in demo.comparison.loo.columns]
         print(demo.comparison.loo[cols].to_string(float_format=lambda v: f"{v:.2f}"))
         shaky = demo.comparison.table.index[demo.comparison.table["max_pareto_k"] > 0.7].tolist()
-        if shaky:
+        if shaky:  # only with --loo psis: reloo and exact refit every such man
             print(f"PSIS-LOO is unreliable where a Pareto k exceeds 0.7 ({', '.join(shaky)}): with 15 men one "
-                  "influential man moves elpd_loo by nats, so read these ranks with the held-out density beside them.")
+                  "influential man moves elpd_loo by nats; --loo reloo refits them.")
         print()
         print("Posterior summary, limit with a inferred:")
         print(demo.fits[inferred].summary().to_string())

@@ -45,7 +45,35 @@ def plot_demo(demo):
         ax_a.set_title(demo.inferred)
         ax_a.legend(fontsize=8)
     fig2.tight_layout()
-    return fig1, fig2
+    fig3, ax3 = plt.subplots(figsize=(8, 3.6))
+    plot_pointwise_elpd_differences(demo, ax=ax3)
+    fig3.tight_layout()
+    return fig1, fig2, fig3
+
+
+def plot_pointwise_elpd_differences(demo, ax=None):
+    r"""Per training input, :math:`\mathrm{elpd}_i` of the limit with ``a`` inferred minus the NNGP's
+    (the demo's cross-validation: LOO with refits, or K-fold), the inputs refitted for either model
+    marked; positive bars favour the limit."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.6))
+    cv = demo.comparison.cross_validation
+    diff = np.asarray(cv[demo.inferred].elpd_i, np.float64) - np.asarray(cv[demo.baseline].elpd_i, np.float64)
+    refitted = set()
+    for name in (demo.inferred, demo.baseline):
+        refitted.update(i for i in getattr(cv[name], "refitted", []) if isinstance(i, int))
+    rows = np.arange(diff.size)
+    colours = ["tab:orange" if i in refitted else "tab:blue" for i in rows]
+    ax.bar(rows, diff, color=colours)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xlabel("training input (man)")
+    ax.set_ylabel("elpd_i difference (nats)")
+    ax.set_xticks(rows)
+    what = "K-fold" if "elpd_kfold" in demo.comparison.table.columns else "LOO"
+    ax.set_title(f"{what}: {demo.inferred} minus {demo.baseline} (orange: refitted, Pareto k > 0.7)")
+    return ax
 
 
 def plot_lognormal_convergence(rows, ax=None):
