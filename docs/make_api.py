@@ -24,6 +24,7 @@ MODULES = [
     "deeplinear.inference",
     "deeplinear.custom",
     "deeplinear.comparison",
+    "deeplinear.crossvalidation",
     "deeplinear.exact",
     "deeplinear.evidence",
     "deeplinear.renormalized",
