@@ -76,7 +76,6 @@ def _default_settings(result, settings) -> dict:
     post = result.datatree["posterior"]
     out = {"num_chains": int(post.sizes["chain"]), "num_samples": int(post.sizes["draw"])}
     out["num_warmup"] = out["num_samples"]
-    out["chain_method"] = "vectorized"  # many runs of one program: its compile is paid once (module docstring)
     if settings is not None:
         if not isinstance(settings, dict):
             raise TypeError(f"refit_settings must be a dict of fit keywords, got {describe(settings)}")
@@ -87,6 +86,8 @@ def _default_settings(result, settings) -> dict:
         out.update(settings)
     for name in ("num_warmup", "num_samples", "num_chains"):
         out[name] = check_positive_int(f"refit_settings[{name!r}]", out[name], minimum=1 if name != "num_warmup" else 0)
+    if "chain_method" not in out:  # many runs of one program: its compile is paid once (module docstring)
+        out["chain_method"] = "vectorized" if out["num_chains"] > 1 else "sequential"
     out["progress_bar"] = False
     out["log_likelihood"] = False  # the refit's own PSIS terms are not used
     return out
@@ -117,7 +118,8 @@ class RefitWrapper(SamplingWrapper):
     ``sel_observations(idx)`` gives the training rows (all but ``idx``) and ``idx``; ``sample``
     refits with :func:`deeplinear.fit` (the same model; ``refit_settings``, keywords of ``fit``:
     by default the original fit's chains and draws, with as many warm-up steps as draws, chains
-    vectorized);
+    vectorized, and ``fit``'s own ``target_accept_prob``: a fit does not record the one it used,
+    so pass it again if you raised it);
     ``log_likelihood__i`` gives :math:`\log p(y_i \mid Y_T, \theta_s)` for the held-out rows
     (module docstring) as a ``(chain, draw, obs)`` DataArray. Pass it to ``arviz_stats.reloo`` or
     ``arviz_stats.loo_kfold``, as :func:`reloo`, :func:`exact_loo` and :func:`kfold` do.
