@@ -101,6 +101,15 @@ def test_predictions_compile_once_per_shape():
     assert count[0] == 0
 
 
+CACHE_SETTINGS = ("DEEPLINEAR_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR",
+                  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+
+
+def _environment_without_cache() -> dict:
+    """This process's environment without the suite's shared compilation cache (conftest.py)."""
+    return {k: v for k, v in os.environ.items() if k not in CACHE_SETTINGS}
+
+
 def test_persistent_cache_only_when_asked(tmp_path):
     """Importing deeplinear leaves JAX's cache setting alone; enable_compilation_cache stores
     compiled programs in the folder given (a fresh process, since it is a process-wide setting)."""
@@ -118,9 +127,7 @@ def test_persistent_cache_only_when_asked(tmp_path):
         "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()\n"
         "print(len([p for p in pathlib.Path(sys.argv[1]).rglob('*') if p.is_file()]))\n"
     )
-    cache_settings = ("DEEPLINEAR_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR",
-                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
-    env = {k: v for k, v in os.environ.items() if k not in cache_settings}  # the suite's shared cache: not here
+    env = _environment_without_cache()  # the suite's shared cache: not here
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -327,9 +334,7 @@ def test_a_warm_fit_traces_nothing(tmp_path):
         "    print(len(kernels), np.asarray(post.draws('Q')).astype(np.float64).sum().hex(),\n"
         "          np.asarray(post.datatree['log_likelihood']['Y']).astype(np.float64).sum().hex())\n"
     )
-    cache_settings = ("DEEPLINEAR_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR",
-                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
-    env = {k: v for k, v in os.environ.items() if k not in cache_settings}
+    env = _environment_without_cache()
 
     def run(*caches):
         out = subprocess.run([sys.executable, "-c", code, *caches], capture_output=True, text=True, env=env,
@@ -454,9 +459,7 @@ def test_damaged_cache_entries_are_replaced(tmp_path):
         "dl.enable_compilation_cache(sys.argv[1], min_compile_time_secs=0.0)\n"
         "print(float(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8)))[0, 0]))\n"
     )
-    cache_settings = ("DEEPLINEAR_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR",
-                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
-    env = {k: v for k, v in os.environ.items() if k not in cache_settings}
+    env = _environment_without_cache()
     folder = tmp_path / "cache"
 
     def run():
