@@ -68,7 +68,7 @@ LOO_METHODS = ("psis", "reloo", "exact", "kfold")
 
 def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, test_gram=None, rows=None,
                    loo_seed: int = 0, loo: str = "psis", k_threshold: float = 0.7, folds: int = 10,
-                   key=0, refit_settings: dict | None = None, evidence: bool = False,
+                   key=0, refit_settings: dict | None = None, executor=None, evidence: bool = False,
                    evidence_particles: int = 1024) -> ModelComparison:
     r"""Compare fitted models (e.g. ``{"limit a=1": fit1, "NNGP": fit0}``) on the same data.
 
@@ -94,6 +94,9 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
         The refits' seed (the refit holding out inputs ``H`` uses ``fold_in(key, min(H))``) and
         sampler settings (:class:`deeplinear.crossvalidation.RefitWrapper`); ``key`` also seeds the
         evidence estimates.
+    executor : concurrent.futures.Executor, optional
+        Where the refits run (a process pool, a Dask client's ``get_executor()``), each model's
+        submitted at once; default: in this process, one after the other.
     evidence : bool, default False
         Also estimate each model's log evidence :math:`\log p(Y \mid \mathcal M)`
         (:func:`deeplinear.evidence.log_evidence`, ``evidence_particles`` particles, annealed
@@ -125,18 +128,18 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
     if loo != "psis":
         from deeplinear import crossvalidation
 
-        crossvalidation.check_arguments(loo, fits.values(), k_threshold, folds, refit_settings, key)
+        crossvalidation.check_arguments(loo, fits.values(), k_threshold, folds, refit_settings, key, executor)
     with warnings.catch_warnings():  # high Pareto k is reported in the table instead
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
         if loo == "psis":
             loos = {name: psis_loo(f, rows=rows, seed=loo_seed) for name, f in fits.items()}
         elif loo == "kfold":
-            loos = {name: crossvalidation.kfold(f, folds=folds, seed=loo_seed, key=key, refit_settings=refit_settings)
-                    for name, f in fits.items()}
+            loos = {name: crossvalidation.kfold(f, folds=folds, seed=loo_seed, key=key, refit_settings=refit_settings,
+                                                executor=executor) for name, f in fits.items()}
         else:
             threshold = -np.inf if loo == "exact" else k_threshold
-            loos = {name: crossvalidation.reloo(f, k_threshold=threshold, key=key, refit_settings=refit_settings)
-                    for name, f in fits.items()}
+            loos = {name: crossvalidation.reloo(f, k_threshold=threshold, key=key, refit_settings=refit_settings,
+                                                executor=executor) for name, f in fits.items()}
     prefix = "elpd_kfold" if loo == "kfold" else "elpd_loo"
     rows, predictive, q_correlation = [], {}, {}
     D = next(iter(fits.values())).data.num_outputs

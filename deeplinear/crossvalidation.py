@@ -143,6 +143,8 @@ class RefitWrapper(SamplingWrapper):
         self._base_key = raw_key(key)
         self.refitted: list[tuple[int, ...]] = []
         self.convergence_warnings: list[tuple[tuple[int, ...], str]] = []
+        self._recording: list | None = None  # a dry run (prefetch) records here and fits nothing
+        self._prefetched: dict = {}  # held-out rows -> (DataTree, convergence messages)
 
     def sel_observations(self, idx):
         data = self.model.data
@@ -160,6 +162,15 @@ class RefitWrapper(SamplingWrapper):
 
         train = np.asarray(modified_observed_data)
         held = tuple(int(i) for i in np.setdiff1d(np.arange(self.model.data.num_obs), train))
+        if self._recording is not None:  # a dry run: only which refits the algorithm asks for
+            self._recording.append(held)
+            return train, None
+        if held in self._prefetched:  # refitted on the executor
+            tree, messages = self._prefetched.pop(held)
+            refit = PosteriorFit(tree, self.model.spec, restrict_rows(self.model.data, train))
+            self.convergence_warnings.extend((held, m) for m in messages)
+            self.refitted.append(held)
+            return train, refit
         key = jax.random.fold_in(self._base_key, held[0])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
@@ -171,6 +182,40 @@ class RefitWrapper(SamplingWrapper):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self.refitted.append(held)
         return train, refit
+
+    def prefetch(self, run, executor) -> None:
+        """Run the refits that ``run(self)`` (a call of ``arviz_stats.reloo`` or ``loo_kfold`` on this
+        wrapper) will ask for on ``executor``, all submitted at once (:func:`deeplinear._executor.run_with_retry`:
+        one retry each; a broken pool replaced). Which refits those are is found by a dry run of
+        ``run`` that fits nothing. ``sample`` then takes each refit from here."""
+        import jax
+
+        from deeplinear._executor import check_executor, run_with_retry
+
+        check_executor(executor)
+        self._recording = []
+        try:
+            run(self)
+        finally:
+            wanted, self._recording = self._recording, None
+        data, spec_json = self.model.data, self.model.spec.to_json()
+        x64 = bool(jax.config.jax_enable_x64)
+
+        def submit(pool, j):
+            held = wanted[j]
+            train = np.setdiff1d(np.arange(data.num_obs), held)
+            host = jax.tree_util.tree_map(np.asarray, restrict_rows(data, train))
+            key = np.asarray(jax.random.fold_in(self._base_key, held[0]))
+            return pool.submit(_refit_task, spec_json, host, key, self.settings, x64)
+
+        def record(j, outcome):
+            self._prefetched[wanted[j]] = outcome
+
+        _, failures = run_with_retry(executor, list(range(len(wanted))), submit, record)
+        if failures:
+            j, (first, second) = next(iter(failures.items()))
+            raise RuntimeError(f"{len(failures)} refit(s) failed twice on the executor; the first, holding out rows "
+                               f"{list(wanted[j])}: {type(second).__name__}: {second}") from second
 
     def report_convergence(self, stacklevel: int = 3) -> None:
         """One :class:`~deeplinear.ConvergenceWarning` for all refits that warned, naming them."""
@@ -192,10 +237,31 @@ class RefitWrapper(SamplingWrapper):
 
         train, refit = idata__i
         held = np.atleast_1d(np.asarray(excluded_obs))
+        if refit is None:  # a dry run: any finite numbers of the right shape
+            chains, draws = self.settings["num_chains"], self.settings["num_samples"]
+            return xr.DataArray(np.zeros((chains, draws, held.size)), dims=("chain", "draw", "obs"),
+                                coords={"obs": held})
         ll = _conditional_terms(refit, self.model.data, train, held)
         post = refit.datatree["posterior"]
         return xr.DataArray(ll.reshape(post.sizes["chain"], post.sizes["draw"], held.size),
                             dims=("chain", "draw", "obs"), coords={"obs": held})
+
+
+def _refit_task(spec_json, host_data, key_data, settings, x64):
+    """One refit in a worker (or in process): ``(DataTree, convergence messages)``."""
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+
+    from deeplinear.inference import ConvergenceWarning
+
+    with jax.enable_x64(x64):
+        data = jax.tree_util.tree_map(jnp.asarray, host_data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            result = fit(data, ModelSpec.from_json(spec_json), key=jnp.asarray(key_data, jnp.uint32), **settings)
+        return result.datatree, [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
 
 
 def _check_threshold(k_threshold) -> float:
@@ -205,18 +271,21 @@ def _check_threshold(k_threshold) -> float:
     return float(k_threshold)
 
 
-def reloo(result: PosteriorFit, *, k_threshold: float = DEFAULT_K_THRESHOLD, key=0, refit_settings: dict | None = None):
+def reloo(result: PosteriorFit, *, k_threshold: float = DEFAULT_K_THRESHOLD, key=0, refit_settings: dict | None = None,
+          executor=None):
     r"""PSIS-LOO whose terms with Pareto :math:`\hat k >` ``k_threshold`` are replaced by exact ones from
     refits without that input (``arviz_stats.reloo`` with :class:`RefitWrapper`; module docstring).
 
     Returns ``arviz_stats``' ``ELPDDataLOO`` (pointwise), which ``arviz_stats.compare`` ranks; its
     ``refitted`` attribute lists the refitted inputs (their Pareto k is set to 0). ``key`` seeds the
-    refits; ``refit_settings`` as in :class:`RefitWrapper`.
+    refits; ``refit_settings`` as in :class:`RefitWrapper`. ``executor`` (a
+    ``concurrent.futures.Executor``: a process pool, a Dask client's ``get_executor()``) runs the
+    refits, all submitted at once (:meth:`RefitWrapper.prefetch`); default: in this process.
     """
-    return _reloo(result, _check_threshold(k_threshold), key, refit_settings, stacklevel=4)
+    return _reloo(result, _check_threshold(k_threshold), key, refit_settings, executor, stacklevel=4)
 
 
-def _reloo(result, k_threshold: float, key, refit_settings, stacklevel: int):
+def _reloo(result, k_threshold: float, key, refit_settings, executor, stacklevel: int):
     import arviz_stats
 
     from deeplinear.loo import loo
@@ -226,25 +295,31 @@ def _reloo(result, k_threshold: float, key, refit_settings, stacklevel: int):
     if psis.elpd_i is None or psis.pareto_k is None:
         raise ValueError("reloo needs the pointwise PSIS-LOO of the fit: fit(..., log_likelihood=True) on data that "
                          "keep their rows")
-    out = arviz_stats.reloo(wrapper, loo_orig=psis, k_threshold=k_threshold, pointwise=True)
+
+    def run(w):
+        return arviz_stats.reloo(w, loo_orig=psis, k_threshold=k_threshold, pointwise=True)
+
+    if executor is not None:
+        wrapper.prefetch(run, executor)
+    out = run(wrapper)
     wrapper.report_convergence(stacklevel)
     out.refitted = [held[0] for held in wrapper.refitted]
     return out
 
 
-def exact_loo(result: PosteriorFit, *, key=0, refit_settings: dict | None = None):
+def exact_loo(result: PosteriorFit, *, key=0, refit_settings: dict | None = None, executor=None):
     r"""Exact LOO: one refit without each input (:func:`reloo` with every input refitted), ``P`` refits
     of ``P - 1`` rows, which share one compiled program set."""
-    return _reloo(result, -np.inf, key, refit_settings, stacklevel=4)
+    return _reloo(result, -np.inf, key, refit_settings, executor, stacklevel=4)
 
 
 def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, key=0,
-          refit_settings: dict | None = None):
+          refit_settings: dict | None = None, executor=None):
     r"""K-fold cross-validation: the inputs split at random (``seed``) into ``folds`` groups of nearly
     equal size; each group is held out in turn and predicted from a refit on the rest
     (``arviz_stats.loo_kfold`` with :class:`RefitWrapper`; module docstring). The folds have at most
     two sizes, so the refits compile at most two program sets. Returns ``ELPDDataLOOKFold``
-    (pointwise), with ``refitted`` listing each fold's inputs.
+    (pointwise), with ``refitted`` listing each fold's inputs. ``executor`` as in :func:`reloo`.
     """
     import arviz_stats
 
@@ -253,13 +328,19 @@ def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, ke
     folds = check_positive_int("folds", folds, minimum=2, maximum=P)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    out = arviz_stats.loo_kfold(result.datatree, wrapper, pointwise=True, k=folds, seed=int(seed))
+
+    def run(w):
+        return arviz_stats.loo_kfold(result.datatree, w, pointwise=True, k=folds, seed=int(seed))
+
+    if executor is not None:
+        wrapper.prefetch(run, executor)
+    out = run(wrapper)
     wrapper.report_convergence()
     out.refitted = list(wrapper.refitted)
     return out
 
 
-def check_arguments(method: str, fits, k_threshold, folds, refit_settings, key) -> None:
+def check_arguments(method: str, fits, k_threshold, folds, refit_settings, key, executor=None) -> None:
     """The checks of :func:`reloo` (``method`` ``"reloo"``, ``"exact"``) or :func:`kfold` (``"kfold"``)
     for several fits at once, before any refit (:func:`deeplinear.compare_models`)."""
     from deeplinear._validation import raw_key
@@ -273,3 +354,7 @@ def check_arguments(method: str, fits, k_threshold, folds, refit_settings, key) 
     if method == "kfold":
         check_positive_int("folds", folds, minimum=2, maximum=min(f.data.num_obs for f in fits))
     raw_key(key)
+    if executor is not None:
+        from deeplinear._executor import check_executor
+
+        check_executor(executor)

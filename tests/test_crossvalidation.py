@@ -205,3 +205,23 @@ def test_compare_models_with_refits(original, exact):
         dl.compare_models(fits, loo="brute")
     with pytest.raises(ValueError, match="folds"):
         dl.compare_models(fits, loo="kfold", folds=P + 1)
+
+
+def test_refits_on_a_process_pool_equal_those_in_process(original, exact):
+    """The executor path (all refits submitted at once, to spawned workers) gives the refits made in
+    this process: the same key and data give the same draws."""
+    import concurrent.futures
+    import multiprocessing
+
+    fit = original[2]
+    psis = dl.loo(fit)
+    threshold = float(np.sort(psis.pareto_k.values)[-3])  # two rows refitted
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", dl.ConvergenceWarning)
+        pooled = cv.reloo(fit, k_threshold=threshold, key=5, refit_settings=SETTINGS, executor=pool)
+    assert len(pooled.refitted) == 2
+    for i in pooled.refitted:
+        np.testing.assert_allclose(pooled.elpd_i.values[i], exact.elpd_i.values[i], rtol=1e-5)
+    with pytest.raises(TypeError, match="executor"):
+        cv.exact_loo(fit, executor="pool")
