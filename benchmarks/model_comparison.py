@@ -4,7 +4,7 @@ each, and the held-out density and evidence beside them.
 The models are the demo's: the proportional limit with the ratio inferred and a full noise
 covariance, the same with scalar noise, and the NNGP with full noise (500 warm-up steps and 500
 draws on 2 chains, target acceptance 0.9), on the 15 standardized training rows. Each refit uses
-the original fit's chains and draws and its target acceptance 0.9 (``refit_settings``). "First" calls compile the
+the original fit's chains, draws, warm-up and target acceptance 0.9 (recorded by the fit). "First" calls compile the
 refits' programs (one set per model and training-set size); "warm" calls repeat them in the same
 process. Writes ``results/model_comparison_cpu.md``. Run: ``python benchmarks/model_comparison.py``
 (a few minutes on 2 cores), with nothing else busy.
@@ -46,7 +46,7 @@ def _models():
 
 def _timed(fits, X_test, Y_test, **kw):
     started = time.perf_counter()
-    comparison = dl.compare_models(fits, X_test, Y_test, refit_settings={"target_accept_prob": 0.9}, **kw)
+    comparison = dl.compare_models(fits, X_test, Y_test, **kw)
     return comparison, time.perf_counter() - started
 
 

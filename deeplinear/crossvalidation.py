@@ -45,6 +45,7 @@ __all__ = ["RefitWrapper", "exact_loo", "reloo", "kfold"]
 
 DEFAULT_K_THRESHOLD = 0.7  # Pareto k above which a PSIS-LOO term is replaced by a refit
 DEFAULT_FOLDS = 10
+DEFAULT_RECORDED = {"target_accept_prob": 0.8, "max_tree_depth": 10}  # the types of the recorded settings
 
 
 def _check_refittable(result) -> None:
@@ -75,7 +76,11 @@ def restrict_rows(data, rows):
 def _default_settings(result, settings) -> dict:
     post = result.datatree["posterior"]
     out = {"num_chains": int(post.sizes["chain"]), "num_samples": int(post.sizes["draw"])}
-    out["num_warmup"] = out["num_samples"]
+    stats = result.datatree["sample_stats"].attrs if "sample_stats" in result.datatree.children else {}
+    out["num_warmup"] = int(stats.get("tuning_steps", out["num_samples"]))
+    for name in ("target_accept_prob", "max_tree_depth"):  # as the original fit ran, where it recorded them
+        if name in stats:
+            out[name] = type(DEFAULT_RECORDED[name])(stats[name])
     if settings is not None:
         if not isinstance(settings, dict):
             raise TypeError(f"refit_settings must be a dict of fit keywords, got {describe(settings)}")
@@ -117,9 +122,9 @@ class RefitWrapper(SamplingWrapper):
 
     ``sel_observations(idx)`` gives the training rows (all but ``idx``) and ``idx``; ``sample``
     refits with :func:`deeplinear.fit` (the same model; ``refit_settings``, keywords of ``fit``:
-    by default the original fit's chains and draws, with as many warm-up steps as draws, chains
-    vectorized, and ``fit``'s own ``target_accept_prob``: a fit does not record the one it used,
-    so pass it again if you raised it);
+    by default the original fit's chains, draws, warm-up steps, ``target_accept_prob`` and
+    ``max_tree_depth``, as it recorded them in ``sample_stats``' attributes (a fit saved before
+    they were recorded: as many warm-up steps as draws and ``fit``'s defaults), chains vectorized);
     ``log_likelihood__i`` gives :math:`\log p(y_i \mid Y_T, \theta_s)` for the held-out rows
     (module docstring) as a ``(chain, draw, obs)`` DataArray. Pass it to ``arviz_stats.reloo`` or
     ``arviz_stats.loo_kfold``, as :func:`reloo`, :func:`exact_loo` and :func:`kfold` do.

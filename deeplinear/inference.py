@@ -535,6 +535,7 @@ def fit(
             while_running=prefetch,  # arviz_base and arviz_stats load while the chains run
         )
         dt = _sampled_tree(run, data, dims, coords)
+        _record_sampler_settings(dt, num_warmup, target_accept_prob, max_tree_depth)
 
     result = PosteriorFit(dt, spec, data)
     if log_likelihood:
@@ -542,6 +543,16 @@ def fit(
     if spec.has_latent_sites:
         _warn_on_convergence(result)
     return result
+
+
+def _record_sampler_settings(datatree, num_warmup, target_accept_prob, max_tree_depth) -> None:
+    """The NUTS settings in ``sample_stats``' attributes (``tuning_steps``, ArviZ's name for the warm-up
+    length, ``target_accept_prob``, ``max_tree_depth``), so that a refit (:mod:`deeplinear.crossvalidation`)
+    can repeat them; they travel with :func:`~deeplinear.save_fit`."""
+    if "sample_stats" in datatree.children:
+        datatree["sample_stats"].attrs.update({"tuning_steps": int(num_warmup),
+                                               "target_accept_prob": float(target_accept_prob),
+                                               "max_tree_depth": int(max_tree_depth)})
 
 
 def _fit_custom(data, prior, model, hyperparameters, *, num_warmup, num_samples, num_chains, chain_method, key,
@@ -564,7 +575,9 @@ def _fit_custom(data, prior, model, hyperparameters, *, num_warmup, num_samples,
                           progress_bar=_interactive() if progress_bar is None else progress_bar)
     per_output = run.samples.get("noise_variance", np.zeros((1, 1))).ndim == 3
     dims, coords = _dims_and_coords(None, data, output_names, per_output)
-    result = PosteriorFit(_sampled_tree(run, data, dims, coords), custom, data)
+    dt = _sampled_tree(run, data, dims, coords)
+    _record_sampler_settings(dt, num_warmup, target_accept_prob, max_tree_depth)
+    result = PosteriorFit(dt, custom, data)
     if log_likelihood:
         _add_loo_group(result)
     _warn_on_convergence(result, stacklevel=4)

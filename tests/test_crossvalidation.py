@@ -225,3 +225,21 @@ def test_refits_on_a_process_pool_equal_those_in_process(original, exact):
         np.testing.assert_allclose(pooled.elpd_i.values[i], exact.elpd_i.values[i], rtol=1e-5)
     with pytest.raises(TypeError, match="executor"):
         cv.exact_loo(fit, executor="pool")
+
+
+def test_refits_repeat_the_recorded_sampler_settings(original, tmp_path):
+    """A fit records its warm-up length, target acceptance and tree depth (sample_stats attributes,
+    kept by save_fit); refits repeat them unless refit_settings says otherwise."""
+    fit = original[2]
+    stats = fit.datatree["sample_stats"].attrs
+    assert (stats["tuning_steps"], stats["target_accept_prob"], stats["max_tree_depth"]) == (200, 0.8, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dl.ConvergenceWarning)
+        tuned = dl.fit(fit.data, SPEC, num_warmup=30, num_samples=20, num_chains=1, target_accept_prob=0.95,
+                       max_tree_depth=6, progress_bar=False)
+    loaded = dl.load_fit(dl.save_fit(tuned, tmp_path / "tuned.nc"))
+    settings = cv.RefitWrapper(loaded).settings
+    assert {k: settings[k] for k in ("num_warmup", "num_samples", "num_chains", "target_accept_prob",
+                                     "max_tree_depth")} == dict(num_warmup=30, num_samples=20, num_chains=1,
+                                                                target_accept_prob=0.95, max_tree_depth=6)
+    assert cv.RefitWrapper(loaded, refit_settings={"target_accept_prob": 0.9}).settings["target_accept_prob"] == 0.9

@@ -159,8 +159,7 @@ def inference_demo(
     Y_test = sy.transform(ds.Y_test)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        comparison = compare_models(fits, sx.transform(ds.X_test), Y_test, loo=loo, folds=DEMO_FOLDS, key=key,
-                                    refit_settings={"target_accept_prob": DEMO_TARGET_ACCEPT})
+        comparison = compare_models(fits, sx.transform(ds.X_test), Y_test, loo=loo, folds=DEMO_FOLDS, key=key)
     for w in caught:  # the refits' convergence, once per model, named as such; the rest as it came
         if isinstance(w.message, ConvergenceWarning):
             warnings.warn(ConvergenceWarning(f"cross-validation refits: {w.message}"), stacklevel=2)
