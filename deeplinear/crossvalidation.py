@@ -28,7 +28,7 @@ Refits run their chains vectorized (``chain_method="vectorized"``) unless ``refi
 otherwise: :func:`deeplinear.fit`'s CPU default, sequential chains, compiles a smaller program,
 which pays off for one fit, while refits run one program many times. Measured on Linnerud's
 full-noise limit model (15 refits, 2 chains of 500 + 500 steps, 2 CPU cores, programs compiled):
-22.1 s sequential, 14.3 s vectorized (``benchmarks/model_comparison.py``).
+22.1 s sequential, 14.3 s vectorized (the models of ``benchmarks/model_comparison.py``).
 
 Moment matching (``arviz_stats.loo_moment_match``), the cheap step before refits, was measured and
 not adopted (``benchmarks/moment_matching.py``): on Linnerud it left the full-noise limit model's

@@ -16,7 +16,7 @@ from deeplinear import crossvalidation as cv
 P, N0, D = 8, 3, 2
 NOISE = 0.25
 SETTINGS = dict(num_warmup=200, num_samples=200, num_chains=2)  # S = 400 draws per refit
-MC_SIGMAS = 4.5  # tolerance in Monte Carlo standard errors (of both estimates, in quadrature)
+MC_SIGMAS = 4.0  # tolerance in Monte Carlo standard errors (of both estimates, in quadrature)
 SPEC = dl.ModelSpec(dl.ProportionalLimitPrior(1.0, D, num_steps=4), noise_variance=NOISE)
 
 
