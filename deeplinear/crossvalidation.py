@@ -24,11 +24,13 @@ of the features :math:`U_T \operatorname{diag}(\sqrt{R\kappa})` (``R`` columns):
 one training-set size has the same shapes, so all of them share one compiled program set.
 The refit holding out rows :math:`H` uses ``jax.random.fold_in(key, min(H))``.
 
-Refits run their chains vectorized (``chain_method="vectorized"``) unless ``refit_settings`` says
-otherwise: :func:`deeplinear.fit`'s CPU default, sequential chains, compiles a smaller program,
-which pays off for one fit, while refits run one program many times. Measured on Linnerud's
-full-noise limit model (15 refits, 2 chains of 500 + 500 steps, 2 CPU cores, programs compiled):
-22.1 s sequential, 14.3 s vectorized (the models of ``benchmarks/model_comparison.py``).
+Refits run their chains vectorized (``chain_method="vectorized"``) when there are at least
+``VECTORIZE_FROM_REFITS`` of them, unless ``refit_settings`` says otherwise: :func:`deeplinear.fit`'s
+CPU default, sequential chains, compiles a smaller program, which pays off for a few fits, while
+many refits run one program many times. Measured on Linnerud's full-noise limit model (15 refits,
+2 chains of 500 + 500 steps, 2 CPU cores, programs compiled): 22.1 s sequential, 14.3 s vectorized
+(the models of ``benchmarks/model_comparison.py``); the command-line demo, whose reloo refits one
+or two men per model, took 76.6 s sequential and 90.2 s vectorized from a cold start.
 
 Moment matching (``arviz_stats.loo_moment_match``), the cheap step before refits, was measured and
 not adopted (``benchmarks/moment_matching.py``): on Linnerud it left the full-noise limit model's
@@ -51,6 +53,7 @@ __all__ = ["RefitWrapper", "exact_loo", "reloo", "kfold"]
 
 DEFAULT_K_THRESHOLD = 0.7  # Pareto k above which a PSIS-LOO term is replaced by a refit
 DEFAULT_FOLDS = 10
+VECTORIZE_FROM_REFITS = 8  # refits from which vectorized chains repay their larger compile (module docstring)
 DEFAULT_RECORDED = {"target_accept_prob": 0.8, "max_tree_depth": 10}  # the types of the recorded settings
 
 
@@ -97,8 +100,8 @@ def _default_settings(result, settings) -> dict:
         out.update(settings)
     for name in ("num_warmup", "num_samples", "num_chains"):
         out[name] = check_positive_int(f"refit_settings[{name!r}]", out[name], minimum=1 if name != "num_warmup" else 0)
-    if "chain_method" not in out:  # many runs of one program: its compile is paid once (module docstring)
-        out["chain_method"] = "vectorized" if out["num_chains"] > 1 else "sequential"
+    if "chain_method" not in out:  # until plan() counts the refits (module docstring)
+        out["chain_method"] = "sequential"
     out["progress_bar"] = False
     out["log_likelihood"] = False  # the refit's own PSIS terms are not used
     return out
@@ -130,7 +133,8 @@ class RefitWrapper(SamplingWrapper):
     refits with :func:`deeplinear.fit` (the same model; ``refit_settings``, keywords of ``fit``:
     by default the original fit's chains, draws, warm-up steps, ``target_accept_prob`` and
     ``max_tree_depth``, as it recorded them in ``sample_stats``' attributes (a fit saved before
-    they were recorded: as many warm-up steps as draws and ``fit``'s defaults), chains vectorized);
+    they were recorded: as many warm-up steps as draws and ``fit``'s defaults), chains vectorized
+    when :meth:`plan` finds many refits);
     ``log_likelihood__i`` gives :math:`\log p(y_i \mid Y_T, \theta_s)` for the held-out rows
     (module docstring) as a ``(chain, draw, obs)`` DataArray. Pass it to ``arviz_stats.reloo`` or
     ``arviz_stats.loo_kfold``, as :func:`reloo`, :func:`exact_loo` and :func:`kfold` do.
@@ -151,6 +155,7 @@ class RefitWrapper(SamplingWrapper):
         _check_refittable(result)
         super().__init__(result, idata_orig=result.datatree)
         self.settings = _default_settings(result, refit_settings)
+        self._chain_method_given = refit_settings is not None and "chain_method" in refit_settings
         self._base_key = raw_key(key)
         self.refitted: list[tuple[int, ...]] = []
         self.convergence_warnings: list[tuple[tuple[int, ...], str]] = []
@@ -194,21 +199,31 @@ class RefitWrapper(SamplingWrapper):
         self.refitted.append(held)
         return train, refit
 
-    def prefetch(self, run, executor) -> None:
-        """Run the refits that ``run(self)`` (a call of ``arviz_stats.reloo`` or ``loo_kfold`` on this
-        wrapper) will ask for on ``executor``, all submitted at once (:func:`deeplinear._executor.run_with_retry`:
-        one retry each; a broken pool replaced). Which refits those are is found by a dry run of
-        ``run`` that fits nothing. ``sample`` then takes each refit from here."""
-        import jax
-
-        from deeplinear._executor import check_executor, run_with_retry
-
-        check_executor(executor)
+    def plan(self, run) -> list[tuple[int, ...]]:
+        """The held-out rows of the refits that ``run(self)`` (a call of ``arviz_stats.reloo`` or
+        ``loo_kfold`` on this wrapper) will ask for, found by a dry run of ``run`` that fits nothing.
+        Unless ``refit_settings`` chose a ``chain_method``, the chains run vectorized when there are
+        at least ``VECTORIZE_FROM_REFITS`` refits and more than one chain (module docstring)."""
         self._recording = []
         try:
             run(self)
         finally:
             wanted, self._recording = self._recording, None
+        if not self._chain_method_given:
+            many = len(wanted) >= VECTORIZE_FROM_REFITS and self.settings["num_chains"] > 1
+            self.settings["chain_method"] = "vectorized" if many else "sequential"
+        return wanted
+
+    def prefetch(self, run, executor) -> None:
+        """Run the refits that ``run(self)`` will ask for (:meth:`plan`) on ``executor``, all
+        submitted at once (:func:`deeplinear._executor.run_with_retry`: one retry each; a broken
+        pool replaced). ``sample`` then takes each refit from here."""
+        import jax
+
+        from deeplinear._executor import check_executor, run_with_retry
+
+        check_executor(executor)
+        wanted = self.plan(run)
         data, spec_json = self.model.data, self.model.spec.to_json()
         x64 = bool(jax.config.jax_enable_x64)
 
@@ -312,6 +327,8 @@ def _reloo(result, k_threshold: float, key, refit_settings, executor, stacklevel
 
     if executor is not None:
         wrapper.prefetch(run, executor)
+    else:
+        wrapper.plan(run)
     out = run(wrapper)
     wrapper.report_convergence(stacklevel)
     out.refitted = [held[0] for held in wrapper.refitted]
@@ -345,6 +362,8 @@ def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, ke
 
     if executor is not None:
         wrapper.prefetch(run, executor)
+    else:
+        wrapper.plan(run)
     out = run(wrapper)
     wrapper.report_convergence()
     out.refitted = list(wrapper.refitted)

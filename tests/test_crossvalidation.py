@@ -143,6 +143,8 @@ def test_refits_compile_one_program_set_per_training_set_size(monkeypatch):
     per_refit = []
 
     def counted(self, train):
+        if self._recording is not None:  # the dry run that plans the refits fits nothing
+            return real(self, train)
         with count_compilations() as count:
             out = real(self, train)
             self.log_likelihood__i(np.setdiff1d(np.arange(10), train), out)  # its held-out terms too
@@ -243,3 +245,25 @@ def test_refits_repeat_the_recorded_sampler_settings(original, tmp_path):
                                      "max_tree_depth")} == dict(num_warmup=30, num_samples=20, num_chains=1,
                                                                 target_accept_prob=0.95, max_tree_depth=6)
     assert cv.RefitWrapper(loaded, refit_settings={"target_accept_prob": 0.9}).settings["target_accept_prob"] == 0.9
+
+
+def test_refit_chains_vectorize_only_for_many_refits(original):
+    """The dry run that plans the refits fits nothing; with VECTORIZE_FROM_REFITS or more refits and
+    several chains they run vectorized, with fewer sequentially, and a chain_method given stays."""
+    import arviz_stats
+
+    fit = original[2]
+    psis = dl.loo(fit)
+
+    def run(threshold):
+        return lambda w: arviz_stats.reloo(w, loo_orig=psis, k_threshold=threshold, pointwise=True)
+
+    few = cv.RefitWrapper(fit)
+    assert len(few.plan(run(float(np.sort(psis.pareto_k.values)[-3])))) == 2 and few.refitted == []
+    assert few.settings["chain_method"] == "sequential"
+    many = cv.RefitWrapper(fit)
+    assert len(many.plan(run(-np.inf))) == P >= cv.VECTORIZE_FROM_REFITS
+    assert many.settings["chain_method"] == "vectorized"
+    given = cv.RefitWrapper(fit, refit_settings={"chain_method": "sequential"})
+    given.plan(run(-np.inf))
+    assert given.settings["chain_method"] == "sequential"
