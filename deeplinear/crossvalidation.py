@@ -54,7 +54,6 @@ __all__ = ["RefitWrapper", "exact_loo", "reloo", "kfold"]
 DEFAULT_K_THRESHOLD = 0.7  # Pareto k above which a PSIS-LOO term is replaced by a refit
 DEFAULT_FOLDS = 10
 VECTORIZE_FROM_REFITS = 8  # refits from which vectorized chains repay their larger compile (module docstring)
-DEFAULT_RECORDED = {"target_accept_prob": 0.8, "max_tree_depth": 10}  # the types of the recorded settings
 
 
 def _check_refittable(result) -> None:
@@ -87,9 +86,10 @@ def _default_settings(result, settings) -> dict:
     out = {"num_chains": int(post.sizes["chain"]), "num_samples": int(post.sizes["draw"])}
     stats = result.datatree["sample_stats"].attrs if "sample_stats" in result.datatree.children else {}
     out["num_warmup"] = int(stats.get("tuning_steps", out["num_samples"]))
-    for name in ("target_accept_prob", "max_tree_depth"):  # as the original fit ran, where it recorded them
-        if name in stats:
-            out[name] = type(DEFAULT_RECORDED[name])(stats[name])
+    if "target_accept_prob" in stats:  # as the original fit ran, where it recorded them
+        out["target_accept_prob"] = float(stats["target_accept_prob"])
+    if "max_tree_depth" in stats:
+        out["max_tree_depth"] = int(stats["max_tree_depth"])
     if settings is not None:
         if not isinstance(settings, dict):
             raise TypeError(f"refit_settings must be a dict of fit keywords, got {describe(settings)}")
@@ -112,12 +112,13 @@ def _conditional_terms(refit: PosteriorFit, data, train, held) -> np.ndarray:
     dtype = data.dtype
     q = np.asarray(refit.draws("Q"), dtype)
     lam = np.asarray(refit.draws("lambda_star"), dtype)
+    kw = refit._draw_keywords(dtype)  # the draws' noise and intercepts, once for every held-out row
+    noise = kw.pop("noise_variance")
     out = []
     for i in held:
         rows = np.sort(np.append(train, i))
         sub = data if rows.size == data.num_obs else restrict_rows(data, rows)
-        kw = refit._draw_keywords(dtype)
-        terms = np.asarray(loo_log_likelihood_draws(q, lam, kw.pop("noise_variance"), sub, **kw), np.float64)
+        terms = np.asarray(loo_log_likelihood_draws(q, lam, noise, sub, **kw), np.float64)
         out.append(terms[:, int(np.searchsorted(rows, i))])
     ll = np.stack(out, axis=1)
     if not np.all(np.isfinite(ll)):
