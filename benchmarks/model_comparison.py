@@ -5,9 +5,11 @@ The models are the demo's: the proportional limit with the ratio inferred and a 
 covariance, the same with scalar noise, and the NNGP with full noise (500 warm-up steps and 500
 draws on 2 chains, target acceptance 0.9), on the 15 standardized training rows. Each refit
 repeats the original fit's chains, draws, warm-up and target acceptance (recorded by the fit).
-"First" calls compile the refits' programs (one set per model and training-set size); "warm"
-calls repeat them in the same process (or the same pool, whose spawned workers compile and
-import once: the executor rows). Writes ``results/model_comparison_cpu.md``. Run:
+By default the refits run on one thread per core of this process (two here), the first refit of
+each training-set size before the others; "one at a time" runs them on a single thread (the
+default before), and the pool rows on spawned worker processes. "First" calls compile the refits'
+programs (one set per model and training-set size); "warm" calls repeat them in the same process
+(or the same pool, whose workers compile and import once). Writes ``results/model_comparison_cpu.md``. Run:
 ``python benchmarks/model_comparison.py`` (a few minutes on 2 cores), with nothing else busy.
 """
 
@@ -63,6 +65,8 @@ def main() -> None:
     runs["reloo (first)"] = _timed(fits, X_test, Y_test, loo="reloo")
     runs["exact (first)"] = _timed(fits, X_test, Y_test, loo="exact")
     runs["exact (warm)"] = _timed(fits, X_test, Y_test, loo="exact")
+    with concurrent.futures.ThreadPoolExecutor(1) as one:
+        runs["exact, one at a time (warm)"] = _timed(fits, X_test, Y_test, loo="exact", executor=one)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=context) as pool:
         runs[f"exact, {WORKERS}-process pool (first)"] = _timed(fits, X_test, Y_test, loo="exact", executor=pool)

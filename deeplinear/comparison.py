@@ -96,7 +96,8 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
         evidence estimates.
     executor : concurrent.futures.Executor, optional
         Where the refits run (a process pool, a Dask client's ``get_executor()``), each model's
-        submitted at once; default: in this process, one after the other.
+        submitted at once; default: threads of this process, one per core
+        (:meth:`deeplinear.crossvalidation.RefitWrapper.prefetch`).
     evidence : bool, default False
         Also estimate each model's log evidence :math:`\log p(Y \mid \mathcal M)`
         (:func:`deeplinear.evidence.log_evidence`, ``evidence_particles`` particles, annealed

@@ -514,6 +514,22 @@ def fit(
         raise TypeError("fit needs a prior (FiniteWidthPrior, ProportionalLimitPrior, NNGPPrior or a ModelSpec) "
                         "or model= (your own NumPyro model)")
     spec = ModelSpec.build(prior, lambda_star, noise_variance, ratio, noise_model, noise_correlation, intercept)
+    result, convergence = fit_quietly(
+        data, spec, key=key, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+        chain_method=chain_method, progress_bar=progress_bar, target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth, log_likelihood=log_likelihood, output_names=output_names,
+    )
+    if convergence is not None:
+        warnings.warn(convergence, ConvergenceWarning, stacklevel=2)
+    return result
+
+
+def fit_quietly(data, spec: ModelSpec, *, key, num_warmup, num_samples, num_chains, chain_method, progress_bar,
+                target_accept_prob, max_tree_depth, log_likelihood, output_names=None, stacklevel: int = 5):
+    """:func:`fit` of a built-in model ``spec``, returning ``(result, convergence message or None)`` in place of
+    the :class:`ConvergenceWarning`: it leaves the process's warning filters alone, so that refits can run in
+    threads (:mod:`deeplinear.crossvalidation`; ``warnings.catch_warnings`` is not thread-safe). Precision
+    warnings are still issued, before sampling."""
     spec.check_data(data)
     _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target_accept_prob, max_tree_depth,
                        progress_bar, log_likelihood)
@@ -521,7 +537,7 @@ def fit(
     log_likelihood = _store_loo_terms(log_likelihood, data, num_chains * num_samples)
     output_names = check_output_names(output_names, data.num_outputs)
     prior = spec.prior
-    warn_if_spec_imprecise(spec, data, not isinstance(prior, NNGPPrior), stacklevel=4)
+    warn_if_spec_imprecise(spec, data, not isinstance(prior, NNGPPrior), stacklevel=stacklevel)
     dims, coords = _dims_and_coords(prior, data, output_names, spec.noise_model != "scalar")
 
     if not spec.has_latent_sites:
@@ -540,9 +556,7 @@ def fit(
     result = PosteriorFit(dt, spec, data)
     if log_likelihood:
         _add_loo_group(result)
-    if spec.has_latent_sites:
-        _warn_on_convergence(result)
-    return result
+    return result, (convergence_message(result) if spec.has_latent_sites else None)
 
 
 def _record_sampler_settings(datatree, num_warmup, target_accept_prob, max_tree_depth) -> None:
@@ -580,7 +594,9 @@ def _fit_custom(data, prior, model, hyperparameters, *, num_warmup, num_samples,
     result = PosteriorFit(dt, custom, data)
     if log_likelihood:
         _add_loo_group(result)
-    _warn_on_convergence(result, stacklevel=4)
+    message = convergence_message(result)
+    if message is not None:
+        warnings.warn(message, ConvergenceWarning, stacklevel=3)
     return result
 
 
@@ -719,7 +735,9 @@ def _add_loo_group(result: PosteriorFit):
     result.datatree["log_likelihood"] = xr.DataTree(ds)
 
 
-def _warn_on_convergence(result: PosteriorFit, stacklevel: int = 3):
+def convergence_message(result: PosteriorFit) -> str | None:
+    """What :class:`ConvergenceWarning` says about ``result`` (divergences; R-hat of ``Q`` above
+    ``RHAT_THRESHOLD``), or ``None`` when there is nothing to say."""
     diag = result.diagnostics()
     msgs = []
     if diag.divergences:
@@ -730,5 +748,4 @@ def _warn_on_convergence(result: PosteriorFit, stacklevel: int = 3):
         msgs.append(
             f"max R-hat of {list(diag.variables)} is {diag.max_rhat:.3f} > {RHAT_THRESHOLD} (run longer or more warmup)"
         )
-    if msgs:
-        warnings.warn("; ".join(msgs), ConvergenceWarning, stacklevel=stacklevel)
+    return "; ".join(msgs) if msgs else None

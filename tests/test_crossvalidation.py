@@ -3,8 +3,10 @@ package's shortcuts (each refit on ``RegressionData.linear`` of the remaining ro
 density by dense Gaussian conditioning), reloo against exact LOO, PSIS against a high-leverage
 outlier, and one compiled program set per training-set size."""
 
+import threading
 import warnings
 
+import jax
 import numpy as np
 import numpyro.distributions as dist
 import pytest
@@ -131,35 +133,60 @@ def test_reloo_recovers_a_high_leverage_outlier_that_psis_misses():
 
 
 def test_refits_compile_one_program_set_per_training_set_size(monkeypatch):
-    """Counted with jax.monitoring: of the P refits of exact LOO only the first compiles; K-fold with
-    folds of two sizes compiles at most twice."""
-    from test_compilation import count_compilations
+    """Counted with jax.monitoring, per refit (in the thread that runs it) and per refit's held-out
+    terms: of the P refits of exact LOO only the first compiles; K-fold with folds of two sizes
+    compiles at most twice."""
+    from test_compilation import COMPILE_EVENT
 
     X, Y = _problem(seed=2, num_obs=10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dl.ConvergenceWarning)
         fit = dl.fit(dl.RegressionData.linear(X, Y), SPEC, key=1, progress_bar=False, **SETTINGS)
-    real = cv.RefitWrapper.sample
-    per_refit = []
+    counting = threading.local()  # the compilations of the refit this thread runs
+    per_refit, per_terms = [], []
 
-    def counted(self, train):
-        if self._recording is not None:  # the dry run that plans the refits fits nothing
-            return real(self, train)
-        with count_compilations() as count:
-            out = real(self, train)
-            self.log_likelihood__i(np.setdiff1d(np.arange(10), train), out)  # its held-out terms too
-        per_refit.append(count[0])
-        return out
+    def listener(event, duration, **kwargs):
+        if event == COMPILE_EVENT and getattr(counting, "count", None) is not None:
+            counting.count += 1
 
-    monkeypatch.setattr(cv.RefitWrapper, "sample", counted)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dl.ConvergenceWarning)
-        cv.exact_loo(fit, refit_settings=SETTINGS)
-        loo_counts, per_refit[:] = list(per_refit), []
-        folds = cv.kfold(fit, folds=4, refit_settings=SETTINGS)  # folds of 3, 3, 2, 2 inputs
-    assert loo_counts[0] > 0 and loo_counts[1:] == [0] * 9, loo_counts
+    def counted(into, run, *args):
+        counting.count = 0
+        try:
+            return run(*args)
+        finally:
+            into.append(counting.count)
+            counting.count = None
+
+    real_task, real_sample = cv._refit_task, cv.RefitWrapper.sample
+
+    def sample_and_terms(self, train):
+        if self._recording is not None:  # the dry run that plans the refits
+            return real_sample(self, train)
+
+        def both():
+            out = real_sample(self, train)
+            self.log_likelihood__i(np.setdiff1d(np.arange(10), train), out)
+            return out
+        return counted(per_terms, both)
+
+    monkeypatch.setattr(cv, "_usable_cores", lambda: 2)  # the refits on two threads, whatever the machine
+    monkeypatch.setattr(cv, "_refit_task", lambda *args: counted(per_refit, real_task, *args))
+    monkeypatch.setattr(cv.RefitWrapper, "sample", sample_and_terms)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dl.ConvergenceWarning)
+            cv.exact_loo(fit, refit_settings=SETTINGS)
+            loo_refits, loo_terms = list(per_refit), list(per_terms)
+            per_refit[:], per_terms[:] = [], []
+            folds = cv.kfold(fit, folds=4, refit_settings=SETTINGS)  # folds of 3, 3, 2, 2 inputs
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(loo_refits) == 10 and loo_refits[0] > 0 and loo_refits[1:] == [0] * 9, loo_refits
+    assert loo_terms[1:] == [0] * 9, loo_terms  # the full data's terms: compiled by the original fit
     assert sorted(len(h) for h in folds.refitted) == [2, 2, 3, 3]
-    assert sum(c > 0 for c in per_refit) <= 2, per_refit
+    assert len(per_refit) == 4 and sum(c > 0 for c in per_refit) <= 2, per_refit
+    assert sum(c > 0 for c in per_terms) <= 2, per_terms
     assert np.isfinite(folds.elpd) and np.all(np.isfinite(folds.elpd_i.values))
 
 
@@ -175,7 +202,7 @@ def test_refits_compile_one_program_set_per_training_set_size(monkeypatch):
     (lambda f: cv.exact_loo("fit"), TypeError, "PosteriorFit"),
 ])
 def test_bad_arguments_are_refused_before_any_refit(original, call, error, match, monkeypatch):
-    monkeypatch.setattr(cv, "fit", lambda *a, **k: pytest.fail("refitted before refusing"))
+    monkeypatch.setattr(cv, "fit_quietly", lambda *a, **k: pytest.fail("refitted before refusing"))
     with pytest.raises(error, match=match):
         call(original[2])
 
