@@ -236,9 +236,10 @@ def test_compare_models_with_refits(original, exact):
         dl.compare_models(fits, loo="kfold", folds=P + 1)
 
 
-def test_refits_on_a_process_pool_equal_those_in_process(original, exact):
-    """The executor path (all refits submitted at once, to spawned workers) gives the refits made in
-    this process: the same key and data give the same draws."""
+def test_refits_on_a_process_pool_equal_those_in_process(original, exact, monkeypatch):
+    """The executor path (all refits submitted at once, to spawned workers), the default (threads of
+    this process: ``exact``) and refits in the calling thread give the same refits: the same key and
+    data give the same draws."""
     import concurrent.futures
     import multiprocessing
 
@@ -249,8 +250,13 @@ def test_refits_on_a_process_pool_equal_those_in_process(original, exact):
             warnings.catch_warnings():
         warnings.simplefilter("ignore", dl.ConvergenceWarning)
         pooled = cv.reloo(fit, k_threshold=threshold, key=5, refit_settings=SETTINGS, executor=pool)
-    assert len(pooled.refitted) == 2
-    for i in pooled.refitted:
+    monkeypatch.setattr(cv, "_usable_cores", lambda: 1)  # no threads: refitted in the calling thread
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dl.ConvergenceWarning)
+        here = cv.reloo(fit, k_threshold=threshold, key=5, refit_settings=SETTINGS)
+    assert len(pooled.refitted) == 2 and here.refitted == pooled.refitted
+    np.testing.assert_array_equal(here.elpd_i.values, pooled.elpd_i.values)
+    for i in pooled.refitted:  # exact's chains ran vectorized (many refits): rounded differently
         np.testing.assert_allclose(pooled.elpd_i.values[i], exact.elpd_i.values[i], rtol=1e-5)
     with pytest.raises(TypeError, match="executor"):
         cv.exact_loo(fit, executor="pool")
