@@ -60,9 +60,23 @@ _LAZY = {
 }
 
 
+def _installed_version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written), read on
+    first use of ``__version__``; ``"0+unknown"`` for a source tree on ``sys.path`` that is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("deeplinear")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def __getattr__(name):
     import importlib
 
+    if name == "__version__":
+        globals()[name] = _installed_version()
+        return globals()[name]
     if name not in _LAZY:
         raise AttributeError(f"module 'deeplinear' has no attribute {name!r}")
     from deeplinear._compat import repair_lazy_numpyro
@@ -76,7 +90,7 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
 
 
 class _Package(types.ModuleType):
@@ -111,7 +125,6 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from deeplinear.sbc import simulation_based_calibration
     from deeplinear.streaming import ArrayChunks
 
-__version__ = "0.2.0"
 
 __all__ = [
     "ArrayChunks",

@@ -146,6 +146,32 @@ def test_subsampled_loo_within_its_stated_error(loo_fit):
     assert subs[0].n_data_points == LOO_P and subs[0].subsample_size == LOO_M
 
 
+def test_difference_estimator_is_unbiased_with_an_unbiased_variance_over_every_subsample():
+    """deeplinear.loo.difference_estimate against exact enumeration of all C(P, m) subsamples of a
+    small population: the mean of the estimates is sum(e) and the mean of the stated subsampling
+    variances is their actual variance (both exact under simple random sampling without
+    replacement); with every input sampled the estimate is sum(e), its subsampling SE 0 and its SE
+    sqrt(sum((e - mean e)^2)), and one sampled input has infinite SEs."""
+    import itertools
+
+    from deeplinear.loo import difference_estimate
+
+    rng = np.random.default_rng(0)
+    P, m = 9, 4
+    e = rng.normal(-1.0, 0.7, P)
+    pi = e + rng.normal(0.0, 0.2, P)  # an approximation of the exact terms
+    subsets = [list(c) for c in itertools.combinations(range(P), m)]
+    out = np.array([difference_estimate(e[c], pi[c], pi)[:2] for c in subsets])
+    np.testing.assert_allclose(out[:, 0].mean(), e.sum(), rtol=1e-12)
+    np.testing.assert_allclose(np.mean(out[:, 1] ** 2), out[:, 0].var(ddof=0), rtol=1e-10)
+    elpd, sub_se, se = difference_estimate(e, pi, pi)
+    assert abs(elpd - e.sum()) < 1e-12 and sub_se == 0.0
+    np.testing.assert_allclose(se, np.sqrt(np.sum((e - e.mean()) ** 2)), rtol=1e-10)
+    assert difference_estimate(e[:1], pi[:1], pi)[1:] == (np.inf, np.inf)
+    with pytest.raises(ValueError, match="m sampled terms"):
+        difference_estimate(e[:3], pi[:2], pi)
+
+
 def test_streamed_loo_equals_in_memory_loo(loo_fit):
     """The same draws with the data streamed (rows passed again) give the same subsampled LOO."""
     res, X, Y = loo_fit
