@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -549,3 +550,14 @@ def _check_quadratic_form(name: str, noise_variance: float, data, lambda_star) -
             f"||Y||^2 / ({what}) = {bound:.3g} overflows (limit {limit:.2g}); rescale the labels (e.g. "
             f"standardize them), use a larger {name}, or float64"
         )
+
+
+def interactive() -> bool:
+    """Whether a person is likely watching: in Jupyter (``ipykernel`` loaded) or with standard error
+    on a terminal. The default of every ``progress_bar`` argument."""
+    return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+
+
+def check_progress_bar(progress_bar) -> bool:
+    """``progress_bar``: ``None`` is :func:`interactive`, else a bool (a ``TypeError`` otherwise)."""
+    return interactive() if progress_bar is None else check_bool("progress_bar", progress_bar)

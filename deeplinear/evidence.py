@@ -75,7 +75,7 @@ from numpyro.distributions.transforms import biject_to
 
 from deeplinear._precision import warn_if_spec_imprecise
 from deeplinear._types import KeyLike
-from deeplinear._validation import check_bool, check_choice, check_key, check_positive_int, raw_key
+from deeplinear._validation import check_choice, check_key, check_positive_int, check_progress_bar, raw_key
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.likelihood import relative_constant
 from deeplinear.models import ModelSpec
@@ -446,7 +446,7 @@ def log_evidence(
     num_moves: int = 1,
     pilot_particles: int = DEFAULT_PILOT_PARTICLES,
     key: KeyLike = 0,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
 ) -> EvidenceEstimate:
     r"""The log marginal likelihood :math:`\log p(Y \mid \mathcal M)` of a model, with its standard error.
 
@@ -477,7 +477,8 @@ def log_evidence(
         Particles of the pilot that sets the schedule (``"ais"``).
     key : PRNG key or int, default 0
         Same key, same estimate (on the same device).
-    progress_bar : bool, default False
+    progress_bar : bool, optional
+        A bar over the temperatures. Default: on in Jupyter or a terminal, off otherwise.
 
     Returns
     -------
@@ -504,7 +505,7 @@ def log_evidence(
     num_leapfrog = check_positive_int("num_leapfrog", num_leapfrog, maximum=MAX_LEAPFROG)
     num_moves = check_positive_int("num_moves", num_moves, maximum=MAX_LEAPFROG)
     pilot_particles = check_positive_int("pilot_particles", pilot_particles, minimum=2, maximum=MAX_PARTICLES)
-    progress_bar = check_bool("progress_bar", progress_bar)
+    progress_bar = check_progress_bar(progress_bar)
     key = check_key(key)  # JAX's first work: after every other argument is checked
     model_args = spec.model_arguments(data)
     warn_if_spec_imprecise(spec, data, not isinstance(spec.prior, NNGPPrior), stacklevel=4)  # as in fit

@@ -21,7 +21,6 @@ same"): use :func:`deeplinear.loo` (uniform weights, ``k = 0``: the exact LOO) o
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import NamedTuple
 
@@ -39,6 +38,7 @@ from deeplinear._validation import (
     check_output_names,
     check_positive_int,
     check_probability,
+    interactive,
     raw_key,
 )
 from deeplinear.custom import CustomModel, inspect_model, run_custom_nuts
@@ -71,10 +71,6 @@ def _on_device(x, dtype) -> jax.Array:
     """``x`` as a device array of ``dtype``, converted on the host (``jnp.asarray(x, dtype)`` of a
     float64 NumPy array compiles a conversion program in float32 runs)."""
     return jax.device_put(np.asarray(x, dtype))
-
-
-def _interactive() -> bool:
-    return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
 
 class Diagnostics(NamedTuple):
@@ -547,7 +543,7 @@ def fit_quietly(data, spec: ModelSpec, *, key, num_warmup, num_samples, num_chai
         run = run_nuts(
             spec.model_arguments(data), rng_key, num_chains=num_chains, num_warmup=num_warmup,
             num_samples=num_samples, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
-            chain_method=chain_method, progress_bar=_interactive() if progress_bar is None else progress_bar,
+            chain_method=chain_method, progress_bar=interactive() if progress_bar is None else progress_bar,
             while_running=prefetch,  # arviz_base and arviz_stats load while the chains run
         )
         dt = _sampled_tree(run, data, dims, coords)
@@ -586,7 +582,7 @@ def _fit_custom(data, prior, model, hyperparameters, *, num_warmup, num_samples,
     run = run_custom_nuts(custom, data, rng_key, num_chains=num_chains, num_warmup=num_warmup,
                           num_samples=num_samples, target_accept_prob=target_accept_prob,
                           max_tree_depth=max_tree_depth, chain_method=chain_method,
-                          progress_bar=_interactive() if progress_bar is None else progress_bar)
+                          progress_bar=interactive() if progress_bar is None else progress_bar)
     per_output = run.samples.get("noise_variance", np.zeros((1, 1))).ndim == 3
     dims, coords = _dims_and_coords(None, data, output_names, per_output)
     dt = _sampled_tree(run, data, dims, coords)

@@ -38,8 +38,8 @@ from scipy import stats
 
 from deeplinear._executor import check_executor, run_with_retry
 from deeplinear._types import KeyLike
-from deeplinear._validation import check_positive_int, check_probability, raw_key
-from deeplinear.inference import _interactive, check_sampler_settings
+from deeplinear._validation import check_positive_int, check_probability, interactive, raw_key
+from deeplinear.inference import check_sampler_settings
 from deeplinear.likelihood import KroneckerNormal
 from deeplinear.models import ModelSpec, NoiseArguments
 from deeplinear.priors import NNGPPrior
@@ -406,7 +406,7 @@ def simulation_based_calibration(
             "exact (Q = I); give lambda_star or noise_variance a prior distribution"
         )
     if progress_bar is None:
-        progress_bar = _interactive()
+        progress_bar = interactive()
     names = _quantity_names(spec)
     num_draws = num_samples // thin
     batch_size = min(num_simulations, 100) if batch_size is None else min(batch_size, num_simulations)

@@ -48,7 +48,7 @@ import numpy as np
 from deeplinear._executor import InProcessExecutor, check_executor, run_with_retry
 from deeplinear._files import atomic_write, ensure_writable_folder
 from deeplinear._types import KeyLike
-from deeplinear._validation import check_bool, check_path, describe, raw_key
+from deeplinear._validation import check_bool, check_path, check_progress_bar, describe, raw_key
 from deeplinear.data import check_regression_data
 from deeplinear.inference import ConvergenceWarning, _validate_fit_args, fit
 from deeplinear.loo import loo
@@ -319,6 +319,7 @@ def run_sweep(
     num_chains: int = 4,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
+    progress_bar: bool | None = None,
 ) -> SweepResult:
     r"""Fit every ``(data, spec)`` pair of ``tasks`` (``{name: (RegressionData, ModelSpec)}``, e.g.
     from :func:`grid`) with :func:`~deeplinear.fit` and tabulate the results (module docstring).
@@ -339,11 +340,15 @@ def run_sweep(
         Also return (and checkpoint) every fit's DataTree.
     num_warmup, num_samples, num_chains, target_accept_prob, max_tree_depth
         As in :func:`~deeplinear.fit`, the same for every fit.
+    progress_bar : bool, optional
+        A bar over the fits (those read back from ``checkpoint`` count as done; each fit's own bar
+        stays off). Default: on in Jupyter or a terminal, off otherwise.
     """
     import pandas as pd
 
     checked = _checked_tasks(tasks)
     _validate_fit_args(num_warmup, num_samples, num_chains, "auto", target_accept_prob, max_tree_depth, None, None)
+    progress_bar = check_progress_bar(progress_bar)
     keep_datatrees = check_bool("keep_datatrees", keep_datatrees)
     folder = None if checkpoint is None else check_path("checkpoint", checkpoint, "folder")
     if executor is not None:
@@ -366,9 +371,17 @@ def run_sweep(
                 rows[i], trees[i] = found
                 reused.append(name)
 
+    bar = None
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(checked), initial=len(rows), desc=f"sweep ({len(checked)} fits)", unit="fit")
+
     def record(i, outcome):
         row, tree = outcome
         rows[i], trees[i] = row, tree
+        if bar is not None:
+            bar.update(1)
         if folder is not None:
             try:
                 _write_checkpoint(folder, _file_stem(i, checked[i][0]), checked[i][0], prints[i], row, tree)
@@ -380,7 +393,11 @@ def run_sweep(
         return pool.submit(_fit_task, name, spec_json, host[i], keys[i], settings, keep_datatrees, x64)
 
     todo = [i for i in range(len(checked)) if i not in rows]
-    _, failures = run_with_retry(InProcessExecutor() if executor is None else executor, todo, submit, record)
+    try:
+        _, failures = run_with_retry(InProcessExecutor() if executor is None else executor, todo, submit, record)
+    finally:
+        if bar is not None:
+            bar.close()
 
     if unwritten:
         warnings.warn(f"{len(unwritten)} finished fit(s) are in the table but could not be written to {folder}: "

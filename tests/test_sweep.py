@@ -61,12 +61,16 @@ def test_process_pool_gives_the_same_table(in_process):
                                in_process.table.drop(columns=["warnings", "errors"]).to_numpy(float), rtol=1e-6)
 
 
-def test_checkpoint_is_read_back_and_never_overwritten(in_process, tmp_path):
-    first = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
+def test_checkpoint_is_read_back_and_never_overwritten(in_process, tmp_path, capsys):
+    capsys.readouterr()
+    first = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, keep_datatrees=True, progress_bar=True, **SETTINGS)
+    shown = capsys.readouterr().err  # a bar over the fits, counting each as it arrives
+    assert "sweep (6 fits)" in shown and "0/6" in shown and "6/6" in shown, shown[-500:]
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len([f for f in files if f.startswith("fit-") and f.endswith(".json")]) == 6
     assert len([f for f in files if f.endswith(".nc")]) == 6 and "sweep.json" in files
-    again = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, keep_datatrees=True, **SETTINGS)
+    again = run_sweep(_tasks(), key=KEY, checkpoint=tmp_path, keep_datatrees=True, progress_bar=True, **SETTINGS)
+    assert "0/6" not in (shown := capsys.readouterr().err) and "6/6" in shown  # read back: done from the start
     assert again.reused == tuple(_tasks())
     np.testing.assert_allclose(again.table.drop(columns=["warnings", "errors"]).to_numpy(float),
                                first.table.drop(columns=["warnings", "errors"]).to_numpy(float))
@@ -120,6 +124,12 @@ def test_a_fit_failing_twice_is_reported_and_the_others_finish(in_process):
 def test_bad_tasks_are_refused_before_any_fit(tasks, error, match):
     with pytest.raises(error, match=match):
         run_sweep(tasks)
+
+
+def test_a_bad_progress_bar_is_refused_before_any_fit(monkeypatch):
+    monkeypatch.setattr("deeplinear.sweep.run_with_retry", lambda *a: pytest.fail("fitted before refusing"))
+    with pytest.raises(TypeError, match="progress_bar"):
+        run_sweep(_tasks(), progress_bar="yes")
 
 
 def _die_once(marker, fn, *args):
