@@ -229,9 +229,12 @@ class PosteriorFit:
 
     def power_scaling_tree(self):
         r"""A DataTree for ArviZ's prior/likelihood sensitivity (``arviz_stats.psense_summary``,
-        ``plot_psense_dist``): ``posterior``, ``log_prior`` (each prior site's log density at every
-        draw, constrained space) and ``log_likelihood`` holding the joint
-        :math:`\log p(Y \mid \theta)` per draw (variable ``Y``, dims ``chain, draw``).
+        ``plot_psense_dist``): ``posterior`` holding the quantities a user reads (``Q`` and the
+        inferred hyperparameters that vary: ratio, ``lambda_star``, noise, intercepts; not the
+        prior's auxiliary latents, such as the Brownian increments of the limit, which would add a
+        row per increment), ``log_prior`` (each prior site's log density at every draw,
+        constrained space: the whole prior is power-scaled) and ``log_likelihood`` holding the
+        joint :math:`\log p(Y \mid \theta)` per draw (variable ``Y``, dims ``chain, draw``).
 
         The fit's own ``log_likelihood`` group holds the leave-one-input-out terms
         :math:`\log p(y_i \mid Y_{-i}, \theta)` (right for PSIS-LOO of this non-factorized model),
@@ -253,7 +256,7 @@ class PosteriorFit:
         log_prior = _log_prior_draws(model_args, params)
         joint = _joint_log_likelihood(*self._per_draw_arrays(dtype), self.data)
         groups = {
-            "posterior": post.to_dataset(),
+            "posterior": post.to_dataset()[list(self._varying_variables())],
             "log_prior": {k: np.asarray(v).reshape(C, S) for k, v in log_prior.items()},
             "log_likelihood": {"Y": np.asarray(joint).reshape(C, S)},
         }

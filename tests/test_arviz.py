@@ -103,7 +103,11 @@ def test_power_scaling_tree_for_psense(result):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = arviz_stats.psense_summary(tree)
-    assert len(table) > 0
+    # the rows a user reads: Q's entries and the inferred hyperparameters, not the prior's latents
+    assert set(tree["posterior"].data_vars) == set(result._varying_variables()) and "Q" in tree["posterior"]
+    q_rows = int(np.prod(tree["posterior"]["Q"].shape[2:]))
+    others = sum(int(np.prod(tree["posterior"][v].shape[2:])) for v in tree["posterior"].data_vars if v != "Q")
+    assert len(table) == q_rows + others and all(str(r).split("[")[0] in tree["posterior"] for r in table.index)
     total = sum(tree["log_prior"][k].values for k in tree["log_prior"]) + tree["log_likelihood"]["Y"].values
     args = result.spec.model_arguments(result.data)
     names = list(tree["log_prior"])
