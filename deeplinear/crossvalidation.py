@@ -233,8 +233,8 @@ class RefitWrapper(SamplingWrapper):
         none when that is one). JAX runs compiled programs outside the interpreter lock, so the
         refits run side by side, and they share this process's compiled programs: the first refit of
         each training-set size runs (and compiles) before the others start. Measured on Linnerud's
-        full-noise limit model (15 refits, 2 CPU cores, programs compiled): 27.9 s one after another,
-        14.7 s on two threads, the same numbers (``benchmarks/model_comparison.py``)."""
+        full-noise limit model (the models of ``benchmarks/model_comparison.py``; 15 refits, 2 CPU
+        cores, programs compiled): 27.9 s one after another, 14.7 s on two threads, the same numbers."""
         import concurrent.futures
 
         from deeplinear._executor import check_executor
