@@ -192,22 +192,16 @@ class RefitWrapper(SamplingWrapper):
         if self._recording is not None:  # a dry run: only which refits the algorithm asks for
             self._recording.append(held)
             return train, None
-        if held in self._prefetched:  # refitted by prefetch
-            tree, message = self._prefetched.pop(held)
-            refit = PosteriorFit(tree, self.model.spec, restrict_rows(self.model.data, train))
-        else:
-            refit, message = self._refit(train, held)
+        if held not in self._prefetched:  # not refitted by prefetch: here, in this thread, by the same task
+            from deeplinear._executor import InProcessExecutor
+
+            self._run_refits([held], InProcessExecutor())
+        tree, message = self._prefetched.pop(held)
+        refit = PosteriorFit(tree, self.model.spec, restrict_rows(self.model.data, train))
         if message is not None:  # convergence is summarized once, by report_convergence
             self.convergence_warnings.append((held, message))
         self.refitted.append(held)
         return train, refit
-
-    def _refit(self, train, held):
-        """``(PosteriorFit, convergence message or None)`` of the refit without rows ``held``, in this thread."""
-        import jax
-
-        key = jax.random.fold_in(self._base_key, held[0])
-        return fit_quietly(restrict_rows(self.model.data, train), self.model.spec, key=key, **self.settings)
 
     def plan(self, run) -> list[tuple[int, ...]]:
         """The held-out rows of the refits that ``run(self)`` (a call of ``arviz_stats.reloo`` or
