@@ -10,7 +10,8 @@ dims (``obs``, ``output``, ``output_bis``, ``layer``/``step``, ``offdiag``; obse
 ``log_likelihood`` group with the exact pointwise leave-one-input-out terms
 :math:`\log p(y_i\mid Y_{-i}, \theta)` (``y_i`` the labels of input ``i``)
 (:func:`~deeplinear.likelihood.loo_log_likelihood`), so ``az.loo``/``az.compare`` rank
-models correctly for this non-factorized Gaussian model.
+models correctly for this non-factorized Gaussian model, and a ``posterior_predictive`` group
+whose row ``i`` is drawn from :math:`p(y_i \mid Y_{-i}, \theta)` at each draw (``az.plot_ppc_dist``).
 
 With the NNGP prior and fixed ``lambda_star``, ``noise_variance`` there is nothing to
 sample: the posterior is exact (``Q = I``) and no MCMC runs. Its pointwise terms are then the
@@ -45,8 +46,8 @@ from deeplinear.custom import CustomModel, inspect_model, run_custom_nuts
 from deeplinear.data import RegressionData
 from deeplinear.likelihood import (
     KroneckerNormal,
-    _loo_conditional_from_terms,
     _loo_data_terms,
+    _loo_terms_and_draw,
     loo_log_likelihood_draws,
 )
 from deeplinear.models import ModelSpec
@@ -59,6 +60,7 @@ __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
 
 RHAT_THRESHOLD = 1.01
 LOO_BUDGET_ENTRIES = 2**25  # S x P pointwise LOO terms stored at most (128 MiB in float32); deeplinear.loo subsamples
+DEFAULT_GROUP_ENTRIES = 2**22  # S x P x D label draws a fit adds by default (16 MiB in float32 per group)
 SYMMETRIC_VARIABLES = ("Q", "noise_covariance", "noise_correlation")  # shown once per entry by summary()
 MAX_STORED_DRAWS = 10**8  # num_chains * num_samples above this cannot be stored; refuse up front
 
@@ -91,9 +93,11 @@ class PosteriorFit:
     ----------
     datatree : xarray.DataTree
         ArviZ posterior (``posterior``, ``sample_stats``, ``observed_data``,
-        ``log_likelihood``); pass it to ``az.summary``, ``az.loo``, ``az.compare``, plots (for the
+        ``log_likelihood``, ``posterior_predictive``: leave-one-input-out label draws); pass it to
+        ``az.summary``, ``az.loo``, ``az.compare``, ``az.plot_ppc_dist``, plots (for the
         exact NNGP fit, whose draws are all equal, use :func:`deeplinear.loo` and
-        :func:`deeplinear.compare_models` instead of ``az.loo``/``az.compare``).
+        :func:`deeplinear.compare_models` instead of ``az.loo``/``az.compare``; for LOO-PIT and
+        power-scaling, :meth:`loo_pit_tree` and :meth:`power_scaling_tree`).
     spec : ModelSpec or CustomModel
         The model that was fitted (prior and hyperparameters), or for ``fit(data, model=...)`` a
         :class:`~deeplinear.custom.CustomModel` describing your model.
@@ -139,9 +143,9 @@ class PosteriorFit:
         return self.draws("noise_covariance")
 
     def add_predictive_groups(self, key: KeyLike = 0, *, prior_draws: int | None = None) -> PosteriorFit:
-        r"""Add ArviZ's ``posterior_predictive`` group and, with ``prior_draws``, the ``prior`` and
-        ``prior_predictive`` groups, in place (returns ``self``), for ``plot_ppc_dist`` and
-        ``plot_prior_posterior``.
+        r"""Replace the fit's ``posterior_predictive`` group (leave-one-input-out draws) with joint
+        replicates and, with ``prior_draws``, add the ``prior`` and ``prior_predictive`` groups, in
+        place (returns ``self``), for ``plot_ppc_dist`` and ``plot_prior_posterior``.
 
         * ``posterior_predictive``: one replicated data set per posterior draw, labels ``Y``
           ``(chain, draw, obs, output)``,
@@ -206,7 +210,7 @@ class PosteriorFit:
         return arviz_base.from_dict(groups, **self._dims_and_coords())
 
     def _dims_and_coords(self) -> dict:
-        names = [str(x) for x in self.datatree["posterior"]["Q"].coords["output"].values]
+        names = list(self.datatree["posterior"]["Q"].coords["output"].values)  # as stored: observed_data's too
         dims, coords = _dims_and_coords(self.prior, self.data, names, self.spec.noise_model != "scalar")
         return {"dims": dims, "coords": coords}
 
@@ -474,9 +478,10 @@ def fit(
         Default: on in Jupyter or a terminal, off otherwise.
     log_likelihood : bool, optional
         Store the pointwise leave-one-input-out terms (``S x P`` numbers, ``O(S P R D^2)`` time) as
-        the ``log_likelihood`` group. Default: when the data keep their rows and
-        ``S P <= LOO_BUDGET_ENTRIES`` (2^25); beyond that :func:`~deeplinear.loo.loo` subsamples.
-        ``True`` where that is impossible is an error (before sampling).
+        the ``log_likelihood`` group, and with them (``S P D <= DEFAULT_GROUP_ENTRIES``, 2^22) the
+        ``posterior_predictive`` group of leave-one-input-out label draws. Default: when the data keep
+        their rows and ``S P <= LOO_BUDGET_ENTRIES`` (2^25); beyond that :func:`~deeplinear.loo.loo`
+        subsamples. ``True`` where that is impossible is an error (before sampling).
     output_names : list of str, optional
         ``D`` distinct names, the coordinates of the ``output`` dimension (default ``0..D-1``).
     model : callable, optional
@@ -554,7 +559,7 @@ def fit_quietly(data, spec: ModelSpec, *, key, num_warmup, num_samples, num_chai
 
     result = PosteriorFit(dt, spec, data)
     if log_likelihood:
-        _add_loo_group(result)
+        _add_default_groups(result, rng_key)
     return result, (convergence_message(result) if spec.has_latent_sites else None)
 
 
@@ -592,7 +597,7 @@ def _fit_custom(data, prior, model, hyperparameters, *, num_warmup, num_samples,
     _record_sampler_settings(dt, num_warmup, target_accept_prob, max_tree_depth)
     result = PosteriorFit(dt, custom, data)
     if log_likelihood:
-        _add_loo_group(result)
+        _add_default_groups(result, rng_key)
     message = convergence_message(result)
     if message is not None:
         warnings.warn(message, ConvergenceWarning, stacklevel=3)
@@ -650,15 +655,18 @@ def _joint_log_likelihood(q, lam, noise, intercept, data):
 @jax.jit
 def _loo_predictive_labels(keys, q, lam, noise, intercept, data):
     """Per posterior draw, each row drawn from its leave-one-input-out predictive, ``(S, P, D)``."""
+    return _loo_terms_and_draws(keys, q, lam, noise, intercept, data)[1]
+
+
+def _loo_terms_and_draws(keys, q, lam, noise, intercept, data):
+    """Per posterior draw, the LOO terms ``(S, P)`` and each row drawn from its leave-one-input-out
+    predictive ``(S, P, D)`` (:func:`deeplinear.likelihood._loo_terms_and_draw`)."""
     terms = _loo_data_terms(data, q.dtype)
+    return batched_map(lambda a: _loo_terms_and_draw(a[0], *a[1:4], data, terms, a[4]),
+                       (keys, q, lam, noise, intercept), 64)
 
-    def one(a):
-        key, q1, lam1, noise1, mu1 = a
-        mean, cov = _loo_conditional_from_terms(q1, lam1, noise1, data, terms, data.labels, mu1)
-        z = jax.random.normal(key, mean.shape, mean.dtype)
-        return mean + jnp.einsum("ide,ie->id", jnp.linalg.cholesky(cov), z)
 
-    return batched_map(one, (keys, q, lam, noise, intercept), 64)
+_default_group_draws = jax.jit(_loo_terms_and_draws)  # the default groups' one program (fit)
 
 
 def _store_loo_terms(log_likelihood, data, num_draws) -> bool:
@@ -709,29 +717,61 @@ def _exact_nngp_tree(data, num_chains, num_samples, dims, coords):
     )
 
 
-def _add_loo_group(result: PosteriorFit):
+def _add_default_groups(result: PosteriorFit, rng_key) -> None:
+    r"""Add the groups ArviZ's first calls read, from one compiled program (:func:`_loo_terms_and_draws`,
+    which shares each draw's factorization between the two):
+
+    * ``log_likelihood``: the exact pointwise terms :math:`\log p(y_i \mid Y_{-i}, \theta)` ``(chain, draw,
+      obs)``, for ``az.loo``/``az.compare`` (PSIS-LOO of this non-factorized model);
+    * ``posterior_predictive``: labels ``Y`` ``(chain, draw, obs, output)``, each row drawn from its
+      leave-one-input-out predictive :math:`y_i \mid Y_{-i}, \theta` at each draw, so that
+      ``az.plot_ppc_dist`` compares the labels with draws that did not see them (a check that does not
+      use a row twice). :meth:`PosteriorFit.add_predictive_groups` replaces it with joint replicates.
+
+    ``posterior_predictive`` holds ``S x P x D`` numbers; above ``DEFAULT_GROUP_ENTRIES`` it is left out with
+    a warning naming :meth:`PosteriorFit.add_predictive_groups` and :meth:`PosteriorFit.loo_pit_tree`."""
+    import arviz_base
+    import xarray as xr
+
     post = result.datatree["posterior"]
     C, S = post.sizes["chain"], post.sizes["draw"]
     data = result.data
-    q = jax.device_put(np.asarray(result.draws("Q"), data.dtype))  # converted on the host: no program
-    lam = jax.device_put(np.asarray(result.draws("lambda_star"), data.dtype))
-    kw = result._draw_keywords(data.dtype)
-
-    ll = np.asarray(loo_log_likelihood_draws(q, lam, kw.pop("noise_variance"), data, **kw))
-    ll = ll.reshape(C, S, data.num_obs)
+    P, D = data.num_obs, data.num_outputs
+    with_draws = C * S * P * D <= DEFAULT_GROUP_ENTRIES
+    if with_draws:
+        keys = jax.random.split(jax.random.fold_in(rng_key, 2**20), C * S)
+        ll, rep = _default_group_draws(keys, *result._per_draw_arrays(data.dtype), data)
+    else:
+        kw = result._draw_keywords(data.dtype)
+        ll = loo_log_likelihood_draws(*result._per_draw_arrays(data.dtype)[:2], kw.pop("noise_variance"), data, **kw)
+    ll = np.asarray(ll).reshape(C, S, P)
     if not np.all(np.isfinite(ll)):
         raise FloatingPointError(
             "the leave-one-input-out log-likelihood terms are not finite in this precision; rescale the inputs "
             "and labels, use a larger noise_variance, float64 (jax_enable_x64), or log_likelihood=False"
         )
-    import xarray as xr
-
     ds = xr.Dataset(
         {"Y": (("chain", "draw", "obs"), ll)},
-        coords={"chain": post["chain"].values, "draw": post["draw"].values, "obs": np.arange(data.num_obs)},
+        coords={"chain": post["chain"].values, "draw": post["draw"].values, "obs": np.arange(P)},
         attrs={"description": "pointwise leave-one-input-out log p(y_i | y_-i, theta) (non-factorized Gaussian)"},
     )
     result.datatree["log_likelihood"] = xr.DataTree(ds)
+    if not with_draws:
+        warnings.warn(
+            f"the posterior_predictive group would hold S x P x D = {C * S * P * D:.3g} numbers, more than "
+            f"deeplinear.inference.DEFAULT_GROUP_ENTRIES = {DEFAULT_GROUP_ENTRIES:.3g}, so the fit leaves it out; "
+            "add predictive draws with result.add_predictive_groups() (joint replicates, for az.plot_ppc_dist) "
+            "or result.loo_pit_tree() (leave-one-out draws, for az.loo_pit)", UserWarning, stacklevel=4)
+        return
+    rep = np.asarray(rep).reshape(C, S, P, D)
+    if not np.all(np.isfinite(rep)):
+        raise FloatingPointError("the leave-one-input-out label draws are not finite in this precision; use float64 "
+                                 "(jax_enable_x64) or log_likelihood=False")
+    tree = arviz_base.from_dict({"posterior_predictive": {"Y": rep}}, **result._dims_and_coords())
+    result.datatree["posterior_predictive"] = tree["posterior_predictive"]
+    result.datatree["posterior_predictive"].attrs["description"] = (
+        "each row drawn from its leave-one-input-out predictive p(y_i | Y_-i, theta) at each posterior draw "
+        "(add_predictive_groups() replaces these with joint replicates of Y)")
 
 
 def convergence_message(result: PosteriorFit) -> str | None:

@@ -521,11 +521,37 @@ def _loo_from_terms(q, lambda_star, noise_variance, data, terms, intercept=None)
     r"""One draw's LOO log densities (:func:`loo_log_likelihood`): in whitened coordinates
     :math:`-\tfrac D2\log 2\pi + \tfrac12\log\det B_i - \tfrac12 g_i^\top B_i^{-1} g_i`, less
     :math:`\log\det L` (:func:`_loo_precision`)."""
-    D = q.shape[-1]
     cb, g, _, log_jacobian = _loo_precision(q, lambda_star, noise_variance, data, terms, intercept)
+    return _loo_log_density(cb, g, log_jacobian)[0]
+
+
+def _loo_log_density(cb, g, log_jacobian):
+    r"""The LOO log densities from :func:`_loo_precision`'s pieces, and :math:`w_i = C_i^{-1} g_i`
+    (:math:`C_i` the Cholesky factor of :math:`B_i`), so that :math:`g_i^\top B_i^{-1} g_i = |w_i|^2`."""
+    D = cb.shape[-1]
     w = solve_triangular(cb, g[..., None], lower=True)[..., 0]
     logdet_b = 2 * jnp.sum(jnp.log(jnp.diagonal(cb, axis1=-2, axis2=-1)), axis=-1)
-    return -0.5 * D * LOG_2PI + 0.5 * logdet_b - 0.5 * jnp.sum(w**2, axis=-1) - log_jacobian
+    return -0.5 * D * LOG_2PI + 0.5 * logdet_b - 0.5 * jnp.sum(w**2, axis=-1) - log_jacobian, w
+
+
+def _loo_terms_and_draw(key, q, lambda_star, noise_variance, data, terms, intercept=None):
+    r"""One draw's LOO log densities ``(P,)`` (:func:`_loo_from_terms`) and one label row drawn from
+    each row's leave-one-input-out predictive ``(P, D)`` (:func:`_loo_conditional_from_terms`), from one
+    factorization: with :math:`B_i = C_iC_i^\top`, :math:`w_i = C_i^{-1}g_i` and
+    :math:`z_i \sim N(0, I_D)`,
+
+    .. math::
+
+        y_i^{\text{rep}} = y_i + L\,C_i^{-\top}(z_i - w_i) \sim N(y_i - L B_i^{-1} g_i,\; L B_i^{-1} L^\top),
+
+    since :math:`C_i^{-\top} w_i = B_i^{-1} g_i` and :math:`\operatorname{cov}(C_i^{-\top} z_i) = B_i^{-1}`."""
+    cb, g, factor, log_jacobian = _loo_precision(q, lambda_star, noise_variance, data, terms, intercept)
+    log_density, w = _loo_log_density(cb, g, log_jacobian)
+    z = jax.random.normal(key, g.shape, q.dtype)
+    step = solve_triangular(cb, (z - w)[..., None], lower=True, trans=1)[..., 0]
+    if factor is not None:
+        step = step @ factor.T
+    return log_density, data.labels.astype(q.dtype) + step
 
 
 def _loo_conditional_from_terms(q, lambda_star, noise_variance, data, terms, labels, intercept=None):

@@ -11,24 +11,74 @@ import numpyro.distributions as dist
 import pytest
 
 from deeplinear import ProportionalLimitPrior, RegressionData, fit
+from deeplinear.inference import ConvergenceWarning
 
 matplotlib.use("Agg")
 
 PRIOR_DRAWS = 100
 
 
-@pytest.fixture(scope="module")
-def result():
+def _fit(**kwargs):
     rng = np.random.default_rng(4)
     X = rng.normal(size=(12, 3))
     f = X @ rng.normal(size=(3, 1)) / np.sqrt(3)
     Y = np.hstack([f, 0.7 * f]) + 0.3 * rng.normal(size=(12, 2))
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fit(RegressionData.linear(X, Y), ProportionalLimitPrior(1.0, 2, num_steps=8),
+                   noise_variance=dist.HalfNormal(1.0), num_warmup=200, num_samples=150, num_chains=2, key=0,
+                   progress_bar=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def default_result():
+    """A fit as ``fit`` returns it (default output names 0, 1): no method called on it."""
+    return _fit()
+
+
+@pytest.fixture(scope="module")
+def result():
+    return _fit(output_names=["a", "b"]).add_predictive_groups(key=1, prior_draws=PRIOR_DRAWS)
+
+
+def test_default_tree_holds_leave_one_out_draws_for_ppc_and_loo(default_result):
+    """``fit``'s own tree: ``az.loo`` and ``az.plot_ppc_dist`` run on it as returned, its
+    ``posterior_predictive`` rows are leave-one-input-out draws (not the labels they check), with the
+    observed data's coordinates; ``add_predictive_groups`` replaces them with joint replicates on the
+    same coordinates."""
+    import matplotlib.pyplot as plt
+
+    from deeplinear import PosteriorFit
+
+    dt = default_result.datatree
+    assert {"log_likelihood", "posterior_predictive"} <= set(dt.children)
+    pp, obs = dt["posterior_predictive"]["Y"], dt["observed_data"]["Y"]
+    assert pp.dims == ("chain", "draw", "obs", "output") and pp.shape[2:] == obs.shape
+    assert list(pp.coords["output"].values) == list(obs.coords["output"].values) == [0, 1]
+    assert "leave-one-input-out" in dt["posterior_predictive"].attrs["description"]
+    assert not np.any(pp.values == obs.values) and np.all(np.isfinite(pp.values))
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = fit(RegressionData.linear(X, Y), ProportionalLimitPrior(1.0, 2, num_steps=8),
-                  noise_variance=dist.HalfNormal(1.0), num_warmup=200, num_samples=150, num_chains=2, key=0,
-                  progress_bar=False, output_names=["a", "b"])
-    return res.add_predictive_groups(key=1, prior_draws=PRIOR_DRAWS)
+        assert np.isfinite(arviz_stats.loo(dt).elpd)
+        assert arviz_plots.plot_ppc_dist(dt, backend="matplotlib") is not None
+    plt.close("all")
+    again = _fit()  # same key, same draws
+    np.testing.assert_array_equal(again.datatree["posterior_predictive"]["Y"].values, pp.values)
+    joint = PosteriorFit(dt.copy(), default_result.spec, default_result.data).add_predictive_groups(key=1)
+    rep = joint.datatree["posterior_predictive"]["Y"]
+    assert list(rep.coords["output"].values) == [0, 1] and not np.array_equal(rep.values, pp.values)
+
+
+def test_fit_above_the_group_budget_leaves_the_draws_out_and_says_how_to_add_them(default_result, monkeypatch):
+    import deeplinear.inference
+
+    monkeypatch.setattr(deeplinear.inference, "DEFAULT_GROUP_ENTRIES", 100)
+    with pytest.warns(UserWarning, match="add_predictive_groups") as record:
+        small = _fit()
+    assert any("loo_pit_tree" in str(w.message) for w in record)
+    assert "posterior_predictive" not in small.datatree.children
+    np.testing.assert_allclose(small.datatree["log_likelihood"]["Y"].values,
+                               default_result.datatree["log_likelihood"]["Y"].values, rtol=1e-5, atol=1e-6)
 
 
 def test_loo_pit_values_are_probabilities_per_observation_and_output(result):

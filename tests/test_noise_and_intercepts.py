@@ -154,6 +154,47 @@ def test_loo_conditional_moments_equal_dense_conditioning():
                                        rtol=1e-9, atol=1e-12)
 
 
+LOO_DRAWS = 4000  # label draws per row in the test of the fused LOO terms and draws
+
+
+@pytest.mark.parametrize("noise", ["scalar", "full"])
+def test_fused_loo_terms_and_draws_follow_dense_conditioning(noise):
+    """The default posterior_predictive's draws (fit's one program for the LOO terms and draws): their
+    log densities equal scipy's conditional density, their sample moments the dense conditional's at
+    5 Monte Carlo standard errors (the row's mean; each covariance entry)."""
+    from scipy import stats
+
+    from deeplinear.likelihood import _loo_data_terms, _loo_terms_and_draw
+
+    with jax.enable_x64(True):
+        D, P, N0 = 2, 9, 4  # P > N0: a null space
+        X, Y, Q, full, _ = _problem(D, P, N0, seed=21)
+        full = full if noise == "full" else 0.3 * np.eye(D)
+        mu = INTERCEPT[:D]
+        data = RegressionData.linear(X, Y + mu)
+        C = _dense_cov(Q, X @ X.T / N0, LAMBDA, full)
+        y = (Y + mu).reshape(-1)
+        terms = _loo_data_terms(data, jnp.float64)
+        noise_arg = jnp.asarray(full) if noise == "full" else jnp.asarray(0.3)
+        keys = jax.random.split(jax.random.key(5), LOO_DRAWS)
+        ll, draws = jax.vmap(lambda k: _loo_terms_and_draw(k, jnp.asarray(Q), LAMBDA, noise_arg, data, terms,
+                                                           jnp.asarray(mu)))(keys)
+        ll, draws = np.asarray(ll), np.asarray(draws)
+        assert np.all(ll == ll[0])  # the key draws the labels only
+        for i in range(P):
+            idx = np.arange(i * D, (i + 1) * D)
+            rest = np.setdiff1d(np.arange(P * D), idx)
+            gain = np.linalg.solve(C[np.ix_(rest, rest)], C[np.ix_(rest, idx)])
+            mean = gain.T @ (y[rest] - np.tile(mu, P - 1)) + mu
+            cov = C[np.ix_(idx, idx)] - C[np.ix_(idx, rest)] @ gain
+            np.testing.assert_allclose(ll[0, i], stats.multivariate_normal(mean, cov).logpdf(y[idx]), rtol=1e-9)
+            got = draws[:, i]
+            se_mean = np.sqrt(np.diag(cov) / LOO_DRAWS)
+            assert np.all(np.abs(got.mean(0) - mean) < 5 * se_mean), (i, got.mean(0), mean)
+            se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / LOO_DRAWS)
+            assert np.all(np.abs(np.cov(got.T) - cov) < 5 * se_cov), (i, np.cov(got.T), cov)
+
+
 @pytest.mark.parametrize("D,P,N0", [(2, 9, 4), (3, 6, 8)])
 def test_conditional_predictive_with_noise_covariance_equals_dense_gp(D, P, N0):
     with jax.enable_x64(True):
