@@ -14,7 +14,10 @@ the package reads (the *site contract*):
   ``(D, D)`` (any other noise);
 * optionally ``"intercept"`` ``(D,)``;
 * the labels: the observed site ``"Y"``, a :class:`~deeplinear.KroneckerNormal` with
-  ``obs=data.labels``.
+  ``obs=data.labels`` when the model is called as ``model(data)``. Give the model a switch
+  (``observed=True``; ``obs=data.labels if observed else None``, ``labels_are_data=observed``) so that
+  ``numpyro.infer.Predictive`` of ``partial(model, observed=False)`` draws new labels: of an observed
+  site it returns the data.
 
 Fixed values are recorded with ``numpyro.deterministic(name, value)``. :func:`inspect_model` checks
 the contract on one trace of the model before anything is compiled, including that the recorded

@@ -32,15 +32,16 @@ def _data(P=20, seed=0):
     return X, Y, dl.RegressionData.linear(X, Y)
 
 
-def my_model(data, *, record=True, lam_scale=1.0, noise_value=NOISE, intercept=False):
-    """The built-in model's likelihood with a LogNormal prior on lambda_star, written by hand."""
+def my_model(data, *, record=True, lam_scale=1.0, noise_value=NOISE, intercept=False, observed=True):
+    """The built-in model's likelihood with a LogNormal prior on lambda_star, written by hand, as the
+    user guide writes it: ``observed=False`` leaves the labels free (``Predictive`` draws new ones)."""
     lam = numpyro.sample("lambda_star", dist.LogNormal(0.0, lam_scale))
     noise = numpyro.deterministic("noise_variance", noise_value) if record else noise_value
     mu = numpyro.sample("intercept", dist.Normal(0.0, 1.0).expand([2]).to_event(1)) if intercept else None
     vbar = PRIOR.numpyro_vbar(prefix="net_")
     q = numpyro.deterministic("Q", vbar @ vbar.T)
-    numpyro.sample("Y", dl.KroneckerNormal(q, lam, noise, data, root=vbar, labels_are_data=True, intercept=mu),
-                   obs=data.labels)
+    likelihood = dl.KroneckerNormal(q, lam, noise, data, root=vbar, labels_are_data=observed, intercept=mu)
+    numpyro.sample("Y", likelihood, obs=data.labels if observed else None)
 
 
 def _fit(data, model, **kw):
@@ -83,6 +84,41 @@ def test_user_model_predicts_and_round_trips(custom_fit, tmp_path):
     with pytest.raises(ValueError, match="numpyro.infer.Predictive"):
         fitted.add_predictive_groups(prior_draws=10)
     assert "posterior_predictive" in fitted.add_predictive_groups().datatree.children
+
+
+PREDICTIVE_DRAWS = 4000  # label sets drawn at one posterior draw, for the moments of Predictive's labels
+
+
+def test_users_model_with_labels_unobserved_gives_predictive_new_labels(custom_fit):
+    """The user guide's switch: ``Predictive`` of the model with ``observed=False`` draws new label
+    sets (with the labels observed it returns the data in every draw). At one posterior draw,
+    repeated, their mean and covariances equal the dense Gaussian's,
+    ``1 mu^T`` and ``lambda_star Q (x) K + sigma^2 I`` (numpy), at 5 MC SE."""
+    from numpyro.infer import Predictive
+
+    X, Y, fitted = custom_fit
+    posterior = {k: fitted.draws(k) for k in ("lambda_star", "intercept", "net_bartlett_diag",
+                                               "net_bartlett_offdiag")}
+    free = functools.partial(my_model, intercept=True, observed=False)
+    new = np.asarray(Predictive(free, posterior_samples=posterior)(jax.random.key(0), fitted.data)["Y"])
+    assert new.shape == (fitted.draws("Q").shape[0],) + Y.shape and np.all(np.isfinite(new))
+    assert not np.any(new == Y) and np.std(new[:, 0, 0]) > 0
+    kept = Predictive(functools.partial(my_model, intercept=True), posterior_samples=posterior)(
+        jax.random.key(0), fitted.data)["Y"]
+    assert np.array_equal(np.asarray(kept)[3], np.asarray(fitted.data.labels))  # observed: the data, every draw
+    one = {k: np.repeat(v[7:8], PREDICTIVE_DRAWS, axis=0) for k, v in posterior.items()}
+    draws = np.asarray(Predictive(free, posterior_samples=one)(jax.random.key(1), fitted.data)["Y"])
+    draws = draws.reshape(PREDICTIVE_DRAWS, -1)  # vec of rows: index i * D + d
+    q, lam, mu = fitted.draws("Q")[7], fitted.draws("lambda_star")[7], fitted.draws("intercept")[7]
+    K = X @ X.T / X.shape[1]
+    cov = lam * np.kron(K, q) + NOISE * np.eye(K.shape[0] * 2)
+    mean = np.tile(mu, K.shape[0])
+    se_mean = np.sqrt(np.diag(cov) / PREDICTIVE_DRAWS)
+    assert np.all(np.abs(draws.mean(0) - mean) < 5 * se_mean)
+    sub = np.arange(6)  # the first three rows' entries: a 6 x 6 block of the covariance
+    block = cov[np.ix_(sub, sub)]
+    se_cov = np.sqrt((np.outer(np.diag(block), np.diag(block)) + block**2) / PREDICTIVE_DRAWS)
+    assert np.all(np.abs(np.cov(draws[:, sub].T) - block) < 5 * se_cov)
 
 
 def test_user_model_posterior_equals_the_built_in_model():
