@@ -114,6 +114,8 @@ class PredictionKernel:
     test_dense, residual_dense : arrays ``(P*, P*)`` or None
         User Gram matrix given in full: :math:`k_{**}` and :math:`k_\perp`.
 
+    Notes
+    -----
     :math:`k_\perp` is computed in float64, so the predictive covariance never subtracts nearly
     equal numbers in float32. Linear kernel: from :math:`x_\perp`, the component of :math:`x_*`
     outside the span of the training inputs (a squared norm: accurate to float64 even from

@@ -401,6 +401,8 @@ class PredictiveMixture:
         Per-output intercepts :math:`\mu` per draw: the mixture is then that of :math:`f + \mu`
         (each draw conditioned on :math:`Y - 1\mu^\top`), whose mean includes the intercept.
 
+    Notes
+    -----
     Raises ``FloatingPointError`` (naming the quantity and the remedy) rather than returning a
     non-finite mean, covariance or log density; the argument checks of
     :class:`~deeplinear.data.RegressionData` and :meth:`~deeplinear.data.RegressionData.prediction_kernel`
