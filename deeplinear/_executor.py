@@ -51,10 +51,10 @@ def _replacement(broken) -> concurrent.futures.Executor:
     initializer), or :class:`InProcessExecutor` for other executors or when those settings are unreadable."""
     if isinstance(broken, concurrent.futures.ProcessPoolExecutor):
         try:
-            kwargs = {"max_workers": broken._max_workers, "mp_context": broken._mp_context,
+            kwargs = {"max_workers": broken._max_workers,  # type: ignore[attr-defined]  # private, read defensively "mp_context": broken._mp_context,
                       "initializer": broken._initializer, "initargs": broken._initargs}
             if getattr(broken, "_max_tasks_per_child", None) is not None:
-                kwargs["max_tasks_per_child"] = broken._max_tasks_per_child
+                kwargs["max_tasks_per_child"] = broken._max_tasks_per_child  # type: ignore[attr-defined]
             return concurrent.futures.ProcessPoolExecutor(**kwargs)
         except (AttributeError, TypeError, ValueError, OSError):
             pass
@@ -67,10 +67,11 @@ def run_with_retry(executor, tasks, submit: Callable, on_result: Callable | None
     (in completion order). Returns ``(results, failures)``: ``{task: result}`` and
     ``{task: (first error, retry error)}`` for the tasks that failed twice. A broken executor is
     replaced (module docstring), at most ``POOL_REPLACEMENTS`` times."""
-    pool, made = executor, []
+    pool, made = executor, []  # type: ignore[var-annotated]  # the executors this call made
     queue = [(t, None) for t in tasks]  # (task, its first error) waiting to be submitted
-    pending = {}  # future -> (task, first error, the executor it went to)
-    results, failures = {}, {}
+    pending: dict = {}  # future -> (task, first error, the executor it went to)
+    results: dict = {}
+    failures: dict = {}
 
     def replace(broken, error) -> bool:
         nonlocal pool

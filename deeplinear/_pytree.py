@@ -13,6 +13,7 @@ again).
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import jax
 
@@ -24,6 +25,7 @@ def static_field(**kwargs):
     return dataclasses.field(metadata={"static": True}, **kwargs)
 
 
+@typing.dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, static_field))
 def pytree_dataclass(cls=None, *, eq: bool = True):
     """Decorator: a frozen dataclass registered as a pytree (see the module docstring)."""
 

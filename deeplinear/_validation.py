@@ -85,6 +85,7 @@ def check_positive_int(name: str, value, minimum: int = 1, maximum: int | None =
         if isinstance(value, float) and value.is_integer():
             raise TypeError(f"{name} must be an integer, got the float {value!r}; pass {int(value)} instead")
         raise TypeError(f"{name} must be an integer >= {minimum}, got {describe(value)}")
+    value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     if maximum is not None and value > maximum:

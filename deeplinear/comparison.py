@@ -18,7 +18,7 @@ the models side by side:
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from deeplinear._validation import check_bool, check_choice, check_positive_int
 from deeplinear.inference import PosteriorFit
 from deeplinear.loo import loo as psis_loo
 from deeplinear.predictive import correlation_matrix
+
+if TYPE_CHECKING:  # pandas loads on first use, not on import
+    import pandas as pd
 
 __all__ = ["compare_models", "ModelComparison"]
 
@@ -56,8 +59,8 @@ class ModelComparison(NamedTuple):
         Each model's LOO or K-fold estimate, pointwise (``elpd_i``, ``pareto_k``).
     """
 
-    table: object
-    loo: object
+    table: pd.DataFrame
+    loo: pd.DataFrame
     predictive: dict
     q_correlation: dict
     cross_validation: dict
@@ -192,11 +195,11 @@ def _add_evidence(table, fits: dict, num_particles: int, key) -> None:
             values.append(np.nan)
             errors.append(np.nan)
             notes.append("not estimated: a model of your own (fit(model=...)) has no ModelSpec to anneal")
-    values, errors = np.asarray(values), np.asarray(errors)
-    table["log_evidence"] = values
-    table["log_evidence_se"] = errors
-    table["log_bayes_factor"] = values - values[0]
-    table["log_bayes_factor_se"] = np.sqrt(errors**2 + errors[0] ** 2)
+    value, error = np.asarray(values), np.asarray(errors)
+    table["log_evidence"] = value
+    table["log_evidence_se"] = error
+    table["log_bayes_factor"] = value - value[0]
+    table["log_bayes_factor_se"] = np.sqrt(error**2 + error[0] ** 2)
     table.iloc[0, table.columns.get_loc("log_bayes_factor_se")] = 0.0  # the first model against itself
     table["evidence_note"] = notes
 

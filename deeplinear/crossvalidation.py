@@ -92,7 +92,7 @@ def restrict_rows(data, rows):
 
 def _default_settings(result, settings) -> dict:
     post = result.datatree["posterior"]
-    out = {"num_chains": int(post.sizes["chain"]), "num_samples": int(post.sizes["draw"])}
+    out: dict = {"num_chains": int(post.sizes["chain"]), "num_samples": int(post.sizes["draw"])}
     stats = result.datatree["sample_stats"].attrs if "sample_stats" in result.datatree.children else {}
     out["num_warmup"] = int(stats.get("tuning_steps", out["num_samples"]))
     if "target_accept_prob" in stats:  # as the original fit ran, where it recorded them
@@ -240,7 +240,7 @@ class RefitWrapper(SamplingWrapper):
         threads = min(_usable_cores(), len(wanted))
         if threads < 2:
             return  # sample() refits in this thread
-        sizes = {}
+        sizes: dict[int, tuple] = {}
         for held in wanted:  # the first refit of each training-set size compiles its programs
             sizes.setdefault(len(held), held)
         with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="deeplinear-refit") as pool:

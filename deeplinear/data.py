@@ -35,6 +35,8 @@ The set-up runs in float64 NumPy whatever the working precision, then casts.
 
 from __future__ import annotations
 
+import typing
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,7 +215,7 @@ class KernelEigenbasis:
     @property
     def num_obs(self) -> int:
         """``P``, the number of training inputs."""
-        return self.eigenvectors.shape[0] if self.eigenvectors is not None else self.num_rows
+        return self.eigenvectors.shape[0] if self.eigenvectors is not None else typing.cast(int, self.num_rows)
 
     @property
     def has_rows(self) -> bool:

@@ -742,8 +742,9 @@ def _add_default_groups(result: PosteriorFit, rng_key) -> None:
         keys = jax.random.split(jax.random.fold_in(rng_key, 2**20), C * S)
         ll, rep = _default_group_draws(keys, *result._per_draw_arrays(data.dtype), data)
     else:
+        q, lam = result._per_draw_arrays(data.dtype)[:2]
         kw = result._draw_keywords(data.dtype)
-        ll = loo_log_likelihood_draws(*result._per_draw_arrays(data.dtype)[:2], kw.pop("noise_variance"), data, **kw)
+        ll = loo_log_likelihood_draws(q, lam, kw.pop("noise_variance"), data, **kw)
     ll = np.asarray(ll).reshape(C, S, P)
     if not np.all(np.isfinite(ll)):
         raise FloatingPointError(

@@ -100,7 +100,7 @@ def _psis(datatree, ll: xr.DataArray, pointwise: bool | None = None):
                                   "log_likelihood": xr.Dataset({"Y": ll})})
     kwargs = {} if pointwise is None else {"pointwise": pointwise}
     spread = ll.max(("chain", "draw")) - ll.min(("chain", "draw"))
-    rounding = ROUNDING_SPREAD * np.finfo(ll.dtype).eps * (1 + np.abs(ll).max(("chain", "draw")))
+    rounding = ROUNDING_SPREAD * np.finfo(ll.dtype).eps * (1 + abs(ll).max(("chain", "draw")))
     if bool((spread > rounding).any()):
         return arviz_stats.loo(tree, **kwargs)
     log_weights = xr.zeros_like(ll) - np.log(ll.sizes["chain"] * ll.sizes["draw"])

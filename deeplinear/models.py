@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
+import typing
 
 import jax.numpy as jnp
 import numpy as np
@@ -317,7 +318,7 @@ class ModelSpec:
             return None
         D = self.num_outputs
         if self.noise_model == "scalar":
-            return self.noise_variance * np.eye(D)
+            return np.asarray(self.noise_variance, np.float64) * np.eye(D)
         sd = np.sqrt(np.asarray(self.noise_variance))
         corr = np.eye(D) if self.noise_correlation is None else np.asarray(self.noise_correlation)
         return sd[:, None] * corr * sd[None, :]
@@ -359,8 +360,9 @@ class ModelSpec:
         self.check_data(data)
         if labels is not None or not observed:
             data.require_rows("labels= or observed=False")
-        if labels is not None and jnp.shape(labels) != data.labels.shape:
-            raise ValueError(f"labels must have the shape of data.labels {data.labels.shape}, got {jnp.shape(labels)}")
+        expected = (data.num_obs, data.num_outputs)  # data.labels' shape (the rows are kept: checked above)
+        if labels is not None and jnp.shape(labels) != expected:
+            raise ValueError(f"labels must have the shape of data.labels {expected}, got {jnp.shape(labels)}")
         model_body(*self.model_arguments(data), observed=observed, labels=labels)
 
     def model_arguments(self, data: RegressionData) -> tuple:
@@ -414,7 +416,7 @@ class ModelSpec:
     def to_dict(self) -> dict:
         """Plain-data form (JSON-ready): the prior as ``{"kind": ...}``, each hyperparameter as a
         number, ``None`` or ``{"distribution": name, **scalar parameters}``."""
-        out = {"prior": _prior_to_dict(self.prior)}
+        out: dict = {"prior": _prior_to_dict(self.prior)}
         out.update({h: _hyper_to_dict(getattr(self, h)) for h in HYPERPARAMETERS})
         if self.noise_model != "scalar":  # written only when used, so scalar-noise specs read as before
             out["noise_model"] = self.noise_model
@@ -527,7 +529,7 @@ def arviz_dims_and_coords(prior, data, output_names=None, per_output_noise: bool
     (no latent dims)."""
     D = data.num_outputs
     outputs = list(output_names) if output_names is not None else list(range(D))
-    coords = {"output": outputs, "output_bis": outputs}
+    coords: dict[str, typing.Any] = {"output": outputs, "output_bis": outputs}
     if data.has_rows:
         coords["obs"] = np.arange(data.num_obs)
     dims = {"Q": ["output", "output_bis"], "Y": ["obs", "output"], "noise_covariance": ["output", "output_bis"],
@@ -543,7 +545,7 @@ def arviz_dims_and_coords(prior, data, output_names=None, per_output_noise: bool
         dims[prefix + "bartlett_diag"] = ["layer", "output"]
         dims[prefix + "bartlett_offdiag"] = ["layer", "offdiag"]
     elif isinstance(prior, ProportionalLimitPrior):
-        coords["step"] = np.arange(1, prior.num_steps + 1)
+        coords["step"] = np.arange(1, typing.cast(int, prior.num_steps) + 1)  # resolved at construction
         dims[prefix + "brownian_diag"] = ["step", "output"]
         dims[prefix + "brownian_offdiag"] = ["step", "offdiag"]
     return dims, coords

@@ -132,7 +132,7 @@ class RenormalizedKernel:
             noise_variance = jnp.asarray([spec.noise_variance], dtype)
         else:
             noise_variance = None
-            kw["noise_covariance"] = jnp.asarray(noise[None], dtype)
+            kw["noise_covariance"] = jnp.asarray(np.asarray(noise)[None], dtype)
         if spec.intercept is not None:
             kw["intercept"] = jnp.asarray(np.asarray(spec.intercept)[None], dtype)
         return PredictiveMixture(jnp.asarray(self.q[None], dtype), jnp.asarray([spec.lambda_star], dtype),
@@ -264,7 +264,7 @@ def renormalized_kernel(
     kappa = np.asarray(data.basis.eigenvalues, np.float64)
     rotated = np.asarray(data.rotated_labels, np.float64)
     if spec.intercept is not None:
-        ones = np.asarray(data.intercept_terms.rotated_ones, np.float64)
+        ones = np.asarray(data.intercept_terms.rotated_ones, np.float64)  # type: ignore[union-attr]  # checked
         rotated = rotated - ones[:, None] * np.asarray(spec.intercept, np.float64)[None, :]
     noise = np.asarray(spec.fixed_noise_covariance, np.float64)
     L, n = len(widths), D * (D + 1) // 2

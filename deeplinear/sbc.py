@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+from collections.abc import Iterable
 from functools import partial
 
 import jax
@@ -420,7 +421,7 @@ def simulation_based_calibration(
                 "inferred": inferred}
     keys = jax.random.split(k_runs, num_simulations)
     num_batches = math.ceil(num_simulations / batch_size)
-    batches = range(num_batches)
+    batches: Iterable[int] = range(num_batches)
     if progress_bar:
         from tqdm.auto import tqdm
 
@@ -437,7 +438,7 @@ def simulation_based_calibration(
                                        settings, progress=batches if progress_bar else None)
         finally:
             if progress_bar:
-                batches.close()
+                batches.close()  # type: ignore[attr-defined]  # the tqdm bar
     keeps = [min(batch_size, num_simulations - b * batch_size) for b in range(num_batches)]  # drop the padding
     draws = np.concatenate([qs[:keep] for (qs, _), keep in zip(results, keeps)])  # (S, M, k)
     divergences = np.concatenate([div[:keep] for (_, div), keep in zip(results, keeps)])

@@ -120,8 +120,9 @@ class LinearStatistics:
                 f"{(self.num_features, self.num_outputs)}: every chunk must have the same columns"
             )
         r = np.linalg.qr(np.vstack([self.r_factor, other.r_factor]), mode="r")
-        sums = (None, None)
-        if self.input_sums is not None and other.input_sums is not None:
+        sums: tuple = (None, None)
+        if (self.input_sums is not None and other.input_sums is not None
+                and self.label_sums is not None and other.label_sums is not None):  # kept together
             sums = (self.input_sums + other.input_sums, self.label_sums + other.label_sums)
         return LinearStatistics(
             _square(r, r.shape[1]), self.num_rows + other.num_rows, self.num_features,

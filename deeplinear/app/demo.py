@@ -143,7 +143,8 @@ def inference_demo(
               target_accept_prob=DEMO_TARGET_ACCEPT)
     full = dict(kw, noise_model=DEMO_NOISE)
     limit = ProportionalLimitPrior(1.0, D, DEMO_STEPS)
-    runs = {f"limit a={a:g}": (ProportionalLimitPrior(a, D, DEMO_STEPS), {}, full) for a in DEMO_RATIOS}
+    runs: dict[str, tuple] = {f"limit a={a:g}": (ProportionalLimitPrior(a, D, DEMO_STEPS), {}, full)
+                              for a in DEMO_RATIOS}
     runs[INFERRED] = (limit, {"ratio": dist.LogNormal(0.0, 1.0)}, full)
     runs[SCALAR_NOISE] = (limit, {"ratio": dist.LogNormal(0.0, 1.0)}, kw)
     runs[WISHART] = (FiniteWidthPrior(widths=(D + 1,), num_outputs=D), {}, full)

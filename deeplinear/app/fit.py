@@ -131,12 +131,12 @@ def model_spec(args, num_outputs: int):
         noise = [args.noise] * num_outputs
     infer_ratio = args.infer_ratio and args.prior == "limit"
     ratio = {"distribution": "LogNormal", "loc": 0.0, "scale": 1.0} if infer_ratio else None
-    spec = {"prior": prior, "lambda_star": args.lambda_star, "noise_variance": noise, "ratio": ratio}
+    written: dict = {"prior": prior, "lambda_star": args.lambda_star, "noise_variance": noise, "ratio": ratio}
     if args.noise_model != "scalar":
-        spec["noise_model"] = args.noise_model
+        written["noise_model"] = args.noise_model
     if args.intercept:
-        spec["intercept"] = {"distribution": "Normal", "loc": 0.0, "scale": 1.0}
-    return ModelSpec.from_dict(spec)
+        written["intercept"] = {"distribution": "Normal", "loc": 0.0, "scale": 1.0}
+    return ModelSpec.from_dict(written)
 
 
 def _fit_one(args, prep, spec):

@@ -117,7 +117,7 @@ def column_indices(table: Table, spec: str, what: str, path="") -> list[int]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise ValueError(f"--{what} needs at least one column name")
-    position = {}  # name -> first index: one pass, so 10^5 names take milliseconds
+    position: dict[str, int] = {}  # name -> first index: one pass, so 10^5 names take milliseconds
     for i, column in enumerate(table.columns):
         position.setdefault(column, i)
     idx = []
