@@ -21,6 +21,7 @@ Reference: AIS with REFERENCE_PARTICLES particles (another key). Reported: mean 
 their spread (standard deviation over the keys), RMSE against the reference, mean seconds, and
 the time ratio. Writes ``results/evidence_blackjax_<platform>.md``.
 
+    python -m pip install blackjax   # not a dependency of the package
     python benchmarks/evidence_blackjax.py
 """
 
