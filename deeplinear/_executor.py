@@ -51,7 +51,8 @@ def _replacement(broken) -> concurrent.futures.Executor:
     initializer), or :class:`InProcessExecutor` for other executors or when those settings are unreadable."""
     if isinstance(broken, concurrent.futures.ProcessPoolExecutor):
         try:
-            kwargs = {"max_workers": broken._max_workers,  # type: ignore[attr-defined]  # private, read defensively "mp_context": broken._mp_context,
+            # private attributes, read defensively (AttributeError: an in-process executor instead)
+            kwargs = {"max_workers": broken._max_workers, "mp_context": broken._mp_context,  # type: ignore[attr-defined]
                       "initializer": broken._initializer, "initargs": broken._initargs}
             if getattr(broken, "_max_tasks_per_child", None) is not None:
                 kwargs["max_tasks_per_child"] = broken._max_tasks_per_child  # type: ignore[attr-defined]
