@@ -340,9 +340,28 @@ import concurrent.futures, multiprocessing, sys
 sys.path.insert(0, sys.argv[2])
 import test_sweep as t
 from deeplinear.sweep import run_sweep
-with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=t._slow_fits) as pool:
     run_sweep(t._pool_tasks(), key=t.KEY, executor=pool, checkpoint=sys.argv[1], **t.SETTINGS)
 """
+SLOW_FIT_S = 1.0  # each pool fit waits this long first: the sweep is still running when Ctrl-C comes
+
+
+def _slow_fits():
+    """Pool initializer: every fit in this worker waits ``SLOW_FIT_S`` first. Without it the 12 small fits
+    could all finish between the first row reaching the disk and the test's next look at the folder
+    (it happened on a loaded 2-core machine: the sweep exited 0 before the SIGINT)."""
+    import time
+
+    import deeplinear.sweep as sweep
+
+    fit = sweep.fit
+
+    def slow(*args, **kwargs):
+        time.sleep(SLOW_FIT_S)
+        return fit(*args, **kwargs)
+
+    sweep.fit = slow
 
 
 def _pool_tasks():
