@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from typing import Any
 
 import jax
 
 __all__ = ["pytree_dataclass", "static_field"]
 
+def _replace[T](self: T, **changes: Any) -> T:
+    """A copy with some fields replaced (validated like a new object)."""
+    return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
-def static_field(**kwargs):
+
+def static_field(**kwargs: Any) -> Any:
     """A dataclass field that is static pytree metadata (not a leaf)."""
     return dataclasses.field(metadata={"static": True}, **kwargs)
 
@@ -51,8 +56,7 @@ def pytree_dataclass(cls=None, *, eq: bool = True):
             return tuple(getattr(obj, n) for n in data), tuple(getattr(obj, n) for n in meta)
 
         jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
-        cls.replace = lambda self, **changes: dataclasses.replace(self, **changes)
-        cls.replace.__doc__ = "A copy with some fields replaced (validated like a new object)."
+        cls.replace = _replace
         return cls
 
     return wrap if cls is None else wrap(cls)

@@ -64,7 +64,8 @@ def _usable_folder(folder: Path) -> str | None:
 OFF_WORDS = ("off", "0", "no", "false")  # values of ENVIRONMENT_VARIABLE that switch the cache off
 
 
-def enable_compilation_cache(directory=None, *, min_compile_time_secs: float = 0.0) -> Path | None:
+def enable_compilation_cache(directory: str | os.PathLike[str] | None = None, *,
+                             min_compile_time_secs: float = 0.0) -> Path | None:
     """Switch on JAX's persistent compilation cache in ``directory``; returns the folder.
 
     ``directory`` defaults to the folder named by ``$DEEPLINEAR_COMPILATION_CACHE`` if set,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from deeplinear._types import ArrayLike, Executor, KeyLike, RowSource
 from deeplinear._validation import check_bool, check_choice, check_positive_int
 from deeplinear.inference import PosteriorFit
 from deeplinear.loo import loo as psis_loo
@@ -69,9 +70,11 @@ class ModelComparison(NamedTuple):
 LOO_METHODS = ("psis", "reloo", "exact", "kfold")
 
 
-def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, test_gram=None, rows=None,
-                   loo_seed: int = 0, loo: str = "psis", k_threshold: float = 0.7, folds: int = 10,
-                   key=0, refit_settings: dict | None = None, executor=None, evidence: bool = False,
+def compare_models(fits: dict[str, PosteriorFit], X_test: ArrayLike | None = None, Y_test: ArrayLike | None = None, *,
+                   cross_gram: ArrayLike | None = None, test_gram: ArrayLike | None = None,
+                   rows: RowSource | None = None, loo_seed: int = 0, loo: str = "psis", k_threshold: float = 0.7,
+                   folds: int = 10, key: KeyLike = 0, refit_settings: dict | None = None,
+                   executor: Executor | None = None, evidence: bool = False,
                    evidence_particles: int = 1024) -> ModelComparison:
     r"""Compare fitted models (e.g. ``{"limit a=1": fit1, "NNGP": fit0}``) on the same data.
 
@@ -145,7 +148,7 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
             loos = {name: crossvalidation.reloo(f, k_threshold=threshold, key=key, refit_settings=refit_settings,
                                                 executor=executor) for name, f in fits.items()}
     prefix = "elpd_kfold" if loo == "kfold" else "elpd_loo"
-    rows, predictive, q_correlation = [], {}, {}
+    table_rows, predictive, q_correlation = [], {}, {}
     D = next(iter(fits.values())).data.num_outputs
     for name, f in fits.items():
         qcorr = q_correlation[name] = correlation_matrix(f.draws("Q")).mean(0)
@@ -171,8 +174,8 @@ def compare_models(fits: dict, X_test=None, Y_test=None, *, cross_gram=None, tes
                 terms = np.asarray(pm.log_predictive_density(Y_test, pointwise=True), np.float64)
                 row["heldout_lpd"] = float(terms.sum())
                 row["heldout_lpd_se"] = float(np.sqrt(terms.size) * terms.std(ddof=1)) if terms.size > 1 else np.nan
-        rows.append(row)
-    table = pd.DataFrame(rows).set_index("model")
+        table_rows.append(row)
+    table = pd.DataFrame(table_rows).set_index("model")
     if evidence:
         _add_evidence(table, fits, evidence_particles, key)
     ranked = arviz_stats.compare(loos, round_to="none") if len(loos) > 1 else None

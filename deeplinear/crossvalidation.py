@@ -48,15 +48,22 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from arviz_stats import SamplingWrapper
 
 from deeplinear import inference
+from deeplinear._types import ArrayLike, Executor, KeyLike
 from deeplinear._validation import check_positive_int, describe
 from deeplinear.inference import PosteriorFit, _validate_fit_args, fit_quietly
 from deeplinear.likelihood import loo_log_likelihood_draws
 from deeplinear.models import ModelSpec
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from arviz_stats.utils import ELPDData
 
 __all__ = ["RefitWrapper", "exact_loo", "reloo", "kfold"]
 
@@ -166,7 +173,7 @@ class RefitWrapper(SamplingWrapper):
         The refits' convergence warnings, reported together by :meth:`report_convergence`.
     """
 
-    def __init__(self, result: PosteriorFit, *, key=0, refit_settings: dict | None = None):
+    def __init__(self, result: PosteriorFit, *, key: KeyLike = 0, refit_settings: dict | None = None) -> None:
         from deeplinear._validation import raw_key
 
         _check_refittable(result)
@@ -179,14 +186,14 @@ class RefitWrapper(SamplingWrapper):
         self._recording: list | None = None  # a dry run (prefetch) records here and fits nothing
         self._prefetched: dict = {}  # held-out rows -> (DataTree, convergence messages)
 
-    def sel_observations(self, idx):
+    def sel_observations(self, idx: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         data = self.model.data
         held = np.atleast_1d(np.asarray(idx, dtype=np.int64))
         if held.size == 0 or held.min() < 0 or held.max() >= data.num_obs:
             raise ValueError(f"held-out rows must be in [0, {data.num_obs}), got {held.tolist()}")
         return np.setdiff1d(np.arange(data.num_obs), held), held
 
-    def sample(self, modified_observed_data):
+    def sample(self, modified_observed_data: ArrayLike) -> tuple[np.ndarray, PosteriorFit | None]:
         train = np.asarray(modified_observed_data)
         held = tuple(int(i) for i in np.setdiff1d(np.arange(self.model.data.num_obs), train))
         if self._recording is not None:  # a dry run: only which refits the algorithm asks for
@@ -203,7 +210,7 @@ class RefitWrapper(SamplingWrapper):
         self.refitted.append(held)
         return train, refit
 
-    def plan(self, run) -> list[tuple[int, ...]]:
+    def plan(self, run: Callable[[RefitWrapper], Any]) -> list[tuple[int, ...]]:
         """The held-out rows of the refits that ``run(self)`` (a call of ``arviz_stats.reloo`` or
         ``loo_kfold`` on this wrapper) will ask for, found by a dry run of ``run`` that fits nothing.
         Unless ``refit_settings`` chose a ``chain_method``, the chains run vectorized when there are
@@ -218,7 +225,7 @@ class RefitWrapper(SamplingWrapper):
             self.settings["chain_method"] = "vectorized" if many else "sequential"
         return wanted
 
-    def prefetch(self, run, executor=None) -> None:
+    def prefetch(self, run: Callable[[RefitWrapper], Any], executor: Executor | None = None) -> None:
         """Run the refits that ``run(self)`` will ask for (:meth:`plan`) on ``executor``, all submitted
         at once (:func:`deeplinear._executor.run_with_retry`: one retry each; a broken pool replaced);
         ``sample`` then takes each refit from here.
@@ -283,10 +290,12 @@ class RefitWrapper(SamplingWrapper):
                           f"(refit_settings: more draws or warm-up); the first, holding out rows {list(first_held)}: "
                           f"{first}", ConvergenceWarning, stacklevel=stacklevel)
 
-    def get_inference_data(self, fitted_model):
+    def get_inference_data(self, fitted_model: tuple[np.ndarray, PosteriorFit | None]
+                           ) -> tuple[np.ndarray, PosteriorFit | None]:
         return fitted_model
 
-    def log_likelihood__i(self, excluded_obs, idata__i):
+    def log_likelihood__i(self, excluded_obs: ArrayLike, idata__i: tuple[np.ndarray, PosteriorFit | None]
+                          ) -> xr.DataArray:
         import xarray as xr
 
         train, refit = idata__i
@@ -324,8 +333,8 @@ def _check_threshold(k_threshold) -> float:
     return float(k_threshold)
 
 
-def reloo(result: PosteriorFit, *, k_threshold: float = DEFAULT_K_THRESHOLD, key=0, refit_settings: dict | None = None,
-          executor=None):
+def reloo(result: PosteriorFit, *, k_threshold: float = DEFAULT_K_THRESHOLD, key: KeyLike = 0,
+          refit_settings: dict | None = None, executor: Executor | None = None) -> ELPDData:
     r"""PSIS-LOO whose terms with Pareto :math:`\hat k >` ``k_threshold`` are replaced by exact ones from
     refits without that input (``arviz_stats.reloo`` with :class:`RefitWrapper`; module docstring).
 
@@ -360,14 +369,15 @@ def _reloo(result, k_threshold: float, key, refit_settings, executor, stacklevel
     return out
 
 
-def exact_loo(result: PosteriorFit, *, key=0, refit_settings: dict | None = None, executor=None):
+def exact_loo(result: PosteriorFit, *, key: KeyLike = 0, refit_settings: dict | None = None,
+              executor: Executor | None = None) -> ELPDData:
     r"""Exact LOO: one refit without each input (:func:`reloo` with every input refitted), ``P`` refits
     of ``P - 1`` rows, which share one compiled program set."""
     return _reloo(result, -np.inf, key, refit_settings, executor, stacklevel=4)
 
 
-def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, key=0,
-          refit_settings: dict | None = None, executor=None):
+def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, key: KeyLike = 0,
+          refit_settings: dict | None = None, executor: Executor | None = None) -> ELPDData:
     r"""K-fold cross-validation: the inputs split at random (``seed``) into ``folds`` groups of nearly
     equal size; each group is held out in turn and predicted from a refit on the rest
     (``arviz_stats.loo_kfold`` with :class:`RefitWrapper`; module docstring). The folds have at most

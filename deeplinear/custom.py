@@ -30,12 +30,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
+from deeplinear._types import KeyLike
 from deeplinear._validation import describe
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.likelihood import KroneckerNormal
+
+if TYPE_CHECKING:
+    from deeplinear.sampler import SamplerRun
 
 __all__ = ["CustomModel", "inspect_model", "run_custom_nuts"]
 
@@ -61,7 +66,7 @@ class CustomModel:
     has_latent_sites = True
 
     @property
-    def intercept(self):
+    def intercept(self) -> str | None:
         """``"sampled"`` when the model has an ``intercept`` site, else ``None`` (as
         :attr:`ModelSpec.intercept <deeplinear.ModelSpec>` is ``None`` without intercepts)."""
         return "sampled" if self.has_intercept else None
@@ -81,7 +86,7 @@ class CustomModel:
                              "does not have (code is not saved)")
         return self.model
 
-    def model_arguments(self, data):
+    def model_arguments(self, data: RegressionData) -> NoReturn:
         """Refused: a user's model is not one of the built-in model's configurations."""
         raise ValueError(f"{self.name!r} is your own model: the built-in model's arguments do not describe it")
 
@@ -175,7 +180,7 @@ def _root_factors_q(root, q) -> None:
                          "'Q', so give KroneckerNormal the q and root of one matrix (root @ root.T == q)")
 
 
-def inspect_model(model, data: RegressionData) -> CustomModel:
+def inspect_model(model: Callable, data: RegressionData) -> CustomModel:
     """Check the site contract (module docstring) on one trace of ``model(data)`` (seed 0) and
     describe the model; a ``TypeError``/``ValueError`` says what is missing, before any compilation."""
     from numpyro import handlers
@@ -231,8 +236,9 @@ def inspect_model(model, data: RegressionData) -> CustomModel:
     return CustomModel(str(name), D, noise_model, has_intercept, model)
 
 
-def run_custom_nuts(custom: CustomModel, data, key, *, num_chains, num_warmup, num_samples, target_accept_prob,
-                    max_tree_depth, chain_method, progress_bar):
+def run_custom_nuts(custom: CustomModel, data: RegressionData, key: KeyLike, *, num_chains: int, num_warmup: int,
+                    num_samples: int, target_accept_prob: float, max_tree_depth: int, chain_method: str,
+                    progress_bar: bool) -> SamplerRun:
     """NumPyro's ``MCMC(NUTS(model))`` on ``model(data)``: draws (every sample and deterministic
     site, ``(chains, draws, ...)``) and the sample statistics under ArviZ's names, as a
     :class:`~deeplinear.sampler.SamplerRun`. (Compiled by NumPyro for each call: the built-in model's

@@ -36,13 +36,14 @@ The set-up runs in float64 NumPy whatever the working precision, then casts.
 from __future__ import annotations
 
 import typing
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from deeplinear._pytree import pytree_dataclass, static_field
-from deeplinear._types import Array
+from deeplinear._types import Array, ArrayLike, Chunks, DTypeLike
 from deeplinear._validation import (
     check_dtype,
     check_gram,
@@ -53,6 +54,9 @@ from deeplinear._validation import (
     check_rtol,
     is_concrete,
 )
+
+if TYPE_CHECKING:
+    from deeplinear.streaming import LinearStatistics
 
 __all__ = [
     "InterceptTerms", "KernelEigenbasis", "RegressionData", "PredictionKernel", "check_regression_data",
@@ -223,13 +227,15 @@ class KernelEigenbasis:
         keeps no per-row eigenvectors."""
         return self.eigenvectors is not None
 
-    def require_rows(self, what: str) -> None:
-        """A ``ValueError`` naming ``what`` when this basis has no per-row eigenvectors."""
-        if not self.has_rows:
+    def require_rows(self, what: str) -> Array:
+        """The per-row eigenvectors :math:`U_R` ``(P, R)``; a ``ValueError`` naming ``what`` when this
+        basis has none (data set up by streaming)."""
+        if self.eigenvectors is None:
             raise ValueError(
                 f"{what} needs the per-row eigenvectors U_R (P x R), which data set up by streaming "
                 "(RegressionData.from_chunks / from_statistics) do not keep"
             )
+        return self.eigenvectors
 
     @property
     def rank(self) -> int:
@@ -242,7 +248,7 @@ class KernelEigenbasis:
         return self.num_obs - self.rank
 
     @classmethod
-    def linear(cls, X, dtype=None, rtol: float | None = None) -> KernelEigenbasis:
+    def linear(cls, X: ArrayLike, dtype: DTypeLike | None = None, rtol: float | None = None) -> KernelEigenbasis:
         r"""Linear kernel :math:`K = X X^\top/N_0` from a thin SVD of ``X`` (``(P, N0)``).
 
         Singular values below ``rtol * s_max`` count as zero; the default ``rtol`` is
@@ -267,7 +273,7 @@ class KernelEigenbasis:
         return cls(_to_device(kappa, dtype), _to_device(w, dtype), _to_device(proj, dtype))
 
     @classmethod
-    def from_gram(cls, K, dtype=None, rtol: float | None = None) -> KernelEigenbasis:
+    def from_gram(cls, K: ArrayLike, dtype: DTypeLike | None = None, rtol: float | None = None) -> KernelEigenbasis:
         r"""Any symmetric PSD Gram matrix ``K`` (``P x P``), by ``eigh``.
 
         Eigenvalues below ``rtol * max(kappa)`` count as zero (default ``P * eps(float64)``).
@@ -285,19 +291,18 @@ class KernelEigenbasis:
         check_representable("the eigenvalues of K", kappa[keep], dtype, _RESCALE_GRAM, positive=True)
         return cls(_to_device(kappa[keep], dtype), _to_device(u[:, keep], dtype))
 
-    def rotate(self, Y):
+    def rotate(self, Y: jax.Array) -> tuple[jax.Array, jax.Array]:
         r"""Return :math:`\tilde Y = U_R^\top Y` ``(..., R, D)`` and the null-space scatter
         :math:`Y_\perp^\top Y_\perp` ``(..., D, D)``, :math:`Y_\perp = Y - U_R \tilde Y`, of labels ``Y``
         ``(..., P, D)``."""
-        self.require_rows("rotating other labels")
-        U = self.eigenvectors.astype(Y.dtype)
+        U = self.require_rows("rotating other labels").astype(Y.dtype)
         rotated = jnp.swapaxes(U, 0, 1) @ Y
         if self.num_null == 0:
             return rotated, jnp.zeros(Y.shape[:-2] + (Y.shape[-1], Y.shape[-1]), Y.dtype)
         resid = Y - U @ rotated
         return rotated, jnp.swapaxes(resid, -1, -2) @ resid
 
-    def prediction_kernel_linear(self, X_test, dtype) -> PredictionKernel:
+    def prediction_kernel_linear(self, X_test: ArrayLike, dtype: DTypeLike) -> PredictionKernel:
         """Linear kernel at test inputs ``X_test`` (``(P*, N0)``, validated), computed in float64."""
         X_test = np.asarray(X_test, np.float64)
         n0 = X_test.shape[1]
@@ -315,7 +320,7 @@ class KernelEigenbasis:
             test_root=_to_device(scaled, dtype), residual_root=_to_device(outside, dtype),
         )
 
-    def prediction_kernel_gram(self, cross_gram, test_gram, dtype) -> PredictionKernel:
+    def prediction_kernel_gram(self, cross_gram: ArrayLike, test_gram: ArrayLike, dtype: DTypeLike) -> PredictionKernel:
         """User kernel: ``cross_gram`` :math:`K(X, X_*)` ``(P, P*)``; ``test_gram`` ``(P*, P*)``, or its
         diagonal ``(P*,)`` for per-input predictions only (validated)."""
         self.require_rows("a user kernel's cross_gram")
@@ -387,7 +392,8 @@ class InterceptTerms:
     centred_null_scatter: Array
 
     @classmethod
-    def build(cls, rotated_ones, null_ones, null_label_sums, null_scatter, num_obs: int, dtype) -> InterceptTerms:
+    def build(cls, rotated_ones: ArrayLike, null_ones: float | np.ndarray, null_label_sums: ArrayLike,
+              null_scatter: ArrayLike, num_obs: int, dtype: DTypeLike) -> InterceptTerms:
         r"""From :math:`\tilde u`, :math:`n_1`, :math:`Y_\perp^\top 1_\perp` and :math:`S_\perp` (float64)."""
         rotated_ones = np.asarray(rotated_ones, np.float64)
         null_ones = float(null_ones)
@@ -403,7 +409,8 @@ class InterceptTerms:
                    _to_device(centred, dtype))
 
     @classmethod
-    def from_rows(cls, U, Y, rotated, scatter, dtype) -> InterceptTerms:
+    def from_rows(cls, U: ArrayLike, Y: ArrayLike, rotated: ArrayLike, scatter: ArrayLike,
+                  dtype: DTypeLike) -> InterceptTerms:
         """From the eigenvectors ``U`` ``(P, R)``, labels ``Y`` ``(P, D)``, their rotation and their
         null-space scatter (:func:`null_scatter`), in float64."""
         U, Y, rotated = (np.asarray(a, np.float64) for a in (U, Y, rotated))
@@ -464,7 +471,7 @@ class RegressionData:
         return None if self.basis.input_projection is None else self.basis.input_projection.shape[0]
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         """Floating dtype of the stored arrays; the precision of every computation on this data."""
         return self.rotated_labels.dtype
 
@@ -491,8 +498,15 @@ class RegressionData:
                 "(RegressionData.from_chunks / from_statistics) do not keep"
             )
 
+    def require_intercept_terms(self) -> InterceptTerms:
+        """:attr:`intercept_terms`, or a ``ValueError`` when the data have none (set up by an old version)."""
+        if self.intercept_terms is None:
+            raise ValueError("intercepts need data.intercept_terms; set the data up with this version of deeplinear")
+        return self.intercept_terms
+
     @classmethod
-    def linear(cls, X, Y, dtype=None, rtol: float | None = None) -> RegressionData:
+    def linear(cls, X: ArrayLike, Y: ArrayLike, dtype: DTypeLike | None = None,
+               rtol: float | None = None) -> RegressionData:
         r"""Linear kernel :math:`K = X X^\top/N_0`; ``X`` is ``(P, N0)``, ``Y`` is ``(P, D)``."""
         dtype = check_dtype(dtype)
         X64 = check_inputs(X)
@@ -510,7 +524,8 @@ class RegressionData:
         return cls._build(basis, Y64, dtype, inputs=_to_device(X64, dtype))
 
     @classmethod
-    def from_gram(cls, K, Y, dtype=None, rtol: float | None = None) -> RegressionData:
+    def from_gram(cls, K: ArrayLike, Y: ArrayLike, dtype: DTypeLike | None = None,
+                  rtol: float | None = None) -> RegressionData:
         r"""User-supplied symmetric PSD Gram matrix ``K`` (``P x P``); ``Y`` is ``(P, D)``."""
         dtype = check_dtype(dtype)
         K = check_gram(K, "K")
@@ -520,7 +535,7 @@ class RegressionData:
         return cls._build(basis, Y64, dtype)
 
     @classmethod
-    def learned_gram(cls, K, Y) -> RegressionData:
+    def learned_gram(cls, K: ArrayLike, Y: ArrayLike) -> RegressionData:
         r"""A Gram matrix ``K`` (``P x P``) that depends on latent parameters, built *inside* a NumPyro
         model (e.g. an RBF kernel whose lengthscale is sampled); ``Y`` is ``(P, D)``. Traceable:
         it runs under ``jit``, ``grad`` and NUTS, where :meth:`from_gram` (NumPy, with value checks)
@@ -589,7 +604,7 @@ class RegressionData:
         return cls(KernelEigenbasis(kappa, U), Y, rotated, zero, None, ones, K)
 
     @classmethod
-    def learned_features(cls, F, Y) -> RegressionData:
+    def learned_features(cls, F: ArrayLike, Y: ArrayLike) -> RegressionData:
         r"""Features ``F`` (``(P, M)``, one input per row) that depend on latent parameters (e.g. a
         learned projection ``X @ W``), with the linear kernel :math:`K = F F^\top / M`, inside a
         model: :meth:`learned_gram` of that kernel (the same ``eigh`` per evaluation, :math:`O(P^3)`
@@ -600,7 +615,8 @@ class RegressionData:
         return cls.learned_gram(F @ F.T / F.shape[1], Y)
 
     @classmethod
-    def from_statistics(cls, stats, dtype=None, rtol: float | None = None) -> RegressionData:
+    def from_statistics(cls, stats: LinearStatistics, dtype: DTypeLike | None = None,
+                        rtol: float | None = None) -> RegressionData:
         r"""Linear-kernel data from streamed sufficient statistics
         (:class:`~deeplinear.streaming.LinearStatistics`), equal to :meth:`linear` on the same rows
         to round-off, without keeping any per-row array (``has_rows`` is False).
@@ -643,7 +659,7 @@ class RegressionData:
         return cls(basis, None, _to_device(rotated, dtype), _to_device(null, dtype), None, ones)
 
     @classmethod
-    def from_chunks(cls, chunks, dtype=None, rtol: float | None = None) -> RegressionData:
+    def from_chunks(cls, chunks: Chunks, dtype: DTypeLike | None = None, rtol: float | None = None) -> RegressionData:
         """Linear-kernel data in one streaming pass over ``chunks``, an iterable of ``(X_chunk, Y_chunk)``
         pairs (rows are observations), e.g. :class:`~deeplinear.streaming.ArrayChunks` over memmaps:
         :meth:`from_statistics` of :meth:`~deeplinear.streaming.LinearStatistics.accumulate`. Memory:
@@ -662,7 +678,8 @@ class RegressionData:
         return cls(basis, _to_device(Y64, dtype), _to_device(rotated, dtype), _to_device(scatter, dtype), inputs,
                    InterceptTerms.from_rows(U, Y64, rotated, scatter, dtype))
 
-    def prediction_kernel(self, X_test=None, *, cross_gram=None, test_gram=None) -> PredictionKernel:
+    def prediction_kernel(self, X_test: ArrayLike | None = None, *, cross_gram: ArrayLike | None = None,
+                          test_gram: ArrayLike | None = None) -> PredictionKernel:
         r"""Kernel quantities at test inputs: ``X_test`` (``(P*, N0)``) for the linear kernel, or
         ``cross_gram`` :math:`K(X, X_*)` (``(P, P*)``) and ``test_gram`` (``(P*, P*)``, or only its
         diagonal ``(P*,)``: enough for per-input predictions, in ``O(P* R)`` memory).
@@ -707,7 +724,7 @@ class RegressionData:
         )
 
 
-def linear_prediction_kernel(data: RegressionData, X_test) -> PredictionKernel:
+def linear_prediction_kernel(data: RegressionData, X_test: ArrayLike) -> PredictionKernel:
     r"""The linear kernel's :class:`PredictionKernel` at ``X_test`` (``(P*, N0)``) in JAX: pure and
     jittable (``X_test`` may be traced), for use inside your own ``jit``/``vmap``.
 
@@ -744,7 +761,7 @@ def null_scatter(U, Y, rotated) -> np.ndarray:
     return resid.T @ resid
 
 
-def check_regression_data(data, name: str = "data") -> RegressionData:
+def check_regression_data(data: object, name: str = "data") -> RegressionData:
     """``data`` is a :class:`RegressionData` (:func:`deeplinear._validation.check_instance`)."""
     return check_instance(
         name, data, RegressionData, "RegressionData.linear(X, Y) or RegressionData.from_gram(K, Y)"

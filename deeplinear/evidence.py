@@ -74,23 +74,27 @@ import math
 import time
 import warnings
 from functools import partial
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
 from deeplinear._precision import warn_if_spec_imprecise
-from deeplinear._types import KeyLike
+from deeplinear._types import InterceptLike, KeyLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
 from deeplinear._validation import check_choice, check_key, check_positive_int, check_progress_bar, raw_key
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.likelihood import relative_constant
 from deeplinear.models import ModelSpec
-from deeplinear.priors import NNGPPrior
+from deeplinear.priors import NNGPPrior, VbarPrior
 from deeplinear.sampler import model_of_arguments
+
+if TYPE_CHECKING:  # pandas loads on first use, not on import
+    import pandas as pd
 
 __all__ = ["EvidenceEstimate", "evidence_curve", "log_evidence"]
 
@@ -441,14 +445,14 @@ def _weights_summary(log_w: np.ndarray):
 
 def log_evidence(
     data: RegressionData,
-    prior=None,
+    prior: VbarPrior | ModelSpec,
     *,
-    lambda_star=1.0,
-    noise_variance=1.0,
-    ratio=None,
+    lambda_star: ScaleLike = 1.0,
+    noise_variance: NoiseVarianceLike = 1.0,
+    ratio: dist.Distribution | None = None,
     noise_model: str = "scalar",
-    noise_correlation=None,
-    intercept=None,
+    noise_correlation: NoiseCorrelationLike | None = None,
+    intercept: InterceptLike | None = None,
     method: str = "ais",
     num_particles: int = DEFAULT_PARTICLES,
     num_temperatures: int | None = None,
@@ -623,7 +627,8 @@ def _check_finite(value: float) -> None:
                                  "the precision (float64 may help)")
 
 
-def evidence_curve(data: RegressionData, specs: dict, *, key: KeyLike = 0, **options):
+def evidence_curve(data: RegressionData, specs: dict[str, ModelSpec | VbarPrior], *, key: KeyLike = 0,
+                   **options: Any) -> pd.DataFrame:
     r""":func:`log_evidence` of several models of the same data: an evidence curve over ``a``
     (limit priors), depth at fixed width or width at fixed depth (finite priors), or any other
     family of :class:`~deeplinear.models.ModelSpec`.

@@ -35,14 +35,16 @@ Everything is float64 NumPy, independent of the MCMC code paths.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 from scipy import integrate, optimize, signal, special
 
+from deeplinear._types import ArrayLike
 from deeplinear._validation import check_noise_for_data, check_positive_int, check_positive_scalar
 from deeplinear.data import RegressionData, check_regression_data
-from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
+from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
 
 __all__ = ["ExactPosteriorD1", "exact_posterior_d1", "log_product_density"]
 
@@ -65,7 +67,8 @@ class ExactPosteriorD1(NamedTuple):
     pred_var: np.ndarray | None
 
 
-def log_product_density(widths, num_points: int | None = None, tilt: float = 0.0):
+def log_product_density(widths: Sequence[int], num_points: int | None = None,
+                        tilt: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     r"""Density of :math:`u = \log \prod_l \chi^2_{N_l}/N_l` on a uniform grid, by FFT convolution.
 
     Each factor :math:`v = \log g`, :math:`g \sim \mathrm{Gamma}(N/2, \mathrm{rate}\ N/2)`, has
@@ -119,7 +122,8 @@ def _pred_moments(s, lam, noise, kappa, ytil, ktil, kss):
 
 
 def exact_posterior_d1(
-    data: RegressionData, prior, *, lambda_star=1.0, noise_variance=1.0, X_test=None, cross_gram=None, test_gram=None
+    data: RegressionData, prior: VbarPrior, *, lambda_star: float = 1.0, noise_variance: float = 1.0,
+    X_test: ArrayLike | None = None, cross_gram: ArrayLike | None = None, test_gram: ArrayLike | None = None,
 ) -> ExactPosteriorD1:
     r"""Exact posterior of ``s = Q`` (``D = 1``), its evidence and predictive moments.
 

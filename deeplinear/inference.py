@@ -23,7 +23,8 @@ same"): use :func:`deeplinear.loo` (uniform weights, ``k = 0``: the exact LOO) o
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ import numpyro.distributions as dist
 from deeplinear._linalg import batched_map, psd_root
 from deeplinear._precision import warn_if_spec_imprecise
 from deeplinear._prefetch import prefetch
-from deeplinear._types import KeyLike
+from deeplinear._types import InterceptLike, KeyLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
 from deeplinear._validation import (
     check_bool,
     check_output_names,
@@ -53,8 +54,12 @@ from deeplinear.likelihood import (
 from deeplinear.models import ModelSpec
 from deeplinear.models import arviz_dims_and_coords as _dims_and_coords
 from deeplinear.predictive import PredictiveMixture
-from deeplinear.priors import NNGPPrior
+from deeplinear.priors import NNGPPrior, VbarPrior
 from deeplinear.sampler import CHAIN_METHODS, run_nuts
+
+if TYPE_CHECKING:  # pandas and xarray load on first use, not on import
+    import pandas as pd
+    import xarray as xr
 
 __all__ = ["fit", "PosteriorFit", "ConvergenceWarning", "Diagnostics"]
 
@@ -105,7 +110,7 @@ class PosteriorFit:
         The training data.
     """
 
-    def __init__(self, datatree, spec: ModelSpec | CustomModel, data: RegressionData):
+    def __init__(self, datatree: xr.DataTree, spec: ModelSpec | CustomModel, data: RegressionData) -> None:
         if not isinstance(spec, (ModelSpec, CustomModel)):
             raise TypeError(f"spec must be a deeplinear.ModelSpec (or a CustomModel), got {type(spec).__name__}")
         spec.check_data(data)
@@ -114,7 +119,7 @@ class PosteriorFit:
         self.data = data
 
     @property
-    def prior(self):
+    def prior(self) -> VbarPrior | None:
         r"""The prior over :math:`\bar V` (``spec.prior``)."""
         return self.spec.prior
 
@@ -122,7 +127,7 @@ class PosteriorFit:
         """Posterior draws of a variable, chains flattened: shape ``(S, ...)``.
 
         ``lambda_star`` and ``noise_variance`` fall back to their fixed values."""
-        post = self.datatree["posterior"]
+        post = self.datatree["posterior"].to_dataset()
         if name in post.data_vars:
             arr = post[name].values
             return arr.reshape((-1,) + arr.shape[2:])
@@ -131,7 +136,7 @@ class PosteriorFit:
             return np.broadcast_to(self.spec.fixed_noise_covariance, (n,) + (self.spec.num_outputs,) * 2).copy()
         fixed = getattr(self.spec, name, None) if name in ("lambda_star", "noise_variance", "intercept") else None
         if fixed is None or isinstance(fixed, dist.Distribution):
-            raise KeyError(f"no posterior variable {name!r}; have {sorted(post.data_vars)}")
+            raise KeyError(f"no posterior variable {name!r}; have {sorted(map(str, post.data_vars))}")
         fixed = np.asarray(fixed, np.float64)
         return np.broadcast_to(fixed, (n,) + fixed.shape).copy()
 
@@ -180,7 +185,7 @@ class PosteriorFit:
             self.datatree[name] = tree[name]
         return self
 
-    def loo_pit_tree(self, key: KeyLike = 0):
+    def loo_pit_tree(self, key: KeyLike = 0) -> xr.DataTree:
         r"""A DataTree for ``arviz_stats.loo_pit`` and ``arviz_plots.plot_loo_pit`` on this
         non-factorized model: ``posterior``, ``observed_data``, a ``posterior_predictive`` in which
         each row is drawn from its leave-one-input-out predictive given the draw and the other rows,
@@ -200,8 +205,8 @@ class PosteriorFit:
         if "log_likelihood" not in self.datatree.children:
             raise ValueError("loo_pit_tree needs the fit's log_likelihood group (fit(..., log_likelihood=True))")
         rep = self._replicates(raw_key(key), _loo_predictive_labels, "loo_pit_tree (leave-one-out draws)")
-        ll = self.datatree["log_likelihood"]["Y"].values
-        groups = {
+        ll = self.datatree["log_likelihood"].to_dataset()["Y"].values
+        groups: dict[str, Any] = {
             "posterior": self.datatree["posterior"].to_dataset(),
             "observed_data": {"Y": np.asarray(self.data.labels)},
             "posterior_predictive": {"Y": rep},
@@ -231,7 +236,7 @@ class PosteriorFit:
             raise FloatingPointError(f"{what}: the drawn labels are not finite in this precision; use float64")
         return rep
 
-    def power_scaling_tree(self):
+    def power_scaling_tree(self) -> xr.DataTree:
         r"""A DataTree for ArviZ's prior/likelihood sensitivity (``arviz_stats.psense_summary``,
         ``plot_psense_dist``): ``posterior`` holding the quantities a user reads (``Q`` and the
         inferred hyperparameters that vary: ratio, ``lambda_star``, noise, intercepts; not the
@@ -259,7 +264,7 @@ class PosteriorFit:
         params = {k: _on_device(self.draws(k), dtype) for k in sites}
         log_prior = _log_prior_draws(model_args, params)
         joint = _joint_log_likelihood(*self._per_draw_arrays(dtype), self.data)
-        groups = {
+        groups: dict[str, Any] = {
             "posterior": post.to_dataset()[list(self._varying_variables())],
             "log_prior": {k: np.asarray(v).reshape(C, S) for k, v in log_prior.items()},
             "log_likelihood": {"Y": np.asarray(joint).reshape(C, S)},
@@ -290,7 +295,8 @@ class PosteriorFit:
         out["intercept"] = None if intercept is None else _on_device(intercept, dtype)
         return out
 
-    def predict(self, X_test=None, *, cross_gram=None, test_gram=None, batch_size: int = 256) -> PredictiveMixture:
+    def predict(self, X_test: ArrayLike | None = None, *, cross_gram: ArrayLike | None = None,
+                test_gram: ArrayLike | None = None, batch_size: int = 256) -> PredictiveMixture:
         r"""Posterior predictive mixture of the outputs at test inputs.
 
         ``X_test`` is ``(P*, N0)`` (one test input per row) for the linear kernel; for a user
@@ -301,7 +307,7 @@ class PosteriorFit:
         return PredictiveMixture(self.draws("Q"), self.draws("lambda_star"), kw.pop("noise_variance"), self.data,
                                  test, batch_size, **kw)
 
-    def summary(self, var_names=None, **kwargs):
+    def summary(self, var_names: Sequence[str] | None = None, **kwargs: Any) -> pd.DataFrame:
         """``arviz.summary`` of the posterior, each distinct entry of the symmetric ``D x D``
         variables once (:meth:`distinct_entries`). Default variables: ``Q`` and the inferred
         hyperparameters that vary; the NNGP's constant ``Q = I`` has no R-hat or ESS, so it is
@@ -316,7 +322,7 @@ class PosteriorFit:
                 warnings.simplefilter("ignore", RuntimeWarning)
             return arviz_stats.summary(self.distinct_entries(), var_names=var_names, **kwargs)
 
-    def distinct_entries(self):
+    def distinct_entries(self) -> xr.DataTree:
         """The ``posterior`` group as a DataTree in which each symmetric ``D x D`` variable
         (``Q``, ``noise_covariance``, ``noise_correlation``) holds only its upper triangle (row by
         row; strictly above the diagonal for ``noise_correlation``, whose diagonal is 1), along a dimension
@@ -329,7 +335,7 @@ class PosteriorFit:
         D = self.data.num_outputs
         rows, cols = np.triu_indices(D)
         names = [str(x) for x in post["Q"].coords["output"].values]
-        out = {}
+        out: dict[Hashable, xr.DataArray] = {}
         for name, var in post.data_vars.items():
             if name in SYMMETRIC_VARIABLES and var.dims[-2:] == ("output", "output_bis"):
                 dim = f"{name}_entry"
@@ -346,7 +352,7 @@ class PosteriorFit:
     def _varying_variables(self) -> tuple[str, ...]:
         """``Q`` and the inferred hyperparameters whose draws vary (over chains and draws, entry
         by entry: the NNGP's ``Q = I`` holds 0s and 1s but never varies)."""
-        post = self.datatree["posterior"]
+        post = self.datatree["posterior"].to_dataset()
         return tuple(
             v for v in ("Q", "ratio", "lambda_star", "noise_variance", "noise_correlation", "intercept")
             if v in post.data_vars and np.max(np.ptp(post[v].values, axis=(0, 1))) > 0
@@ -415,14 +421,14 @@ def _validate_fit_args(num_warmup, num_samples, num_chains, chain_method, target
 
 def fit(
     data: RegressionData,
-    prior=None,
+    prior: VbarPrior | ModelSpec | None = None,
     *,
-    lambda_star=1.0,
-    noise_variance=1.0,
+    lambda_star: ScaleLike = 1.0,
+    noise_variance: NoiseVarianceLike = 1.0,
     ratio: dist.Distribution | None = None,
     noise_model: str = "scalar",
-    noise_correlation=None,
-    intercept=None,
+    noise_correlation: NoiseCorrelationLike | None = None,
+    intercept: InterceptLike | None = None,
     num_warmup: int = 1000,
     num_samples: int = 1000,
     num_chains: int = 4,
@@ -432,8 +438,8 @@ def fit(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     log_likelihood: bool | None = None,
-    output_names=None,
-    model=None,
+    output_names: Sequence[str] | None = None,
+    model: Callable | None = None,
 ) -> PosteriorFit:
     r"""Sample the posterior of a deep linear network with NUTS.
 

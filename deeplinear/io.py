@@ -23,6 +23,7 @@ import numpy as np
 import xarray as xr
 
 from deeplinear._files import atomic_write
+from deeplinear._types import PathLike
 from deeplinear._validation import check_bool, check_path
 from deeplinear.custom import CustomModel
 from deeplinear.data import InterceptTerms, KernelEigenbasis, RegressionData, null_scatter
@@ -35,7 +36,7 @@ FORMAT = "deeplinear-fit/2"  # 2: rows are observations, the model as a ModelSpe
 _ATTRS = ("deeplinear_format", "deeplinear_model", "deeplinear_dtype")
 
 
-def save_fit(result: PosteriorFit, path, *, overwrite: bool = False) -> Path:
+def save_fit(result: PosteriorFit, path: PathLike, *, overwrite: bool = False) -> Path:
     """Write ``result`` to a netCDF file at ``path`` (HDF5-based, via ``h5netcdf``).
 
     Raises ``FileExistsError`` if ``path`` exists and ``overwrite`` is not ``True``, and
@@ -89,7 +90,7 @@ def _read_model(text):
     return ModelSpec.from_json(text)
 
 
-def load_fit(path) -> PosteriorFit:
+def load_fit(path: PathLike) -> PosteriorFit:
     """Read a fit written by :func:`save_fit`.
 
     The file is validated before anything is built from it: a file that is empty, truncated,

@@ -19,6 +19,8 @@ This module holds the distribution and its exact leave-one-input-out terms.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +38,7 @@ from deeplinear._linalg import (
     whiten_q,
     whiten_rows,
 )
+from deeplinear._types import ArrayLike
 from deeplinear._validation import (
     check_draw_hyperparameters,
     check_intercept,
@@ -247,9 +250,11 @@ class KroneckerNormal(dist.Distribution):
     pytree_aux_fields = ("labels_are_data", "relative")
 
     def __init__(
-        self, q, lambda_star, noise_variance, data: RegressionData, *, root=None, labels_are_data: bool = False,
-        relative: bool = False, noise_covariance=None, intercept=None, validate_args=None,
-    ):
+        self, q: ArrayLike, lambda_star: ArrayLike, noise_variance: ArrayLike | None, data: RegressionData, *,
+        root: ArrayLike | None = None, labels_are_data: bool = False, relative: bool = False,
+        noise_covariance: ArrayLike | None = None, intercept: ArrayLike | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
         check_regression_data(data)
         check_positive_scalar("lambda_star", lambda_star)
         q = jnp.asarray(q)
@@ -296,14 +301,15 @@ class KroneckerNormal(dist.Distribution):
         super().__init__(batch, (data.num_obs, D), validate_args=validate_args)
 
     @classmethod
-    def for_draw(cls, q, lambda_star, noise, data: RegressionData, **kwargs) -> KroneckerNormal:
+    def for_draw(cls, q: ArrayLike, lambda_star: ArrayLike, noise: ArrayLike, data: RegressionData,
+                 **kwargs: Any) -> KroneckerNormal:
         r"""The likelihood of one draw whose ``noise`` is a variance :math:`\sigma^2` (scalar) or a
         ``(D, D)`` noise covariance, as the per-draw loops hold it (``kwargs`` as in the constructor)."""
-        if jnp.ndim(noise) == 2:
+        if np.ndim(noise) == 2:
             return cls(q, lambda_star, None, data, noise_covariance=noise, **kwargs)
         return cls(q, lambda_star, noise, data, **kwargs)
 
-    def block_cholesky(self):
+    def block_cholesky(self) -> jax.Array:
         """Lower factors of the blocks :math:`C_p`, shape ``batch + (R, D, D)`` (square-root
         form when ``root`` was given)."""
         if self.root is not None:
@@ -314,18 +320,18 @@ class KroneckerNormal(dist.Distribution):
                               self.noise_factor)
         return jnp.linalg.cholesky(c)
 
-    def log_prob(self, value):
+    def log_prob(self, value: ArrayLike) -> jax.Array:
         r""":math:`\log N(\operatorname{vec} Y^\top; 0, \lambda_* Q\otimes K + \sigma^2 I)` from the block factors."""
-        if self.labels_are_data and self.data.labels is None:  # streamed set-up: only the rotated labels are kept
-            return self.data_log_prob()
         if self.labels_are_data:
-            if jnp.shape(value) != self.data.labels.shape:
+            labels = self.data.labels
+            if labels is None:  # streamed set-up: only the rotated labels are kept
+                return self.data_log_prob()
+            if np.shape(value) != labels.shape:
                 raise ValueError(
-                    f"labels_are_data=True: the value must be data.labels {self.data.labels.shape}, "
-                    f"got {jnp.shape(value)}"
+                    f"labels_are_data=True: the value must be data.labels {labels.shape}, got {np.shape(value)}"
                 )
-            if value is not self.data.labels and is_concrete(value) and is_concrete(self.data.labels):
-                if not np.array_equal(np.asarray(value), np.asarray(self.data.labels)):
+            if value is not labels and is_concrete(value) and is_concrete(labels):
+                if not np.array_equal(np.asarray(value), np.asarray(labels)):
                     raise ValueError("labels_are_data=True but log_prob was called on labels other than data.labels")
             return self.data_log_prob()
         value = jnp.asarray(value, self.q.dtype)
@@ -338,7 +344,7 @@ class KroneckerNormal(dist.Distribution):
                                self.noise_factor)
         return lp + self._learned_kernel_term(chol, rotated)
 
-    def data_log_prob(self):
+    def data_log_prob(self) -> jax.Array:
         r""":meth:`log_prob` of ``data``'s own labels, from their rotation and null-space scatter
         (:math:`O(R D^3)`; the only form for data set up by streaming, which keep no labels);
         less the data constant when ``relative``. With an intercept, from the data's
@@ -346,7 +352,7 @@ class KroneckerNormal(dist.Distribution):
         chol = self.block_cholesky()
         rotated, scatter, shift = self.data.rotated_labels, self.data.null_scatter, None
         if self.intercept is not None:
-            terms = self.data.intercept_terms
+            terms = self.data.require_intercept_terms()
             rotated = rotated - terms.rotated_ones[:, None] * self.intercept[..., None, :]
             scatter = terms.centred_null_scatter
             shift = jnp.sqrt(terms.null_ones) * (self.intercept - terms.null_mean)
@@ -391,7 +397,7 @@ class KroneckerNormal(dist.Distribution):
         gram = jnp.asarray(gram, dtype)
         return jnp.sum(sg(grad) * (gram - sg(gram)), axis=(-2, -1))
 
-    def sample(self, key, sample_shape=()):
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         r""":math:`Y = \sqrt{\lambda_*}\, (U_R \sqrt{\kappa})\, G\, \mathrm{chol}(Q)^\top + \sigma E`,
         ``G`` ``(R, D)``."""
         self.data.require_rows("sampling labels")
@@ -402,26 +408,27 @@ class KroneckerNormal(dist.Distribution):
         k1, k2 = jax.random.split(key)
         g = jax.random.normal(k1, shape + (R, D), dtype)
         e = jax.random.normal(k2, shape + self.event_shape, dtype)
-        root = basis.eigenvectors.astype(dtype) * jnp.sqrt(basis.eigenvalues.astype(dtype))
+        root = basis.require_rows("sampling labels").astype(dtype) * jnp.sqrt(basis.eigenvalues.astype(dtype))
         lchol = self.root if self.root is not None else jnp.linalg.cholesky(self.q)
         lam = jnp.sqrt(self.lambda_star)[..., None, None]
         signal = lam * (root @ (g @ jnp.swapaxes(lchol, -1, -2)))
         if self.noise_factor is not None:
             labels = signal + e @ jnp.swapaxes(self.noise_factor, -1, -2)
         else:
+            assert self.noise_variance is not None  # set whenever there is no noise factor (constructor)
             labels = signal + jnp.sqrt(self.noise_variance)[..., None, None] * e
         return labels if self.intercept is None else labels + self.intercept[..., None, :]
 
     @property
-    def mean(self):
+    def mean(self) -> jax.Array:
         r""":math:`1\mu^\top` with an intercept, else zero (the prior over a deep linear network's
         outputs is centred)."""
         zero = jnp.zeros(self.batch_shape + self.event_shape, self.q.dtype)
         return zero if self.intercept is None else zero + self.intercept[..., None, :]
 
 
-def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData, *, noise_covariance=None,
-                       intercept=None):
+def loo_log_likelihood(q: ArrayLike, lambda_star: ArrayLike, noise_variance: ArrayLike | None, data: RegressionData, *,
+                       noise_covariance: ArrayLike | None = None, intercept: ArrayLike | None = None) -> jax.Array:
     r"""Pointwise leave-one-input-out log densities :math:`\log p(y_i \mid Y_{-i}, Q)` (``y_i`` is row ``i``).
 
     For the Gaussian :math:`\operatorname{vec} Y \sim N(0, \Sigma)` with precision
@@ -454,8 +461,8 @@ def loo_log_likelihood(q, lambda_star, noise_variance, data: RegressionData, *, 
     noise = check_one_draw_noise(noise_variance, noise_covariance, data)
     if intercept is not None:
         check_intercept(intercept, D)
-        if jnp.ndim(intercept) != 1:
-            raise ValueError(f"intercept must have shape ({D},) for one draw, got {jnp.shape(intercept)}")
+        if np.ndim(intercept) != 1:
+            raise ValueError(f"intercept must have shape ({D},) for one draw, got {np.shape(intercept)}")
     return _loo_from_terms(q, lambda_star, noise, data, _loo_data_terms(data, q.dtype), intercept)
 
 
@@ -582,8 +589,9 @@ def _loo_draws(q, lambda_star, noise_variance, data, batch_size, terms=None, int
     )
 
 
-def loo_log_likelihood_draws(q, lambda_star, noise_variance, data: RegressionData, batch_size: int = 64, *,
-                             noise_covariance=None, intercept=None):
+def loo_log_likelihood_draws(q: ArrayLike, lambda_star: ArrayLike, noise_variance: ArrayLike | None,
+                             data: RegressionData, batch_size: int = 64, *, noise_covariance: ArrayLike | None = None,
+                             intercept: ArrayLike | None = None) -> jax.Array:
     """:func:`loo_log_likelihood` for ``S`` draws: ``q`` ``(S, D, D)``, hyperparameters ``(S,)`` or
     scalars (or ``noise_covariance`` ``(S, D, D)`` or ``(D, D)``; ``intercept`` ``(S, D)`` or ``(D,)``);
     returns ``(S, P)``. The

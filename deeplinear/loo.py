@@ -28,14 +28,20 @@ paper, not imported from arviz-stats' private modules.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from deeplinear._types import RowSource
 from deeplinear._validation import check_positive_int, describe
 from deeplinear.inference import LOO_BUDGET_ENTRIES, PosteriorFit
 from deeplinear.likelihood import _loo_draws, _loo_from_terms, loo_row_terms
+
+if TYPE_CHECKING:
+    from arviz_stats.utils import ELPDData
 
 __all__ = ["loo", "LOO_BUDGET_ENTRIES"]
 
@@ -44,7 +50,8 @@ ROW_CHUNK = 2**15  # rows per compiled step of the approximation pass
 ROUNDING_SPREAD = 64  # terms spread over the draws by at most this many ulps are constant (an exact posterior)
 
 
-def loo(result, *, rows=None, observations: int | None = None, seed: int = 0):
+def loo(result: PosteriorFit, *, rows: RowSource | None = None, observations: int | None = None,
+        seed: int = 0) -> ELPDData:
     r"""PSIS-LOO (``arviz_stats.loo``) of a fit, exact or subsampled.
 
     Exact when the fit stored its ``log_likelihood`` group (``P`` up to
@@ -73,7 +80,7 @@ def loo(result, *, rows=None, observations: int | None = None, seed: int = 0):
     if data.has_rows and rows is not None:
         raise ValueError("rows= is for data set up by streaming; this fit's data keep their rows")
     if observations is None and "log_likelihood" in result.datatree.children:
-        return _psis(result.datatree, result.datatree["log_likelihood"]["Y"])
+        return _psis(result.datatree, result.datatree["log_likelihood"].to_dataset()["Y"])
     if not data.has_rows:
         if rows is None:
             raise ValueError(
@@ -83,8 +90,9 @@ def loo(result, *, rows=None, observations: int | None = None, seed: int = 0):
         if not (hasattr(rows, "rows") and hasattr(rows, "__iter__")):
             raise TypeError(f"rows must be iterable over (X_chunk, Y_chunk) with a rows(indices) method, got "
                             f"{describe(rows)}")
-        if getattr(rows, "num_rows", data.num_obs) != data.num_obs:
-            raise ValueError(f"rows has {rows.num_rows} rows but the fit's data have P = {data.num_obs}")
+        num_rows = getattr(rows, "num_rows", data.num_obs)
+        if num_rows != data.num_obs:
+            raise ValueError(f"rows has {num_rows} rows but the fit's data have P = {data.num_obs}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     return _subsampled(result, rows, observations, int(seed))

@@ -40,13 +40,23 @@ import dataclasses
 import json
 import numbers
 import typing
+from collections.abc import Hashable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
 from deeplinear._pytree import pytree_dataclass, static_field
+from deeplinear._types import (
+    ArrayLike,
+    DTypeLike,
+    InterceptLike,
+    NoiseCorrelationLike,
+    NoiseVarianceLike,
+    ScaleLike,
+)
 from deeplinear._validation import (
     check_choice,
     check_hyperprior,
@@ -66,7 +76,8 @@ NOISE_MODELS = ("scalar", "diagonal", "full")
 DEFAULT_LKJ_CONCENTRATION = 1.0  # uniform over correlation matrices
 
 
-def numpyro_q(prior: VbarPrior, *, prefix: str = "", name: str | None = "Q", dtype=None):
+def numpyro_q(prior: VbarPrior, *, prefix: str = "", name: str | None = "Q",
+              dtype: DTypeLike | None = None) -> jax.Array:
     r"""Create the prior's latent NumPyro sites and return :math:`Q = \bar V \bar V^\top` ``(D, D)``.
 
     For use inside a NumPyro model (it calls ``numpyro.sample``); records ``Q`` as a
@@ -355,14 +366,14 @@ class ModelSpec:
             check_noise_for_data(self.noise_variance, data, lambda_star=lam)
         return data
 
-    def model(self, data: RegressionData, *, observed: bool = True, labels=None):
+    def model(self, data: RegressionData, *, observed: bool = True, labels: ArrayLike | None = None) -> None:
         """Run the NumPyro model (see :func:`deep_linear_model`) for this specification."""
         self.check_data(data)
         if labels is not None or not observed:
             data.require_rows("labels= or observed=False")
         expected = (data.num_obs, data.num_outputs)  # data.labels' shape (the rows are kept: checked above)
-        if labels is not None and jnp.shape(labels) != expected:
-            raise ValueError(f"labels must have the shape of data.labels {expected}, got {jnp.shape(labels)}")
+        if labels is not None and np.shape(labels) != expected:
+            raise ValueError(f"labels must have the shape of data.labels {expected}, got {np.shape(labels)}")
         model_body(*self.model_arguments(data), observed=observed, labels=labels)
 
     def model_arguments(self, data: RegressionData) -> tuple:
@@ -397,7 +408,8 @@ class ModelSpec:
             intercept = jnp.asarray(intercept, data.dtype)
         return (self.prior, argument(self.lambda_star), noise, argument(self.ratio), data, intercept)
 
-    def arviz_dims(self, data: RegressionData, output_names=None, prefix: str = "") -> dict:
+    def arviz_dims(self, data: RegressionData, output_names: Sequence[Hashable] | None = None,
+                   prefix: str = "") -> dict:
         """``{"dims": ..., "coords": ...}`` naming this model's sites for ArviZ, for converting your
         own NumPyro run: ``arviz_base.from_numpyro(mcmc, **spec.arviz_dims(data))`` gives ``Q`` the dims
         ``(output, output_bis)`` and the prior's latents ``(layer|step, output|offdiag)``, as
@@ -467,8 +479,10 @@ class ModelSpec:
         return cls.from_dict(spec)
 
     @classmethod
-    def build(cls, prior, lambda_star=1.0, noise_variance=1.0, ratio=None, noise_model="scalar",
-              noise_correlation=None, intercept=None) -> ModelSpec:
+    def build(cls, prior: VbarPrior | ModelSpec, lambda_star: ScaleLike = 1.0, noise_variance: NoiseVarianceLike = 1.0,
+              ratio: dist.Distribution | None = None, noise_model: str = "scalar",
+              noise_correlation: NoiseCorrelationLike | None = None,
+              intercept: InterceptLike | None = None) -> ModelSpec:
         """A spec from a prior and hyperparameter keywords, or ``prior`` itself when it already is a
         :class:`ModelSpec` (then the keywords must keep their defaults)."""
         if isinstance(prior, ModelSpec):
@@ -520,7 +534,8 @@ def _correlation_from_dict(value):
     return value
 
 
-def arviz_dims_and_coords(prior, data, output_names=None, per_output_noise: bool = False, prefix: str = ""):
+def arviz_dims_and_coords(prior: VbarPrior | None, data: RegressionData, output_names: Sequence[Hashable] | None = None,
+                          per_output_noise: bool = False, prefix: str = "") -> tuple[dict, dict]:
     r"""ArviZ ``dims`` and ``coords`` for the sites of :func:`deep_linear_model` (and of your own model
     built from ``prior.numpyro_vbar(prefix)``): ``Q``, ``noise_covariance``, ``noise_correlation(_cholesky)``
     ``(output, output_bis)``; ``Y`` ``(obs, output)``; ``intercept`` and per-output ``noise_variance``
@@ -665,15 +680,15 @@ def deep_linear_model(
     data: RegressionData,
     prior: VbarPrior | ModelSpec,
     *,
-    lambda_star=1.0,
-    noise_variance=1.0,
+    lambda_star: ScaleLike = 1.0,
+    noise_variance: NoiseVarianceLike = 1.0,
     ratio: dist.Distribution | None = None,
     observed: bool = True,
-    labels=None,
+    labels: ArrayLike | None = None,
     noise_model: str = "scalar",
-    noise_correlation=None,
-    intercept=None,
-):
+    noise_correlation: NoiseCorrelationLike | None = None,
+    intercept: InterceptLike | None = None,
+) -> None:
     r"""NumPyro model: Bayesian deep linear network regression with ``f`` marginalized.
 
     Parameters

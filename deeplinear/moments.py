@@ -26,12 +26,14 @@ In the limit ``L = aN``, :math:`(s_1, s_2)(a) = \exp\!\big(a\begin{pmatrix}0&2\\
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
 import scipy.special as sp
 
+from deeplinear._types import ArrayLike
 from deeplinear._validation import check_inputs, check_positive_int, check_positive_scalar, check_ratio, check_widths
 
 __all__ = [
@@ -72,21 +74,21 @@ def _r(num_outputs):
     return np.arange(1, check_positive_int("num_outputs", num_outputs) + 1)
 
 
-def finite_log_vbar_diag_mean(widths, num_outputs: int) -> np.ndarray:
+def finite_log_vbar_diag_mean(widths: Sequence[int], num_outputs: int) -> np.ndarray:
     r""":math:`\mathbb E \log \bar V_{rr} = \sum_l \tfrac12(\psi((N_l-r+1)/2) + \log(2/N_l))`, shape ``(D,)``."""
     n = np.asarray(check_widths(widths, num_outputs), float)[:, None]
     nu = n - _r(num_outputs)[None, :] + 1
     return 0.5 * np.sum(sp.digamma(nu / 2) + np.log(2 / n), axis=0)
 
 
-def finite_log_vbar_diag_var(widths, num_outputs: int) -> np.ndarray:
+def finite_log_vbar_diag_var(widths: Sequence[int], num_outputs: int) -> np.ndarray:
     r""":math:`\mathrm{Var} \log \bar V_{rr} = \sum_l \tfrac14 \psi'((N_l-r+1)/2)`, shape ``(D,)``."""
     n = np.asarray(check_widths(widths, num_outputs), float)[:, None]
     nu = n - _r(num_outputs)[None, :] + 1
     return 0.25 * np.sum(sp.polygamma(1, nu / 2), axis=0)
 
 
-def finite_vbar_diag_moment(widths, num_outputs: int, s: float) -> np.ndarray:
+def finite_vbar_diag_moment(widths: Sequence[int], num_outputs: int, s: float) -> np.ndarray:
     r""":math:`\mathbb E \bar V_{rr}^s = \prod_l (2/N_l)^{s/2}\,\Gamma((N_l-r+1+s)/2)/\Gamma((N_l-r+1)/2)`, shape ``(D,)``."""
     n = np.asarray(check_widths(widths, num_outputs), float)[:, None]
     nu = n - _r(num_outputs)[None, :] + 1
@@ -115,7 +117,7 @@ def _from_traces(s1: float, s2: float, D: int) -> QSecondMoments:
     return QSecondMoments(alpha=float(alpha), beta=float(beta), num_outputs=D)
 
 
-def finite_q_second_moments(widths, num_outputs: int) -> QSecondMoments:
+def finite_q_second_moments(widths: Sequence[int], num_outputs: int) -> QSecondMoments:
     r"""Exact :math:`\mathbb E[Q_{ij} Q_{kl}]` for hidden widths ``N_1..N_L`` (see module docstring)."""
     widths = check_widths(widths, num_outputs)
     D = num_outputs
@@ -138,14 +140,14 @@ def limit_q_second_moments(ratio: float, num_outputs: int) -> QSecondMoments:
     return _from_traces(float(s1), float(s2), D)
 
 
-def linear_kernel(X) -> np.ndarray:
+def linear_kernel(X: ArrayLike) -> np.ndarray:
     r"""The linear kernel :math:`K = X X^\top / N_0` (theory.md's :math:`X^\top X/N_0`) for inputs
     ``X`` of shape ``(P, N0)``, one per row."""
     X = check_inputs(X)
     return X @ X.T / X.shape[1]
 
 
-def output_covariance(q, kernel, lambda_star: float = 1.0) -> np.ndarray:
+def output_covariance(q: ArrayLike, kernel: ArrayLike, lambda_star: float = 1.0) -> np.ndarray:
     r"""Covariance of :math:`f(X) \mid Q`: :math:`\mathrm{Cov}(f_i(x_p), f_j(x_q)) = \lambda_* Q_{ij} K_{pq}`.
 
     Returned as the ``(P, D, P, D)`` tensor, matching outputs ``f`` of shape ``(P, D)`` (reshape
@@ -156,7 +158,7 @@ def output_covariance(q, kernel, lambda_star: float = 1.0) -> np.ndarray:
     return lambda_star * np.einsum("ij,pq->piqj", np.asarray(q, float), np.asarray(kernel, float))
 
 
-def output_fourth_moments(q_moments: QSecondMoments, kernel, lambda_star: float = 1.0) -> np.ndarray:
+def output_fourth_moments(q_moments: QSecondMoments, kernel: ArrayLike, lambda_star: float = 1.0) -> np.ndarray:
     r"""Prior fourth moments :math:`\mathbb E[f_i(x_p) f_j(x_q) f_k(x_r) f_l(x_s)]`, shape ``(P, D)*4``
     (axes ``p, i, q, j, r, k, s, l``, matching outputs ``f`` of shape ``(P, D)``).
 

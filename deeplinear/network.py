@@ -17,6 +17,7 @@ against it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 
 import jax
@@ -26,6 +27,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from deeplinear._linalg import batched_map
+from deeplinear._types import ArrayLike, DTypeLike, KeyLike, Shape
 from deeplinear._validation import (
     check_dtype,
     check_inputs,
@@ -79,13 +81,13 @@ def _sample(key, X, layer_scales, widths, num_outputs, num_samples, batch_size):
 
 
 def sample_network_outputs(
-    key,
-    X,
-    widths,
+    key: KeyLike,
+    X: ArrayLike,
+    widths: Sequence[int],
     num_outputs: int,
-    sample_shape=(),
-    layer_scales=None,
-    dtype=None,
+    sample_shape: Shape = (),
+    layer_scales: Sequence[float] | None = None,
+    dtype: DTypeLike | None = None,
     batch_size: int | None = None,
 ) -> jax.Array:
     r"""Outputs of independently drawn deep linear networks, one per entry of ``sample_shape``.
@@ -120,14 +122,14 @@ def sample_network_outputs(
     sample_shape = check_sample_shape(sample_shape)
     num_samples = math.prod(sample_shape)
     widths = check_widths(widths)
-    if layer_scales is not None:
-        layer_scales = np.asarray(layer_scales, dtype=float)
-        if layer_scales.shape != (len(widths) + 1,):
+    scales = None if layer_scales is None else np.asarray(layer_scales, dtype=float)
+    if scales is not None:
+        if scales.shape != (len(widths) + 1,):
             raise ValueError(
                 f"layer_scales must have length L + 1 = {len(widths) + 1} (lambda_0..lambda_L), "
-                f"got shape {layer_scales.shape}"
+                f"got shape {scales.shape}"
             )
-        for i, lam in enumerate(layer_scales):
+        for i, lam in enumerate(scales):
             check_positive_scalar(f"layer_scales[{i}]", float(lam))
     if batch_size is None:
         per_net = max(w * v for w, v in zip((X.shape[1], *widths), (*widths, num_outputs)))
@@ -135,12 +137,13 @@ def sample_network_outputs(
     batch_size = check_positive_int("batch_size", batch_size)
     if num_samples == 0:
         return jnp.zeros(sample_shape + (X.shape[0], num_outputs), dtype)
-    out = _sample(key, X, layer_scales, widths, num_outputs, num_samples, min(batch_size, num_samples))
+    out = _sample(key, X, scales, widths, num_outputs, num_samples, min(batch_size, num_samples))
     return out.reshape(sample_shape + out.shape[1:])
 
 
-def weight_space_model(X, Y=None, *, widths, num_outputs, lambda_star=1.0, noise_variance=1.0, X_test=None,
-                       noise_covariance=None):
+def weight_space_model(X: jax.Array, Y: jax.Array | None = None, *, widths: Sequence[int], num_outputs: int,
+                       lambda_star: float = 1.0, noise_variance: float = 1.0, X_test: jax.Array | None = None,
+                       noise_covariance: jax.Array | None = None) -> None:
     r"""NumPyro model of the actual network, every weight a latent: the brute-force posterior.
 
     .. math::

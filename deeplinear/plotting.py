@@ -5,13 +5,26 @@ matplotlib object it drew on and never changes global matplotlib state."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:  # matplotlib loads on first use, not on import
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from deeplinear._types import ArrayLike
+    from deeplinear.comparison import ModelComparison
+    from deeplinear.inference import PosteriorFit
+    from deeplinear.sbc import SBCResult
 
 __all__ = ["plot_predictive_correlations", "plot_q_correlations", "plot_sbc"]
 
 
-def plot_predictive_correlations(comparison, pair=(0, 1), ax=None, label_corr=None, output_names=None):
+def plot_predictive_correlations(comparison: ModelComparison, pair: tuple[int, int] = (0, 1), ax: Axes | None = None,
+                                 label_corr: float | None = None,
+                                 output_names: Sequence[str] | None = None) -> Axes:
     """Bar chart of the predictive cross-output correlation (outputs ``pair``) per test
     input, one bar group per model; a dashed line at the labels' correlation if given.
 
@@ -43,7 +56,9 @@ def plot_predictive_correlations(comparison, pair=(0, 1), ax=None, label_corr=No
     return ax
 
 
-def plot_q_correlations(fits, references=None, output_names=None, ax=None, prob: float = 0.9):
+def plot_q_correlations(fits: dict[str, PosteriorFit], references: dict[str, ArrayLike] | None = None,
+                        output_names: Sequence[str] | None = None, ax: Axes | None = None,
+                        prob: float = 0.9) -> Axes:
     r"""What each model learned about the outputs' correlations: for every output pair ``(d, e)``
     (x axis) and model (side by side), the posterior mean of
     :math:`\operatorname{corr}(Q)_{de} = Q_{de}/\sqrt{Q_{dd}Q_{ee}}` with its central ``prob``
@@ -86,10 +101,11 @@ def plot_q_correlations(fits, references=None, output_names=None, ax=None, prob:
         ax.errorbar(pos, mean, yerr=[mean - lo, hi - mean], fmt="o", ms=4, capsize=2, label=name, color=f"C{k}")
     for m, (label, matrix) in enumerate((references or {}).items()):
         matrix = np.asarray(matrix)
-        style = ("k", "--") if m == 0 else ("0.45", ":")
+        color = "k" if m == 0 else "0.45"
+        line: Literal["--", ":"] = "--" if m == 0 else ":"
         for p, (i, j) in enumerate(pairs):
-            ax.hlines(matrix[i, j], p - 0.45, p + 0.45, colors=style[0], linestyles=style[1],
-                      label=label if p == 0 else None)
+            ax.hlines(matrix[i, j], p - 0.45, p + 0.45, colors=color, linestyles=line,
+                      label=label if p == 0 else "_nolegend_")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xticks(x, [f"{output_names[i]}-{output_names[j]}" for i, j in pairs])
     ax.set_ylim(-1.05, 1.05)
@@ -98,7 +114,7 @@ def plot_q_correlations(fits, references=None, output_names=None, ax=None, prob:
     return ax
 
 
-def plot_sbc(result, prob: float = 0.99, band_simulations: int = 5000):
+def plot_sbc(result: SBCResult, prob: float = 0.99, band_simulations: int = 5000) -> Figure:
     r"""ECDF-difference plot: :math:`\hat F(u) - u` of each quantity's fractional ranks with
     its simultaneous band at level :math:`1 - (1-\text{prob})/k` (the band that
     :meth:`uniformity` tests; ``arviz_stats.ecdf_utils.ecdf_pit``). Returns a matplotlib

@@ -40,9 +40,10 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deeplinear._linalg import batched_map, gaussian_logpdf, psd_root, whiten_q, whiten_rows
-from deeplinear._types import KeyLike
+from deeplinear._types import ArrayLike, KeyLike, Shape
 from deeplinear._validation import (
     check_bool,
     check_draw_hyperparameters,
@@ -73,8 +74,9 @@ def _check_prediction_kernel(test, data):
     return test
 
 
-def conditional_predictive(q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, joint=False,
-                           *, noise_covariance=None, intercept=None):
+def conditional_predictive(q: ArrayLike, lambda_star: ArrayLike, noise_variance: ArrayLike | None, data: RegressionData,
+                           test: PredictionKernel, joint: bool = False, *, noise_covariance: ArrayLike | None = None,
+                           intercept: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
     r"""Gaussian predictive of the outputs ``f`` at test inputs given one ``Q``.
 
     Returns ``(mean, cov)``: ``mean`` ``(P*, D)`` is :math:`m_*(Q)`; ``cov`` is
@@ -332,8 +334,9 @@ def _draw_intercepts(intercept, num_draws: int, data):
     return jnp.broadcast_to(jnp.asarray(intercept, data.dtype), (num_draws, data.num_outputs))
 
 
-def predictive_moments(q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, *,
-                       batch_size: int = 256, noise_covariance=None, intercept=None):
+def predictive_moments(q: ArrayLike, lambda_star: ArrayLike, noise_variance: ArrayLike | None, data: RegressionData,
+                       test: PredictionKernel, *, batch_size: int = 256, noise_covariance: ArrayLike | None = None,
+                       intercept: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
     r"""Mixture mean ``(P*, D)`` and per-input covariance ``(P*, D, D)`` of the predictive over draws
     ``q`` ``(S, D, D)``: :math:`E[m_*]` and :math:`E[\Sigma_*] + \operatorname{Cov}(m_*)` (of ``f``,
     without noise), as :meth:`PredictiveMixture.mean` and :meth:`PredictiveMixture.covariance`.
@@ -368,7 +371,7 @@ def _check_finite(what: str, *arrays) -> None:
         )
 
 
-def correlation_matrix(cov):
+def correlation_matrix[T: (np.ndarray, jax.Array)](cov: T) -> T:
     r"""Correlations :math:`\Sigma_{de} / \sqrt{\Sigma_{dd}\Sigma_{ee}}` of covariance
     matrices ``(..., D, D)`` (e.g. draws of ``Q``); a NumPy array in, a NumPy array out (its
     dtype kept), a JAX array in, a JAX array out."""
@@ -409,8 +412,9 @@ class PredictiveMixture:
     refuse, before any compilation, the magnitudes that would cause one.
     """
 
-    def __init__(self, q, lambda_star, noise_variance, data: RegressionData, test: PredictionKernel, batch_size=256,
-                 *, noise_covariance=None, intercept=None):
+    def __init__(self, q: ArrayLike, lambda_star: ArrayLike, noise_variance: ArrayLike | None, data: RegressionData,
+                 test: PredictionKernel, batch_size: int = 256, *, noise_covariance: ArrayLike | None = None,
+                 intercept: ArrayLike | None = None) -> None:
         check_regression_data(data)
         _check_prediction_kernel(test, data)
         q = jnp.asarray(q, data.dtype)
@@ -434,17 +438,17 @@ class PredictiveMixture:
         self._moments = None
 
     @property
-    def noise_variance(self):
+    def noise_variance(self) -> jax.Array | None:
         r"""Per-draw noise variances ``(S,)`` under :math:`\sigma^2 I_D` noise, else ``None``."""
         return None if self._noise.ndim == 3 else self._noise
 
     @property
-    def intercept(self):
+    def intercept(self) -> jax.Array | None:
         """Per-draw intercepts ``(S, D)``, or ``None`` for a model without intercepts."""
         return self._intercept
 
     @property
-    def noise_covariance(self):
+    def noise_covariance(self) -> jax.Array:
         r"""Per-draw output-noise covariances ``(S, D, D)`` (:math:`\sigma^2 I_D` for scalar noise)."""
         if self._noise.ndim == 3:
             return self._noise
@@ -485,22 +489,22 @@ class PredictiveMixture:
         return self._draw_means, self._draw_covs
 
     @property
-    def draw_means(self):
+    def draw_means(self) -> jax.Array:
         r""":math:`m_*(Q_s)` for every draw, ``(S, P*, D)`` (stored on first use: ``O(S P* D)`` memory)."""
         return self._compute()[0]
 
     @property
-    def draw_covariances(self):
+    def draw_covariances(self) -> jax.Array:
         r""":math:`\Sigma_*(Q_s)` per test input for every draw, ``(S, P*, D, D)`` (stored on first
         use: ``O(S P* D^2)`` memory; :meth:`covariance` does not need it)."""
         return self._compute()[1]
 
     @property
-    def mean(self):
+    def mean(self) -> jax.Array:
         r"""Predictive mean :math:`E[m_*(Q) \mid Y]`, ``(P*, D)`` (accumulated over batches of draws)."""
         return self._mixture()[0]
 
-    def covariance(self, include_noise: bool = False):
+    def covariance(self, include_noise: bool = False) -> jax.Array:
         r"""Per-input ``D x D`` predictive covariance :math:`E[\Sigma_*] + \operatorname{Cov}(m_*)`,
         ``(P*, D, D)``; ``include_noise`` adds :math:`E[\Sigma_\varepsilon]` (new labels, not ``f``).
         Accumulated over batches of draws: memory ``O(b P* D^2)``, time ``O(S P* R D^2)``."""
@@ -511,11 +515,11 @@ class PredictiveMixture:
             cov = cov + jnp.mean(self.noise_covariance, axis=0)
         return cov
 
-    def correlation(self):
+    def correlation(self) -> jax.Array:
         """Per-input predictive correlation between outputs, ``(P*, D, D)``."""
         return correlation_matrix(self.covariance())
 
-    def joint_covariance(self, include_noise: bool = False):
+    def joint_covariance(self, include_noise: bool = False) -> jax.Array:
         r"""Joint predictive covariance over all test inputs and outputs, ``(P*, D, P*, D)``."""
 
         include_noise = check_bool("include_noise", include_noise)
@@ -537,7 +541,7 @@ class PredictiveMixture:
             cov = cov + jnp.einsum("jk,de->jdke", jnp.eye(P, dtype=cov.dtype), noise)
         return cov
 
-    def sample(self, key: KeyLike, sample_shape=(), include_noise: bool = False):
+    def sample(self, key: KeyLike, sample_shape: Shape = (), include_noise: bool = False) -> jax.Array:
         r"""Joint draws from the mixture, ``sample_shape + (P*, D)``: pick a posterior draw
         uniformly, then :math:`f_* \sim N(m_*(Q), \Sigma_*(Q))` jointly over the test inputs
         (plus :math:`\Sigma_\varepsilon` noise with ``include_noise``: new labels instead of ``f``)."""
@@ -566,7 +570,7 @@ class PredictiveMixture:
         out = batched_map(one, jax.random.split(key, n), self.batch_size)
         return out.reshape(sample_shape + (P, D))
 
-    def log_predictive_density(self, Y_test, joint: bool = False, pointwise: bool = False):
+    def log_predictive_density(self, Y_test: ArrayLike, joint: bool = False, pointwise: bool = False) -> jax.Array:
         r"""Held-out log predictive density of labels ``Y_test`` (``(P*, D)``, one row per test input).
 
         ``joint=False`` (default): :math:`\sum_j \log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s),

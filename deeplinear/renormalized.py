@@ -74,12 +74,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
+from deeplinear._types import InterceptLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
 from deeplinear._validation import check_positive_int, describe
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.inference import ConvergenceWarning
 from deeplinear.models import ModelSpec
 from deeplinear.predictive import PredictiveMixture
-from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior
+from deeplinear.priors import FiniteWidthPrior, NNGPPrior, ProportionalLimitPrior, VbarPrior
 
 __all__ = ["RenormalizedKernel", "renormalized_kernel"]
 
@@ -119,7 +120,8 @@ class RenormalizedKernel:
     spec: ModelSpec = field(repr=False)
     data: RegressionData = field(repr=False)
 
-    def predict(self, X_test=None, *, cross_gram=None, test_gram=None) -> PredictiveMixture:
+    def predict(self, X_test: ArrayLike | None = None, *, cross_gram: ArrayLike | None = None,
+                test_gram: ArrayLike | None = None) -> PredictiveMixture:
         r"""The Gaussian predictive :math:`N(m_*(\bar Q), \Sigma_*(\bar Q))` at test inputs (theory.md §4),
         as a one-component :class:`~deeplinear.PredictiveMixture`; arguments as in
         :meth:`~deeplinear.PosteriorFit.predict`."""
@@ -127,16 +129,15 @@ class RenormalizedKernel:
         dtype = self.data.dtype
         spec = self.spec
         noise = spec.fixed_noise_covariance
-        kw = {}
+        noise_variance, noise_covariance, intercept = None, None, None
         if spec.noise_model == "scalar":
             noise_variance = jnp.asarray([spec.noise_variance], dtype)
         else:
-            noise_variance = None
-            kw["noise_covariance"] = jnp.asarray(np.asarray(noise)[None], dtype)
+            noise_covariance = jnp.asarray(np.asarray(noise)[None], dtype)
         if spec.intercept is not None:
-            kw["intercept"] = jnp.asarray(np.asarray(spec.intercept)[None], dtype)
+            intercept = jnp.asarray(np.asarray(spec.intercept)[None], dtype)
         return PredictiveMixture(jnp.asarray(self.q[None], dtype), jnp.asarray([spec.lambda_star], dtype),
-                                 noise_variance, self.data, test, **kw)
+                                 noise_variance, self.data, test, noise_covariance=noise_covariance, intercept=intercept)
 
     def __repr__(self):
         return (f"RenormalizedKernel(q={np.array2string(self.q, precision=4)}, layers={self.layer_q.shape[0]}, "
@@ -211,13 +212,13 @@ def _polish(theta, shape, args, tolerance):
 
 def renormalized_kernel(
     data: RegressionData,
-    prior=None,
+    prior: VbarPrior | ModelSpec,
     *,
-    lambda_star=1.0,
-    noise_variance=1.0,
+    lambda_star: ScaleLike = 1.0,
+    noise_variance: NoiseVarianceLike = 1.0,
     noise_model: str = "scalar",
-    noise_correlation=None,
-    intercept=None,
+    noise_correlation: NoiseCorrelationLike | None = None,
+    intercept: InterceptLike | None = None,
     max_iterations: int = MAX_ITERATIONS,
 ) -> RenormalizedKernel:
     r"""The renormalized kernel :math:`\bar Q = \arg\min S`: the large-width saddle point of the

@@ -38,7 +38,13 @@ from numpyro.infer import Predictive
 from scipy import stats
 
 from deeplinear._executor import check_executor, run_with_retry
-from deeplinear._types import KeyLike
+from deeplinear._types import (
+    InterceptLike,
+    KeyLike,
+    NoiseCorrelationLike,
+    NoiseVarianceLike,
+    ScaleLike,
+)
 from deeplinear._validation import check_positive_int, check_probability, interactive, raw_key
 from deeplinear.inference import check_sampler_settings
 from deeplinear.likelihood import KroneckerNormal
@@ -324,12 +330,12 @@ def simulation_based_calibration(
     data,
     prior,
     *,
-    lambda_star=1.0,
-    noise_variance=1.0,
+    lambda_star: ScaleLike = 1.0,
+    noise_variance: NoiseVarianceLike = 1.0,
     ratio: dist.Distribution | None = None,
     noise_model: str = "scalar",
-    noise_correlation=None,
-    intercept=None,
+    noise_correlation: NoiseCorrelationLike | None = None,
+    intercept: InterceptLike | None = None,
     num_simulations: int = 100,
     num_warmup: int = 500,
     num_samples: int = 1000,
