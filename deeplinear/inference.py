@@ -34,7 +34,7 @@ import numpyro.distributions as dist
 from deeplinear._linalg import batched_map, psd_root
 from deeplinear._precision import warn_if_spec_imprecise
 from deeplinear._prefetch import prefetch
-from deeplinear._types import InterceptLike, KeyLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
+from deeplinear._types import ArrayLike, InterceptLike, KeyLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
 from deeplinear._validation import (
     check_bool,
     check_output_names,

@@ -74,7 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
-from deeplinear._types import InterceptLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
+from deeplinear._types import ArrayLike, InterceptLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
 from deeplinear._validation import check_positive_int, describe
 from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.inference import ConvergenceWarning
