@@ -26,6 +26,7 @@ both go through that map, so what NUTS explores is exactly what the sampler draw
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from functools import partial
 
 import jax
@@ -36,7 +37,7 @@ import numpyro.distributions as dist
 
 from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._random import standard_gamma
-from deeplinear._types import KeyLike
+from deeplinear._types import ArrayLike, DTypeLike, KeyLike, Shape
 from deeplinear._validation import (
     MAX_LIMIT_STEPS,
     check_choice,
@@ -171,11 +172,11 @@ class VbarPrior(abc.ABC):
     num_outputs: int
 
     @abc.abstractmethod
-    def latent_distributions(self, dtype=None) -> dict[str, dist.Distribution]:
+    def latent_distributions(self, dtype: DTypeLike | None = None) -> dict[str, dist.Distribution]:
         """Named latent distributions (each with all dimensions in its event shape)."""
 
     @abc.abstractmethod
-    def vbar_from_latents(self, latents: dict) -> jax.Array:
+    def vbar_from_latents(self, latents: dict[str, jax.Array]) -> jax.Array:
         r"""Deterministic, differentiable map from latents to :math:`\bar V` ``(..., D, D)``."""
 
     def expected_log_last_diagonal(self) -> float | None:
@@ -183,7 +184,7 @@ class VbarPrior(abc.ABC):
         (``None`` when it depends on a traced value)."""
         return 0.0
 
-    def warn_if_underflows(self, dtype, stacklevel: int = 3) -> None:
+    def warn_if_underflows(self, dtype: DTypeLike | None, stacklevel: int = 3) -> None:
         r"""Warn (:class:`~deeplinear.PrecisionWarning`) when the typical :math:`\bar V_{DD}^2`
         is below the smallest normal number of ``dtype``: draws of ``Q`` are then singular (or
         zero) in that precision. Deep priors shrink ``Q``: for the limit
@@ -207,7 +208,8 @@ class VbarPrior(abc.ABC):
             )
 
     # -- sampling ---------------------------------------------------------------
-    def sample_latents(self, key: KeyLike, sample_shape=(), dtype=None) -> dict[str, jax.Array]:
+    def sample_latents(self, key: KeyLike, sample_shape: Shape = (),
+                       dtype: DTypeLike | None = None) -> dict[str, jax.Array]:
         """Draw the latents with an explicit PRNG ``key``; shapes ``sample_shape + event``."""
         key = check_key(key)
         sample_shape = check_sample_shape(sample_shape)
@@ -215,7 +217,7 @@ class VbarPrior(abc.ABC):
         keys = jax.random.split(key, max(len(dists), 1))
         return {name: d.sample(k, sample_shape) for k, (name, d) in zip(keys, dists.items())}
 
-    def sample_vbar(self, key: KeyLike, sample_shape=(), dtype=None) -> jax.Array:
+    def sample_vbar(self, key: KeyLike, sample_shape: Shape = (), dtype: DTypeLike | None = None) -> jax.Array:
         r"""Exact draws of :math:`\bar V`, shape ``sample_shape + (D, D)``.
 
         Validated here, then drawn by one compiled function per prior structure, sample shape
@@ -225,7 +227,7 @@ class VbarPrior(abc.ABC):
         key, sample_shape, dtype = self._sampling_args(key, sample_shape, dtype)
         return _sample_vbar(self, self._presampled(key, sample_shape, dtype), sample_shape, dtype)
 
-    def sample_q(self, key: KeyLike, sample_shape=(), dtype=None) -> jax.Array:
+    def sample_q(self, key: KeyLike, sample_shape: Shape = (), dtype: DTypeLike | None = None) -> jax.Array:
         r"""Draws of :math:`Q = \bar V \bar V^\top`, shape ``sample_shape + (D, D)`` (compiled, as
         :meth:`sample_vbar`, whose draws for the same key these are)."""
         key, sample_shape, dtype = self._sampling_args(key, sample_shape, dtype)
@@ -243,7 +245,8 @@ class VbarPrior(abc.ABC):
         self.warn_if_underflows(dtype, stacklevel=stacklevel)
         return check_key(key), check_sample_shape(sample_shape), np.dtype(dtype)
 
-    def sample_outputs(self, key: KeyLike, X, sample_shape=(), lambda_star=1.0, dtype=None) -> jax.Array:
+    def sample_outputs(self, key: KeyLike, X: ArrayLike, sample_shape: Shape = (), lambda_star: float = 1.0,
+                       dtype: DTypeLike | None = None) -> jax.Array:
         r"""Draws of the network outputs :math:`f(X)` from the mixture representation.
 
         .. math:: f(X) = \sqrt{\lambda_*/N_0}\; X G^\top \bar V^\top, \qquad G_{ij} \sim N(0, 1),
@@ -313,7 +316,7 @@ def _sample_outputs(prior, key_or_latents, key_g, X, lambda_star, sample_shape, 
     return scale * ((X @ jnp.swapaxes(g, -1, -2)) @ jnp.swapaxes(vbar, -1, -2))
 
 
-def bartlett_diag_gamma(widths, num_outputs: int, dtype):
+def bartlett_diag_gamma(widths: Sequence[int], num_outputs: int, dtype: DTypeLike) -> tuple[jax.Array, jax.Array]:
     r"""Shape and rate of the squared Bartlett diagonals, ``(L, D)`` each:
     :math:`(V^l_{rr})^2 \sim \mathrm{Gamma}((N_l - r + 1)/2,\ \mathrm{rate}=N_l/2)`.
 
@@ -386,7 +389,7 @@ class FiniteWidthPrior(VbarPrior):
         n = np.asarray(self.widths, np.float64)
         return float(np.sum(digamma((n - self.num_outputs + 1) / 2) + np.log(2 / n)))
 
-    def latent_distributions(self, dtype=None):
+    def latent_distributions(self, dtype: DTypeLike | None = None) -> dict[str, dist.Distribution]:
         dtype = check_dtype(dtype)
         D = self.num_outputs
         out = {"bartlett_diag": dist.Gamma(*bartlett_diag_gamma(self.widths, D, dtype)).to_event(2)}
@@ -395,7 +398,8 @@ class FiniteWidthPrior(VbarPrior):
             out["bartlett_offdiag"] = dist.Normal(jnp.zeros(shape, dtype), 1.0).to_event(2)
         return out
 
-    def sample_latents(self, key: KeyLike, sample_shape=(), dtype=None):
+    def sample_latents(self, key: KeyLike, sample_shape: Shape = (),
+                       dtype: DTypeLike | None = None) -> dict[str, jax.Array]:
         """As :meth:`VbarPrior.sample_latents`, with a fast exact vectorized Gamma sampler."""
         key = check_key(key)
         sample_shape = check_sample_shape(sample_shape)
@@ -416,7 +420,7 @@ class FiniteWidthPrior(VbarPrior):
         structure compiles only the product of its factors."""
         return self.sample_latents(key, sample_shape, dtype)
 
-    def vbar_from_latents(self, latents):
+    def vbar_from_latents(self, latents: dict[str, jax.Array]) -> jax.Array:
         diag_sq = latents["bartlett_diag"]
         dtype = diag_sq.dtype
         D = self.num_outputs
@@ -523,7 +527,7 @@ class ProportionalLimitPrior(VbarPrior):
             return None
         return -float(np.asarray(self.ratio)) * self.num_outputs
 
-    def latent_distributions(self, dtype=None):
+    def latent_distributions(self, dtype: DTypeLike | None = None) -> dict[str, dist.Distribution]:
         dtype = check_dtype(dtype)
         D, K = self.num_outputs, self.num_steps
         out = {"brownian_diag": dist.Normal(jnp.zeros((K, D), dtype), 1.0).to_event(2)}
@@ -531,10 +535,11 @@ class ProportionalLimitPrior(VbarPrior):
             out["brownian_offdiag"] = dist.Normal(jnp.zeros((K, D * (D - 1) // 2), dtype), 1.0).to_event(2)
         return out
 
-    def vbar_from_latents(self, latents):
+    def vbar_from_latents(self, latents: dict[str, jax.Array]) -> jax.Array:
         xi = latents["brownian_diag"]
         dtype = xi.dtype
         D, K = self.num_outputs, self.num_steps
+        assert K is not None  # None (the default) is replaced by __post_init__
         h = jnp.asarray(self.ratio, dtype) / K
         r = jnp.arange(1, D + 1, dtype=dtype)
         log_diag = -r * h / 2 + jnp.sqrt(h / 2) * xi  # (..., K, D)
@@ -562,10 +567,10 @@ class NNGPPrior(VbarPrior):
     def __post_init__(self):
         object.__setattr__(self, "num_outputs", check_positive_int("num_outputs", self.num_outputs))
 
-    def latent_distributions(self, dtype=None):
+    def latent_distributions(self, dtype: DTypeLike | None = None) -> dict[str, dist.Distribution]:
         return {}
 
-    def vbar_from_latents(self, latents):
+    def vbar_from_latents(self, latents: dict[str, jax.Array]) -> jax.Array:
         return jnp.eye(self.num_outputs, dtype=check_dtype(None))
 
     def __repr__(self):

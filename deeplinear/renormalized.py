@@ -137,7 +137,8 @@ class RenormalizedKernel:
         if spec.intercept is not None:
             intercept = jnp.asarray(np.asarray(spec.intercept)[None], dtype)
         return PredictiveMixture(jnp.asarray(self.q[None], dtype), jnp.asarray([spec.lambda_star], dtype),
-                                 noise_variance, self.data, test, noise_covariance=noise_covariance, intercept=intercept)
+                                 noise_variance, self.data, test, noise_covariance=noise_covariance,
+                                 intercept=intercept)
 
     def __repr__(self):
         return (f"RenormalizedKernel(q={np.array2string(self.q, precision=4)}, layers={self.layer_q.shape[0]}, "

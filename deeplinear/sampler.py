@@ -33,6 +33,7 @@ the program and the persistent compilation cache (:mod:`deeplinear.cache`) can s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -41,7 +42,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
-from numpyro.infer.hmc import hmc
+from numpyro.infer.hmc import HMCState, hmc
 from numpyro.infer.util import ParamInfo, constrain_fn, potential_energy
 
 from deeplinear.cache import reuse_traces
@@ -65,7 +66,7 @@ class SamplerRun(NamedTuple):
     sample_stats: dict
 
 
-def model_of_arguments(args, observed=True, labels=None):
+def model_of_arguments(args: tuple, observed: bool = True, labels: jax.Array | None = None) -> None:
     """The model as a function of one pytree ``(prior, lambda_star, noise_variance, ratio, data, intercept)``
     (:meth:`deeplinear.models.ModelSpec.model_arguments`; the body is
     :func:`deeplinear.models.model_body`), conditioned on ``labels`` when given (simulation-based
@@ -160,7 +161,9 @@ def _valid_start(key, potential_fn, center):
     return ParamInfo(z, pe, grad)
 
 
-def nuts_kernel(model_args, key, num_warmup, target_accept_prob, max_tree_depth, init_params=None, labels=None):
+def nuts_kernel(model_args: tuple, key: jax.Array, num_warmup: int, target_accept_prob: float, max_tree_depth: int,
+                init_params: ParamInfo | None = None,
+                labels: jax.Array | None = None) -> tuple[HMCState, Callable, Callable]:
     """NumPyro's NUTS functions for :func:`model_of_arguments` on the flat unconstrained vector
     ``z`` and, for one chain, its initial state.
 
@@ -299,9 +302,9 @@ def _run_chains(key, chains, model_args, accept, static, num_samples, bounds, sh
 
 
 def run_nuts(
-    model_args, key, *, num_chains: int, num_warmup: int, num_samples: int, target_accept_prob: float,
-    max_tree_depth: int, chain_method: str = "auto", progress_bar: bool = False, description: str = "sample",
-    while_running=None,
+    model_args: tuple, key: jax.Array, *, num_chains: int, num_warmup: int, num_samples: int,
+    target_accept_prob: float, max_tree_depth: int, chain_method: str = "auto", progress_bar: bool = False,
+    description: str = "sample", while_running: Callable[[], object] | None = None,
 ) -> SamplerRun:
     """Run ``num_chains`` NUTS chains on :func:`model_of_arguments` ``(model_args)``.
 

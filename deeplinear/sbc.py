@@ -25,10 +25,10 @@ reused across calls (labels, inputs, ratio and hyperparameter values are argumen
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 from collections.abc import Iterable
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,8 @@ from scipy import stats
 
 from deeplinear._executor import check_executor, run_with_retry
 from deeplinear._types import (
+    ArrayLike,
+    Executor,
     InterceptLike,
     KeyLike,
     NoiseCorrelationLike,
@@ -49,8 +51,14 @@ from deeplinear._validation import check_positive_int, check_probability, intera
 from deeplinear.inference import check_sampler_settings
 from deeplinear.likelihood import KroneckerNormal
 from deeplinear.models import ModelSpec, NoiseArguments
-from deeplinear.priors import NNGPPrior
+from deeplinear.priors import NNGPPrior, VbarPrior
 from deeplinear.sampler import model_of_arguments, nuts_kernel
+
+if TYPE_CHECKING:  # xarray and matplotlib load on first use, not on import
+    import xarray as xr
+    from matplotlib.figure import Figure
+
+    from deeplinear.data import RegressionData
 
 __all__ = ["simulation_based_calibration", "SBCResult", "SBCTaskError"]
 
@@ -215,7 +223,8 @@ class SBCResult:
         The configuration (prior, hyperparameters, data shape, sampler settings).
     """
 
-    def __init__(self, ranks, num_draws, divergences, description, seed: int = 0):
+    def __init__(self, ranks: dict[str, np.ndarray], num_draws: int, divergences: ArrayLike, description: str,
+                 seed: int = 0) -> None:
         self.ranks = ranks
         self.num_draws = int(num_draws)
         self.divergences = np.asarray(divergences)
@@ -233,7 +242,8 @@ class SBCResult:
         rng = np.random.default_rng(self._seed + 7)
         return {k: (r + rng.uniform(size=r.shape)) / (self.num_draws + 1) for k, r in self.ranks.items()}
 
-    def uniformity(self, prob: float = 0.99, num_bins: int | None = None, band_simulations: int = 5000):
+    def uniformity(self, prob: float = 0.99, num_bins: int | None = None,
+                   band_simulations: int = 5000) -> list[dict[str, Any]]:
         r"""Test each quantity's ranks for uniformity.
 
         Returns a list of dicts, one per quantity: ``inside_band`` (the ECDF of the
@@ -278,13 +288,13 @@ class SBCResult:
         ``prob``). The chi-square flag is a second opinion, reported but not part of the verdict."""
         return all(row["passed"] for row in self.uniformity(prob))
 
-    def to_datatree(self):
+    def to_datatree(self) -> xr.DataTree:
         """The fractional ranks as an ArviZ DataTree (group ``prior_sbc``, ``draw`` = simulation)."""
         import arviz_base
 
         return arviz_base.from_dict({"prior_sbc": {k: v[None, :] for k, v in self.pit().items()}})
 
-    def plot(self, prob: float = 0.99, band_simulations: int = 5000):
+    def plot(self, prob: float = 0.99, band_simulations: int = 5000) -> Figure:
         r"""ECDF-difference plot of each quantity's fractional ranks with its simultaneous band
         (:func:`deeplinear.plotting.plot_sbc`). Returns a matplotlib Figure."""
         from deeplinear.plotting import plot_sbc
@@ -327,8 +337,8 @@ def _check_sbc_args(num_simulations, num_warmup, num_samples, thin, batch_size, 
 
 
 def simulation_based_calibration(
-    data,
-    prior,
+    data: RegressionData,
+    prior: VbarPrior | ModelSpec,
     *,
     lambda_star: ScaleLike = 1.0,
     noise_variance: NoiseVarianceLike = 1.0,
@@ -345,7 +355,7 @@ def simulation_based_calibration(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     progress_bar: bool | None = None,
-    executor: concurrent.futures.Executor | None = None,
+    executor: Executor | None = None,
 ) -> SBCResult:
     r"""Simulation-based calibration of :func:`~deeplinear.inference.fit`'s sampler for one configuration.
 
