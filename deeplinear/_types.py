@@ -12,35 +12,39 @@ import numpy as np
 from numpyro import distributions as dist
 
 __all__ = ["Array", "ArrayLike", "PRNGKey", "KeyLike", "DTypeLike", "Shape", "Executor", "PathLike", "ScaleLike",
-           "NoiseVarianceLike", "NoiseCorrelationLike", "InterceptLike", "Chunks", "RowSource"]
+           "NoiseVarianceLike", "NoiseCorrelationLike", "InterceptLike", "Chunks", "RowSource", "RowArray"]
 
 Array = jax.Array
-#: Anything :func:`jax.numpy.asarray` accepts: NumPy/JAX arrays, nested lists, scalars.
-ArrayLike = jax.Array | np.ndarray | list | tuple | float | int
+#: ``jax.Array | numpy.ndarray | list | tuple | float | int``, anything :func:`jax.numpy.asarray` accepts.
+type ArrayLike = jax.Array | np.ndarray | list | tuple | float | int
 #: A JAX PRNG key: typed (``jax.random.key(0)``) or raw ``uint32[2]`` (``jax.random.PRNGKey(0)``).
 PRNGKey = jax.Array
-#: A PRNG key or an integer seed in ``[0, 2**32)``; wherever randomness is taken.
-KeyLike = jax.Array | int
-#: A floating dtype (``jnp.float32``, ``"float64"``, ...); ``None`` means JAX's default.
-DTypeLike = jax.typing.DTypeLike
-#: A batch shape for draws: ``()`` for one, ``n`` or ``(n, m)`` for many.
-Shape = int | tuple[int, ...]
-#: Where independent work runs: any :class:`concurrent.futures.Executor` (process or thread pool,
+#: ``jax.Array | int``, a PRNG key or an integer seed in ``[0, 2**32)``; wherever randomness is taken.
+type KeyLike = jax.Array | int
+#: ``jax.typing.DTypeLike``, a floating dtype (``jnp.float32``, ``"float64"``, ...); ``None`` means JAX's
+#: default.
+type DTypeLike = jax.typing.DTypeLike
+#: ``int | tuple[int, ...]``, a batch shape for draws (``()`` for one, ``n`` or ``(n, m)`` for many).
+type Shape = int | tuple[int, ...]
+#: ``concurrent.futures.Executor``, where independent work runs (a process or thread pool,
 #: ``dask.distributed.Client.get_executor()``).
-Executor = concurrent.futures.Executor
-#: A file or folder name: ``str`` or :class:`os.PathLike` (``pathlib.Path``).
-PathLike = str | os.PathLike[str]
-#: A positive scale such as :math:`\lambda_*`: fixed, or a numpyro prior over it.
-ScaleLike = float | dist.Distribution
-#: Noise variance: a scalar, ``D`` per-output values, or a numpyro prior over them.
-NoiseVarianceLike = ArrayLike | dist.Distribution
-#: Full-noise correlation: a ``D x D`` correlation matrix or ``numpyro.distributions.LKJCholesky``.
-NoiseCorrelationLike = ArrayLike | dist.Distribution
-#: Per-output intercepts: ``D`` fixed values or a numpyro prior over them.
-InterceptLike = ArrayLike | dist.Distribution
-#: Row chunks of the training data, ``(X_chunk, Y_chunk)`` pairs (a list, a generator, an
-#: :class:`~deeplinear.streaming.ArrayChunks`), read once.
-Chunks = Iterable[tuple[ArrayLike, ArrayLike]]
+type Executor = concurrent.futures.Executor
+#: ``str | os.PathLike[str]``, a file or folder name (``pathlib.Path`` included).
+type PathLike = str | os.PathLike[str]
+#: ``float | numpyro.distributions.Distribution``, a positive scale such as :math:`\lambda_*`, fixed or with
+#: a prior.
+type ScaleLike = float | dist.Distribution
+#: ``ArrayLike | numpyro.distributions.Distribution``, the noise variance (a scalar or ``D`` per-output
+#: values) or a prior over it.
+type NoiseVarianceLike = ArrayLike | dist.Distribution
+#: ``ArrayLike | numpyro.distributions.Distribution``, the full-noise correlation (a ``D x D`` correlation
+#: matrix) or ``numpyro.distributions.LKJCholesky``.
+type NoiseCorrelationLike = ArrayLike | dist.Distribution
+#: ``ArrayLike | numpyro.distributions.Distribution``, ``D`` fixed per-output intercepts or a prior over them.
+type InterceptLike = ArrayLike | dist.Distribution
+#: ``Iterable[tuple[ArrayLike, ArrayLike]]``, row chunks ``(X_chunk, Y_chunk)`` of the training data (a
+#: list, a generator, an :class:`~deeplinear.streaming.ArrayChunks`), read once.
+type Chunks = Iterable[tuple[ArrayLike, ArrayLike]]
 
 
 class RowSource(Protocol):
@@ -50,3 +54,13 @@ class RowSource(Protocol):
     def __iter__(self) -> Iterator[tuple[ArrayLike, ArrayLike]]: ...
 
     def rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class RowArray(Protocol):
+    """A 2-D array read by rows, in memory or not: a NumPy array or memmap, an ``h5py`` or ``zarr``
+    dataset -- anything with a ``shape`` whose row slices and index arrays convert to NumPy."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, index: slice | np.ndarray, /) -> ArrayLike: ...

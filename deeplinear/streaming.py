@@ -28,10 +28,18 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deeplinear._validation import check_inputs, check_labels, check_positive_int, describe
+
+if TYPE_CHECKING:  # dask and JAX are not needed to read rows
+    import dask.array
+    import dask.dataframe
+
+    from deeplinear._types import ArrayLike, Chunks, RowArray
 
 __all__ = ["LinearStatistics", "ArrayChunks"]
 
@@ -100,7 +108,7 @@ class LinearStatistics:
         return self.r_factor.shape[0] - self.num_features
 
     @classmethod
-    def from_chunk(cls, X, Y) -> LinearStatistics:
+    def from_chunk(cls, X: ArrayLike, Y: ArrayLike) -> LinearStatistics:
         """Statistics of one chunk of rows: ``X`` ``(m, N0)``, ``Y`` ``(m, D)`` (validated like the
         in-memory set-up: finite, real, one row per observation)."""
         X = check_inputs(X, "X (chunk)")
@@ -131,7 +139,7 @@ class LinearStatistics:
         )
 
     @classmethod
-    def from_dask(cls, X, Y, *, split_every: int = 8) -> LinearStatistics:
+    def from_dask(cls, X: dask.array.Array, Y: dask.array.Array, *, split_every: int = 8) -> LinearStatistics:
         """Statistics of rows held by Dask -- ``X`` ``(P, N0)`` and ``Y`` ``(P, D)`` as dask arrays (e.g.
         ``dask.array.from_zarr``), chunked along the rows (tables: :meth:`from_dask_dataframe`).
 
@@ -153,7 +161,8 @@ class LinearStatistics:
         return _tree_merge(parts, split_every)
 
     @classmethod
-    def from_dask_dataframe(cls, frame, inputs, outputs, *, split_every: int = 8) -> LinearStatistics:
+    def from_dask_dataframe(cls, frame: dask.dataframe.DataFrame, inputs: Sequence[str], outputs: Sequence[str], *,
+                            split_every: int = 8) -> LinearStatistics:
         """Statistics of the rows of a dask DataFrame (e.g. ``dask.dataframe.read_parquet`` or
         ``read_csv``): the ``inputs`` columns are ``X``, the ``outputs`` columns ``Y`` (lists of
         names). Each partition is read once, on its worker, and reduced as in :meth:`from_dask`; an
@@ -177,7 +186,7 @@ class LinearStatistics:
         return _tree_merge(parts, split_every)
 
     @classmethod
-    def accumulate(cls, chunks) -> LinearStatistics:
+    def accumulate(cls, chunks: Chunks) -> LinearStatistics:
         """Statistics of an iterable of ``(X_chunk, Y_chunk)`` pairs (e.g. :class:`ArrayChunks`), in
         one pass with one chunk in memory at a time."""
         total = None
@@ -287,7 +296,7 @@ class ArrayChunks:
     and can be repeated; :meth:`rows` reads chosen rows (for subsampled leave-one-out).
     """
 
-    def __init__(self, X, Y, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+    def __init__(self, X: RowArray, Y: RowArray, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         for name, a in (("X", X), ("Y", Y)):
             shape = getattr(a, "shape", None)
             if shape is None or len(shape) != 2 or not all(isinstance(d, numbers.Integral) for d in shape):
@@ -307,12 +316,12 @@ class ArrayChunks:
         """``P``."""
         return int(self.X.shape[0])
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, self.num_rows, self.chunk_rows):
             stop = min(start + self.chunk_rows, self.num_rows)
             yield np.asarray(self.X[start:stop], np.float64), np.asarray(self.Y[start:stop], np.float64)
 
-    def rows(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    def rows(self, indices: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``(X[indices], Y[indices])`` as float64 for sorted, distinct row indices."""
         indices = np.asarray(indices)
         return np.asarray(self.X[indices], np.float64), np.asarray(self.Y[indices], np.float64)

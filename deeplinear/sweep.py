@@ -47,9 +47,9 @@ import numpy as np
 
 from deeplinear._executor import InProcessExecutor, check_executor, run_with_retry
 from deeplinear._files import atomic_write, ensure_writable_folder
-from deeplinear._types import KeyLike
+from deeplinear._types import Executor, KeyLike, PathLike
 from deeplinear._validation import check_bool, check_path, check_progress_bar, describe, raw_key
-from deeplinear.data import check_regression_data
+from deeplinear.data import RegressionData, check_regression_data
 from deeplinear.inference import ConvergenceWarning, _validate_fit_args, fit
 from deeplinear.loo import loo
 from deeplinear.models import ModelSpec
@@ -308,11 +308,11 @@ def _write_checkpoint(folder: Path, stem: str, name: str, fingerprint: str, row:
 
 
 def run_sweep(
-    tasks: dict,
+    tasks: dict[str, tuple[RegressionData, ModelSpec]],
     *,
-    executor=None,
+    executor: Executor | None = None,
     key: KeyLike = 0,
-    checkpoint=None,
+    checkpoint: PathLike | None = None,
     keep_datatrees: bool = False,
     num_warmup: int = 1000,
     num_samples: int = 1000,

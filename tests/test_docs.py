@@ -58,6 +58,29 @@ def test_every_public_name_and_member_has_a_docstring():
     assert not missing, missing
 
 
+def _unannotated(func) -> list[str]:
+    """The parameters (and ``return``) of ``func`` that have no type annotation."""
+    sig = inspect.signature(func)
+    missing = [p.name for p in sig.parameters.values()
+               if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty]
+    return missing + (["return"] if sig.return_annotation is inspect.Signature.empty else [])
+
+
+def test_every_public_function_and_method_is_fully_annotated():
+    """The package ships ``py.typed``, so type checkers read its signatures: every public function,
+    method, property and constructor annotates each parameter and its return."""
+    missing = []
+    for mod, name, obj in _public_names():
+        members = [(name, obj)] if inspect.isfunction(obj) else []
+        if inspect.isclass(obj):
+            members += [(f"{name}.{m}", member) for m, member in _class_members(obj)]
+            init = inspect.getattr_static(obj, "__init__")
+            if inspect.isfunction(init) and init.__module__.startswith("deeplinear"):
+                members.append((f"{name}.__init__", init))
+        missing += [f"{mod}.{label}: {', '.join(gaps)}" for label, func in members if (gaps := _unannotated(func))]
+    assert not missing, missing
+
+
 def _api_targets() -> dict:
     """``{object id: directive target}`` of every ``.. auto*::`` directive of the API pages."""
     targets = {}

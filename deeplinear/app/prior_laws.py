@@ -12,6 +12,7 @@ table) and have a matching ``plot_*`` function in :mod:`deeplinear.app.figures`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -19,6 +20,7 @@ import numpy as np
 import scipy.stats as st
 
 from deeplinear import moments as mom
+from deeplinear._types import KeyLike
 from deeplinear._validation import check_key, check_positive_int, check_ratio
 from deeplinear.priors import FiniteWidthPrior, ProportionalLimitPrior
 
@@ -67,7 +69,8 @@ def _depth(ratio, width):
     return int(round(depth))
 
 
-def lognormal_convergence(key, ratios=(0.25, 0.5, 1.0), widths=(4, 16, 64), num_samples=20_000):
+def lognormal_convergence(key: KeyLike, ratios: Sequence[float] = (0.25, 0.5, 1.0), widths: Sequence[int] = (4, 16, 64),
+                          num_samples: int = 20_000) -> list[LogNormalRow]:
     r"""``D = 1``: :math:`\log \bar V` for ``L = aN`` (a whole number, else a ``ValueError``) against
     :math:`N(-a/2, a/2)`.
 
@@ -104,7 +107,8 @@ def lognormal_convergence(key, ratios=(0.25, 0.5, 1.0), widths=(4, 16, 64), num_
     return rows
 
 
-def offdiagonal_variance(key, ratio=0.5, widths=(2, 4, 8, 16, 32), num_samples=50_000, num_steps=256):
+def offdiagonal_variance(key: KeyLike, ratio: float = 0.5, widths: Sequence[int] = (2, 4, 8, 16, 32),
+                         num_samples: int = 50_000, num_steps: int = 256) -> list[OffDiagonalRow]:
     r"""``D = 2``: :math:`\mathbb E[Q_{12}^2]` of finite products (``L = aN``) as ``N`` grows.
 
     Returns one row per width plus, as the last row (``width = 0``), the limit simulator with
