@@ -21,12 +21,17 @@ def _module_name(path: Path) -> str:
 
 
 def _import_graph():
-    """Module -> deeplinear modules it imports (at any depth of the file, lazy imports included)."""
+    """Module -> deeplinear modules it imports (at any depth of the file, lazy imports included; not
+    the imports under ``if TYPE_CHECKING:``, which only type checkers read and never run)."""
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        for block in ast.walk(tree):
+            if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING":
+                block.body = []
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
