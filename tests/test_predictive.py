@@ -248,6 +248,17 @@ def test_batched_mixture_moments_equal_the_per_draw_formula(kind):
                 np.testing.assert_allclose(np.asarray(expected + spread), ref_cov, rtol=1e-11, atol=1e-12)
 
 
+def _scipy_pointwise_log_density(data, test, q, lam, noise, Yt):
+    """``log (1/S) sum_s N(y_j; m_j(Q_s), Sigma_j(Q_s) + sigma_s^2 I)`` per test input, from
+    scipy.stats.multivariate_normal on each draw's conditional predictive."""
+    lp = np.empty((len(q), test.num_test))
+    for s in range(len(q)):
+        m, c = (np.asarray(a) for a in conditional_predictive(q[s], lam[s], noise[s], data, test))
+        for j in range(test.num_test):
+            lp[s, j] = stats.multivariate_normal(m[j], c[j] + noise[s] * np.eye(2)).logpdf(Yt[j])
+    return special.logsumexp(lp, axis=0) - np.log(len(q))
+
+
 @pytest.mark.parametrize("kind", ["linear", "gram"])
 def test_streamed_log_density_equals_scipy_logsumexp(kind):
     """The running log-sum-exp over batches of draws equals scipy's over the stored per-draw
@@ -255,15 +266,43 @@ def test_streamed_log_density_equals_scipy_logsumexp(kind):
     with jax.enable_x64(True):
         data, test, q, lam, noise, _ = _mixture_problem(kind)
         Yt = np.random.default_rng(4).normal(size=(test.num_test, 2))
-        lp = np.empty((len(q), test.num_test))
-        for s in range(len(q)):
-            m, c = (np.asarray(a) for a in conditional_predictive(q[s], lam[s], noise[s], data, test))
-            for j in range(test.num_test):
-                lp[s, j] = stats.multivariate_normal(m[j], c[j] + noise[s] * np.eye(2)).logpdf(Yt[j])
-        ref = np.sum(special.logsumexp(lp, axis=0) - np.log(len(q)))
+        ref = np.sum(_scipy_pointwise_log_density(data, test, q, lam, noise, Yt))
         for batch in (1, 4, 256):
             pm = PredictiveMixture(q, lam, noise, data, test, batch_size=batch)
             assert float(pm.log_predictive_density(Yt)) == pytest.approx(ref, rel=1e-12)
+
+
+CHUNK_INPUTS = 3  # test inputs per chunk below: 7 inputs make chunks of 3, 3 and 1 (padded to 3)
+
+
+@pytest.mark.parametrize("kind", ["linear", "gram"])
+def test_chunked_log_density_equals_scipy_with_a_progress_bar_and_one_program(kind, monkeypatch, capsys):
+    """Above LPD_CHUNK_PAIRS draw-input pairs the pointwise terms come in chunks of test inputs
+    (the last one padded): the same terms as scipy's, a progress bar over the test inputs, and
+    one compiled program for every chunk (a second call with new labels compiles nothing)."""
+    from test_compilation import count_compilations
+
+    with jax.enable_x64(True):
+        data, test, q, lam, noise, _ = _mixture_problem(kind)
+        rng = np.random.default_rng(4)
+        Yt = rng.normal(size=(test.num_test, 2))
+        ref = _scipy_pointwise_log_density(data, test, q, lam, noise, Yt)
+        monkeypatch.setattr(predictive, "LPD_CHUNK_PAIRS", CHUNK_INPUTS * len(q))
+        pm = PredictiveMixture(q, lam, noise, data, test, batch_size=4)
+        capsys.readouterr()
+        terms = pm.log_predictive_density(Yt, pointwise=True, progress_bar=True)
+        shown = capsys.readouterr().err
+        assert "log predictive density" in shown and "3/7" in shown and "7/7" in shown, shown[-300:]
+        np.testing.assert_allclose(np.asarray(terms), ref, rtol=1e-12)
+        Y2 = rng.normal(size=Yt.shape)
+        with count_compilations() as count:
+            total = pm.log_predictive_density(Y2, progress_bar=False)
+        assert count[0] == 0
+        assert "log predictive density" not in capsys.readouterr().err
+        assert float(total) == pytest.approx(np.sum(_scipy_pointwise_log_density(data, test, q, lam, noise, Y2)),
+                                             rel=1e-12)
+        with pytest.raises(TypeError, match="progress_bar"):
+            pm.log_predictive_density(Yt, progress_bar="yes")
 
 
 def test_gram_kernel_diagonal_is_enough_for_per_input_predictions():
