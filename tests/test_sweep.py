@@ -336,7 +336,8 @@ def test_damaged_checkpoint_files_are_set_aside_and_their_fits_rerun(tmp_path, m
 
 
 SIGINT_SWEEP = """
-import concurrent.futures, multiprocessing, sys
+import concurrent.futures, multiprocessing, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see _slow_fits)
 sys.path.insert(0, sys.argv[2])
 import test_sweep as t
 from deeplinear.sweep import run_sweep
@@ -344,16 +345,22 @@ with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_co
                                             initializer=t._slow_fits) as pool:
     run_sweep(t._pool_tasks(), key=t.KEY, executor=pool, checkpoint=sys.argv[1], **t.SETTINGS)
 """
-SLOW_FIT_S = 1.0  # each pool fit waits this long first: the sweep is still running when Ctrl-C comes
+SLOW_FIT_S = 0.5  # each pool fit waits this long first: the sweep is still running when Ctrl-C comes
 
 
 def _slow_fits():
-    """Pool initializer: every fit in this worker waits ``SLOW_FIT_S`` first. Without it the 12 small fits
-    could all finish between the first row reaching the disk and the test's next look at the folder
-    (it happened on a loaded 2-core machine: the sweep exited 0 before the SIGINT)."""
+    """Pool initializer: Ctrl-C raises ``KeyboardInterrupt`` here as in a terminal, and every fit in this
+    worker waits ``SLOW_FIT_S`` first, so that the 12 small fits cannot all finish before the test sends
+    the SIGINT. Python keeps SIGINT ignored when its parent ignored it, and a shell without job control
+    starts background commands that way (``pytest ... &`` in a script): the sweep then ran to the end
+    and exited 0 (two failures on 2026-12-07, first blamed on a loaded machine); so the sweep script
+    and its workers install Python's default handler, which a process started from a terminal has."""
+    import signal
     import time
 
     import deeplinear.sweep as sweep
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     fit = sweep.fit
 
