@@ -658,10 +658,10 @@ def _joint_log_likelihood(q, lam, noise, intercept, data):
     return batched_map(one, (q, lam, noise, intercept), 64)
 
 
-@jax.jit
 def _loo_predictive_labels(keys, q, lam, noise, intercept, data):
-    """Per posterior draw, each row drawn from its leave-one-input-out predictive, ``(S, P, D)``."""
-    return _loo_terms_and_draws(keys, q, lam, noise, intercept, data)[1]
+    """Per posterior draw, each row drawn from its leave-one-input-out predictive, ``(S, P, D)``: the
+    default groups' program (:data:`_default_group_draws`), which ``fit`` compiled already."""
+    return _default_group_draws(keys, q, lam, noise, intercept, data)[1]
 
 
 def _loo_terms_and_draws(keys, q, lam, noise, intercept, data):

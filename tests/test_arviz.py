@@ -81,6 +81,17 @@ def test_fit_above_the_group_budget_leaves_the_draws_out_and_says_how_to_add_the
                                default_result.datatree["log_likelihood"]["Y"].values, rtol=1e-5, atol=1e-6)
 
 
+def test_loo_pit_tree_compiles_nothing_after_the_fit(default_result):
+    """Its leave-one-out draws come from the program that made the fit's own groups: no new program."""
+    from test_compilation import count_compilations
+
+    with count_compilations() as count:
+        tree = default_result.loo_pit_tree(key=5)
+    assert count[0] == 0
+    rep = tree["posterior_predictive"]["Y"].values
+    assert rep.shape == default_result.datatree["posterior_predictive"]["Y"].shape and np.all(np.isfinite(rep))
+
+
 def test_loo_pit_values_are_probabilities_per_observation_and_output(result):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
