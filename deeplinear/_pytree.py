@@ -20,6 +20,7 @@ import jax
 
 __all__ = ["pytree_dataclass", "static_field"]
 
+
 def _replace[T](self: T, **changes: Any) -> T:
     """A copy with some fields replaced (validated like a new object)."""
     return dataclasses.replace(self, **changes)  # type: ignore[type-var]
