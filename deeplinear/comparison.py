@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from deeplinear._types import ArrayLike, Executor, KeyLike, RowSource
-from deeplinear._validation import check_bool, check_choice, check_positive_int
+from deeplinear._validation import check_bool, check_choice, check_positive_int, check_progress_bar
 from deeplinear.inference import PosteriorFit
 from deeplinear.loo import loo as psis_loo
 from deeplinear.predictive import correlation_matrix
@@ -75,7 +75,7 @@ def compare_models(fits: dict[str, PosteriorFit], X_test: ArrayLike | None = Non
                    rows: RowSource | None = None, loo_seed: int = 0, loo: str = "psis", k_threshold: float = 0.7,
                    folds: int = 10, key: KeyLike = 0, refit_settings: dict | None = None,
                    executor: Executor | None = None, evidence: bool = False,
-                   evidence_particles: int = 1024) -> ModelComparison:
+                   evidence_particles: int = 1024, progress_bar: bool | None = None) -> ModelComparison:
     r"""Compare fitted models (e.g. ``{"limit a=1": fit1, "NNGP": fit0}``) on the same data.
 
     Parameters
@@ -104,6 +104,9 @@ def compare_models(fits: dict[str, PosteriorFit], X_test: ArrayLike | None = Non
         Where the refits run (a process pool, a Dask client's ``get_executor()``), each model's
         submitted at once; default: threads of this process, one per core
         (:meth:`deeplinear.crossvalidation.RefitWrapper.prefetch`).
+    progress_bar : bool, optional
+        A bar over each model's refits (``loo`` other than ``"psis"``) and over the held-out
+        density at scale; default: when interactive.
     evidence : bool, default False
         Also estimate each model's log evidence :math:`\log p(Y \mid \mathcal M)`
         (:func:`deeplinear.evidence.log_evidence`, ``evidence_particles`` particles, annealed
@@ -132,21 +135,25 @@ def compare_models(fits: dict[str, PosteriorFit], X_test: ArrayLike | None = Non
     loo = check_choice("loo", loo, LOO_METHODS)
     evidence = check_bool("evidence", evidence)
     evidence_particles = check_positive_int("evidence_particles", evidence_particles, minimum=2)
+    progress_bar = check_progress_bar(progress_bar)
     if loo != "psis":
         from deeplinear import crossvalidation
 
-        crossvalidation.check_arguments(loo, fits.values(), k_threshold, folds, refit_settings, key, executor)
+        crossvalidation.check_arguments(loo, fits.values(), k_threshold, folds, refit_settings, key, executor,
+                                        progress_bar)
     with warnings.catch_warnings():  # high Pareto k is reported in the table instead
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
         if loo == "psis":
             loos = {name: psis_loo(f, rows=rows, seed=loo_seed) for name, f in fits.items()}
         elif loo == "kfold":
             loos = {name: crossvalidation.kfold(f, folds=folds, seed=loo_seed, key=key, refit_settings=refit_settings,
-                                                executor=executor) for name, f in fits.items()}
+                                                executor=executor, progress_bar=progress_bar)
+                    for name, f in fits.items()}
         else:
             threshold = -np.inf if loo == "exact" else k_threshold
             loos = {name: crossvalidation.reloo(f, k_threshold=threshold, key=key, refit_settings=refit_settings,
-                                                executor=executor) for name, f in fits.items()}
+                                                executor=executor, progress_bar=progress_bar)
+                    for name, f in fits.items()}
     prefix = "elpd_kfold" if loo == "kfold" else "elpd_loo"
     table_rows, predictive, q_correlation = [], {}, {}
     D = next(iter(fits.values())).data.num_outputs
@@ -171,7 +178,8 @@ def compare_models(fits: dict[str, PosteriorFit], X_test: ArrayLike | None = Non
             row["mean_abs_pred_corr"] = float(np.abs(off).mean()) if off.size else 0.0
             row["max_abs_pred_corr"] = float(np.abs(off).max()) if off.size else 0.0
             if Y_test is not None:
-                terms = np.asarray(pm.log_predictive_density(Y_test, pointwise=True), np.float64)
+                terms = np.asarray(pm.log_predictive_density(Y_test, pointwise=True, progress_bar=progress_bar),
+                                   np.float64)
                 row["heldout_lpd"] = float(terms.sum())
                 row["heldout_lpd_se"] = float(np.sqrt(terms.size) * terms.std(ddof=1)) if terms.size > 1 else np.nan
         table_rows.append(row)

@@ -56,7 +56,7 @@ from arviz_stats import SamplingWrapper
 
 from deeplinear import inference
 from deeplinear._types import ArrayLike, Executor, KeyLike
-from deeplinear._validation import check_positive_int, describe
+from deeplinear._validation import check_positive_int, check_progress_bar, describe
 from deeplinear.inference import PosteriorFit, _validate_fit_args, fit_quietly
 from deeplinear.likelihood import loo_log_likelihood_draws
 from deeplinear.models import ModelSpec
@@ -161,7 +161,9 @@ class RefitWrapper(SamplingWrapper):
     when :meth:`plan` finds many refits);
     ``log_likelihood__i`` gives :math:`\log p(y_i \mid Y_T, \theta_s)` for the held-out rows
     (module docstring) as a ``(chain, draw, obs)`` DataArray. Pass it to ``arviz_stats.reloo`` or
-    ``arviz_stats.loo_kfold``, as :func:`reloo`, :func:`exact_loo` and :func:`kfold` do.
+    ``arviz_stats.loo_kfold``, as :func:`reloo`, :func:`exact_loo` and :func:`kfold` do. With
+    ``progress_bar``, :meth:`prefetch` shows a bar over the refits it plans, counting each as it
+    finishes (:meth:`close_progress` closes it).
 
     Attributes
     ----------
@@ -173,8 +175,9 @@ class RefitWrapper(SamplingWrapper):
         The refits' convergence warnings, reported together by :meth:`report_convergence`.
     """
 
-    def __init__(self, result: PosteriorFit, *, key: KeyLike = 0, refit_settings: dict | None = None) -> None:
-        from deeplinear._validation import raw_key
+    def __init__(self, result: PosteriorFit, *, key: KeyLike = 0, refit_settings: dict | None = None,
+                 progress_bar: bool = False) -> None:
+        from deeplinear._validation import check_bool, raw_key
 
         _check_refittable(result)
         super().__init__(result, idata_orig=result.datatree)
@@ -185,6 +188,8 @@ class RefitWrapper(SamplingWrapper):
         self.convergence_warnings: list[tuple[tuple[int, ...], str]] = []
         self._recording: list | None = None  # a dry run (prefetch) records here and fits nothing
         self._prefetched: dict = {}  # held-out rows -> (DataTree, convergence messages)
+        self._show_progress = check_bool("progress_bar", progress_bar)
+        self._bar: Any = None  # a tqdm bar over the planned refits, while they run
 
     def sel_observations(self, idx: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         data = self.model.data
@@ -241,6 +246,10 @@ class RefitWrapper(SamplingWrapper):
         from deeplinear._executor import check_executor
 
         wanted = self.plan(run)
+        if self._show_progress and wanted and self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=len(wanted), desc=f"refits ({len(wanted)})", unit="refit")
         if executor is not None:
             self._run_refits(wanted, check_executor(executor))
             return
@@ -271,12 +280,20 @@ class RefitWrapper(SamplingWrapper):
 
         def record(j, outcome):
             self._prefetched[wanted[j]] = outcome
+            if self._bar is not None:
+                self._bar.update(1)
 
         _, failures = run_with_retry(executor, list(range(len(wanted))), submit, record)
         if failures:
             j, (first, second) = next(iter(failures.items()))
             raise RuntimeError(f"{len(failures)} refit(s) failed twice on the executor; the first, holding out rows "
                                f"{list(wanted[j])}: {type(second).__name__}: {second}") from second
+
+    def close_progress(self) -> None:
+        """Close the refits' progress bar (if any): after the cross-validation that ``prefetch`` planned."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def report_convergence(self, stacklevel: int = 3) -> None:
         """One :class:`~deeplinear.ConvergenceWarning` for all refits that warned, naming them."""
@@ -334,7 +351,8 @@ def _check_threshold(k_threshold) -> float:
 
 
 def reloo(result: PosteriorFit, *, k_threshold: float = DEFAULT_K_THRESHOLD, key: KeyLike = 0,
-          refit_settings: dict | None = None, executor: Executor | None = None) -> ELPDData:
+          refit_settings: dict | None = None, executor: Executor | None = None,
+          progress_bar: bool | None = None) -> ELPDData:
     r"""PSIS-LOO whose terms with Pareto :math:`\hat k >` ``k_threshold`` are replaced by exact ones from
     refits without that input (``arviz_stats.reloo`` with :class:`RefitWrapper`; module docstring).
 
@@ -343,17 +361,19 @@ def reloo(result: PosteriorFit, *, k_threshold: float = DEFAULT_K_THRESHOLD, key
     refits; ``refit_settings`` as in :class:`RefitWrapper`. ``executor`` (a
     ``concurrent.futures.Executor``: a process pool, a Dask client's ``get_executor()``) runs the
     refits, all submitted at once; default: threads of this process, one per core
-    (:meth:`RefitWrapper.prefetch`).
+    (:meth:`RefitWrapper.prefetch`). ``progress_bar``: a bar over the refits (default: when
+    interactive).
     """
-    return _reloo(result, _check_threshold(k_threshold), key, refit_settings, executor, stacklevel=4)
+    return _reloo(result, _check_threshold(k_threshold), key, refit_settings, executor, progress_bar, stacklevel=4)
 
 
-def _reloo(result, k_threshold: float, key, refit_settings, executor, stacklevel: int):
+def _reloo(result, k_threshold: float, key, refit_settings, executor, progress_bar, stacklevel: int):
     import arviz_stats
 
     from deeplinear.loo import loo
 
-    wrapper = RefitWrapper(result, key=key, refit_settings=refit_settings)
+    wrapper = RefitWrapper(result, key=key, refit_settings=refit_settings,
+                           progress_bar=check_progress_bar(progress_bar))
     psis = loo(result)
     if psis.elpd_i is None or psis.pareto_k is None:
         raise ValueError("reloo needs the pointwise PSIS-LOO of the fit: fit(..., log_likelihood=True) on data that "
@@ -362,31 +382,37 @@ def _reloo(result, k_threshold: float, key, refit_settings, executor, stacklevel
     def run(w):
         return arviz_stats.reloo(w, loo_orig=psis, k_threshold=k_threshold, pointwise=True)
 
-    wrapper.prefetch(run, executor)
-    out = run(wrapper)
+    try:
+        wrapper.prefetch(run, executor)
+        out = run(wrapper)
+    finally:
+        wrapper.close_progress()
     wrapper.report_convergence(stacklevel)
     out.refitted = [held[0] for held in wrapper.refitted]
     return out
 
 
 def exact_loo(result: PosteriorFit, *, key: KeyLike = 0, refit_settings: dict | None = None,
-              executor: Executor | None = None) -> ELPDData:
+              executor: Executor | None = None, progress_bar: bool | None = None) -> ELPDData:
     r"""Exact LOO: one refit without each input (:func:`reloo` with every input refitted), ``P`` refits
     of ``P - 1`` rows, which share one compiled program set."""
-    return _reloo(result, -np.inf, key, refit_settings, executor, stacklevel=4)
+    return _reloo(result, -np.inf, key, refit_settings, executor, progress_bar, stacklevel=4)
 
 
 def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, key: KeyLike = 0,
-          refit_settings: dict | None = None, executor: Executor | None = None) -> ELPDData:
+          refit_settings: dict | None = None, executor: Executor | None = None,
+          progress_bar: bool | None = None) -> ELPDData:
     r"""K-fold cross-validation: the inputs split at random (``seed``) into ``folds`` groups of nearly
     equal size; each group is held out in turn and predicted from a refit on the rest
     (``arviz_stats.loo_kfold`` with :class:`RefitWrapper`; module docstring). The folds have at most
     two sizes, so the refits compile at most two program sets. Returns ``ELPDDataLOOKFold``
-    (pointwise), with ``refitted`` listing each fold's inputs. ``executor`` as in :func:`reloo`.
+    (pointwise), with ``refitted`` listing each fold's inputs. ``executor`` and ``progress_bar`` as in
+    :func:`reloo`.
     """
     import arviz_stats
 
-    wrapper = RefitWrapper(result, key=key, refit_settings=refit_settings)
+    wrapper = RefitWrapper(result, key=key, refit_settings=refit_settings,
+                           progress_bar=check_progress_bar(progress_bar))
     P = result.data.num_obs
     folds = check_positive_int("folds", folds, minimum=2, maximum=P)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
@@ -395,14 +421,18 @@ def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, ke
     def run(w):
         return arviz_stats.loo_kfold(result.datatree, w, pointwise=True, k=folds, seed=int(seed))
 
-    wrapper.prefetch(run, executor)
-    out = run(wrapper)
+    try:
+        wrapper.prefetch(run, executor)
+        out = run(wrapper)
+    finally:
+        wrapper.close_progress()
     wrapper.report_convergence()
     out.refitted = list(wrapper.refitted)
     return out
 
 
-def check_arguments(method: str, fits, k_threshold, folds, refit_settings, key, executor=None) -> None:
+def check_arguments(method: str, fits, k_threshold, folds, refit_settings, key, executor=None,
+                    progress_bar=None) -> None:
     """The checks of :func:`reloo` (``method`` ``"reloo"``, ``"exact"``) or :func:`kfold` (``"kfold"``)
     for several fits at once, before any refit (:func:`deeplinear.compare_models`)."""
     from deeplinear._validation import raw_key
@@ -416,6 +446,7 @@ def check_arguments(method: str, fits, k_threshold, folds, refit_settings, key, 
     if method == "kfold":
         check_positive_int("folds", folds, minimum=2, maximum=min(f.data.num_obs for f in fits))
     raw_key(key)
+    check_progress_bar(progress_bar)
     if executor is not None:
         from deeplinear._executor import check_executor
 

@@ -97,13 +97,17 @@ def test_exact_loo_equals_brute_force_refits(original, exact):
     assert abs(exact.elpd - sum(b for b, _ in brute)) <= MC_SIGMAS * np.sqrt(2) * total_se
 
 
-def test_reloo_equals_exact_loo_on_the_refitted_rows(original, exact):
+def test_reloo_equals_exact_loo_on_the_refitted_rows(original, exact, capsys):
+    """Refitted rows get exact LOO's terms, the others PSIS's; a bar counts the refits as they finish."""
     fit = original[2]
     psis = dl.loo(fit)
     threshold = float(np.sort(psis.pareto_k.values)[-3])  # the two rows of largest k are above it
+    capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dl.ConvergenceWarning)
-        partial = cv.reloo(fit, k_threshold=threshold, key=5, refit_settings=SETTINGS)
+        partial = cv.reloo(fit, k_threshold=threshold, key=5, refit_settings=SETTINGS, progress_bar=True)
+    shown = capsys.readouterr().err
+    assert "refits (2)" in shown and "0/2" in shown and "2/2" in shown, shown[-300:]
     refitted = sorted(partial.refitted)
     assert refitted == sorted(np.argsort(psis.pareto_k.values)[-2:].tolist())
     for i in range(P):
@@ -200,6 +204,9 @@ def test_refits_compile_one_program_set_per_training_set_size(monkeypatch):
     (lambda f: cv.exact_loo(f, refit_settings=[("num_samples", 5)]), TypeError, "refit_settings"),
     (lambda f: cv.exact_loo(f, refit_settings={"num_samples": 0}), ValueError, "num_samples"),
     (lambda f: cv.exact_loo("fit"), TypeError, "PosteriorFit"),
+    (lambda f: cv.exact_loo(f, progress_bar="yes"), TypeError, "progress_bar"),
+    (lambda f: cv.kfold(f, folds=2, progress_bar=1), TypeError, "progress_bar"),
+    (lambda f: dl.compare_models({"a": f}, loo="exact", progress_bar="no"), TypeError, "progress_bar"),
 ])
 def test_bad_arguments_are_refused_before_any_refit(original, call, error, match, monkeypatch):
     monkeypatch.setattr(cv, "fit_quietly", lambda *a, **k: pytest.fail("refitted before refusing"))
