@@ -93,7 +93,8 @@ def compare_models(fits: dict[str, PosteriorFit], X_test: ArrayLike | None = Non
         ``"psis"``: PSIS-LOO from the fit alone. ``"reloo"``: PSIS-LOO with every input whose
         Pareto :math:`\hat k` exceeds ``k_threshold`` refitted without it
         (:func:`deeplinear.crossvalidation.reloo`). ``"exact"``: one refit per input. ``"kfold"``:
-        ``folds``-fold cross-validation. The refits share compiled programs (one set per training-set size).
+        ``folds``-fold cross-validation. The refits run the fit's compiled sampler (the per-row terms:
+        one program set per training-set size).
     k_threshold : float, default 0.7
     folds : int, default 10
     key, refit_settings

@@ -20,8 +20,10 @@ is the full data).
 The algorithms are arviz-stats' own (``arviz_stats.reloo``, ``arviz_stats.loo_kfold``); this module
 is their :class:`RefitWrapper`. The data restricted to rows :math:`T` are set up from the full
 data's eigenbasis, :math:`K_{TT} = U_T \operatorname{diag}(\kappa) U_T^\top`, as the linear kernel
-of the features :math:`U_T \operatorname{diag}(\sqrt{R\kappa})` (``R`` columns): every refit of
-one training-set size has the same shapes, so all of them share one compiled program set.
+of the features :math:`U_T \operatorname{diag}(\sqrt{R\kappa})` (``R`` columns), so a refit keeps the
+rank ``R`` (unless it keeps fewer than ``R`` rows). The sampler sees only the data's ``R``-sized
+summaries (:meth:`~deeplinear.RegressionData.for_sampling`), so every refit runs the original fit's
+compiled sampler; only the per-row leave-one-out terms compile, once per training-set size.
 The refit holding out rows :math:`H` uses ``jax.random.fold_in(key, min(H))``.
 
 Refits run their chains vectorized (``chain_method="vectorized"``) when there are at least
@@ -405,7 +407,7 @@ def kfold(result: PosteriorFit, *, folds: int = DEFAULT_FOLDS, seed: int = 0, ke
     r"""K-fold cross-validation: the inputs split at random (``seed``) into ``folds`` groups of nearly
     equal size; each group is held out in turn and predicted from a refit on the rest
     (``arviz_stats.loo_kfold`` with :class:`RefitWrapper`; module docstring). The folds have at most
-    two sizes, so the refits compile at most two program sets. Returns ``ELPDDataLOOKFold``
+    two sizes, so the refits compile at most two sets of per-row programs. Returns ``ELPDDataLOOKFold``
     (pointwise), with ``refitted`` listing each fold's inputs. ``executor`` and ``progress_bar`` as in
     :func:`reloo`.
     """

@@ -205,6 +205,9 @@ class KernelEigenbasis:
         :math:`\tilde k = ` ``X_test @ input_projection`` (one test input per row).
     num_rows : int or None
         ``P`` when ``eigenvectors`` is ``None`` (static).
+    null_dimension : array ``()`` or None
+        Only in the sampler's summary view (:meth:`RegressionData.for_sampling`): :math:`P - R` as a
+        leaf, so that it is not part of the compiled program.
 
     Signs: each singular direction is oriented so that the largest-magnitude entry of its right
     singular vector (the column of ``input_projection``) is positive (linear kernel), so the
@@ -215,6 +218,7 @@ class KernelEigenbasis:
     eigenvectors: Array | None
     input_projection: Array | None = None
     num_rows: int | None = static_field(default=None)
+    null_dimension: Array | None = None
 
     @property
     def num_obs(self) -> int:
@@ -244,8 +248,15 @@ class KernelEigenbasis:
 
     @property
     def num_null(self) -> int:
-        """``P - R``, the dimension of the kernel's null space."""
+        """``P - R``, the dimension of the kernel's null space (in the sampler's summary view: 1 when
+        there is a null space, else 0; :attr:`null_count` holds the number)."""
         return self.num_obs - self.rank
+
+    @property
+    def null_count(self) -> Array | int:
+        """:math:`P - R` as the log density uses it: :attr:`null_dimension` (a leaf) in the sampler's
+        summary view, else :attr:`num_null`."""
+        return self.num_null if self.null_dimension is None else self.null_dimension
 
     @classmethod
     def linear(cls, X: ArrayLike, dtype: DTypeLike | None = None, rtol: float | None = None) -> KernelEigenbasis:
@@ -497,6 +508,22 @@ class RegressionData:
                 f"{what} needs the per-row labels and eigenvectors, which data set up by streaming "
                 "(RegressionData.from_chunks / from_statistics) do not keep"
             )
+
+    def for_sampling(self) -> RegressionData:
+        r"""The data as the built-in model's log density reads them, which :func:`~deeplinear.fit`
+        hands to the compiled sampler: the ``R``-sized summaries (rotated labels, null-space scatter,
+        eigenvalues, intercept terms) and :math:`P - R` as a number (a leaf), with no per-row array.
+        The sampler's programs then do not depend on ``P``: refits without some rows and other data
+        of the same rank ``R``, ``D`` and precision reuse them (a linear kernel with ``N0 < P``: any
+        ``P``). The static ``num_rows`` only says whether there is a null space (``R + 1`` if so,
+        else ``R``); nothing in this view is per row. Data of a learned kernel (``traced_gram``, a
+        ``P x P`` leaf) are returned as they are."""
+        if self.traced_gram is not None:
+            return self
+        rank, null = self.basis.rank, self.basis.num_null
+        basis = KernelEigenbasis(self.basis.eigenvalues, None, num_rows=rank + (1 if null else 0),
+                                 null_dimension=_to_device(null, self.dtype) if null else None)
+        return RegressionData(basis, None, self.rotated_labels, self.null_scatter, None, self.intercept_terms)
 
     def require_intercept_terms(self) -> InterceptTerms:
         """:attr:`intercept_terms`, or a ``ValueError`` when the data have none (set up by an old version)."""

@@ -2,7 +2,10 @@ r"""Fitting: NUTS on the prior's latents, results as an ArviZ ``xarray.DataTree`
 
 :func:`fit` validates everything, runs NUTS on :func:`~deeplinear.models.deep_linear_model`
 (NumPyro's NUTS kernel in the compiled driver of :mod:`deeplinear.sampler`, compiled once per
-model structure; several chains in one program, a progress bar in interactive use, a seed),
+model structure -- the prior, the noise model, ``D``, the kernel's rank ``R`` and the precision,
+not the number of rows: the sampler sees the data's rank-sized summaries,
+:meth:`~deeplinear.RegressionData.for_sampling`; several chains in one program, a progress bar in
+interactive use, a seed),
 and returns a :class:`PosteriorFit` holding a DataTree with named
 dims (``obs``, ``output``, ``output_bis``, ``layer``/``step``, ``offdiag``; observed ``Y`` is
 ``(obs, output)``), ``Q`` as a deterministic, ``sample_stats`` (``diverging``, ``energy``,
@@ -555,7 +558,7 @@ def fit_quietly(data, spec: ModelSpec, *, key, num_warmup, num_samples, num_chai
         dt = _exact_nngp_tree(data, num_chains, num_samples, dims, coords)
     else:
         run = run_nuts(
-            spec.model_arguments(data), rng_key, num_chains=num_chains, num_warmup=num_warmup,
+            spec.model_arguments(data.for_sampling()), rng_key, num_chains=num_chains, num_warmup=num_warmup,
             num_samples=num_samples, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
             chain_method=chain_method, progress_bar=interactive() if progress_bar is None else progress_bar,
             while_running=prefetch,  # arviz_base and arviz_stats load while the chains run

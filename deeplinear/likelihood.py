@@ -163,7 +163,7 @@ def _rotated_log_prob(chol, rotated, null_scatter, noise_variance, num_null, rel
     differences NUTS needs; the relative form is ``O(1)`` near the posterior."""
     D = chol.shape[-1]
     lp = jnp.sum(gaussian_logpdf(rotated, chol), axis=-1)
-    if num_null:
+    if isinstance(num_null, jax.Array) or num_null:  # an array: the sampler's view, which has a null space
         if noise_factor is None:
             energy = jnp.trace(null_scatter, axis1=-2, axis2=-1)
             null = _null_term_scalar(energy, noise_variance, num_null * D, chol.dtype, relative)
@@ -356,7 +356,7 @@ class KroneckerNormal(dist.Distribution):
             rotated = rotated - terms.rotated_ones[:, None] * self.intercept[..., None, :]
             scatter = terms.centred_null_scatter
             shift = jnp.sqrt(terms.null_ones) * (self.intercept - terms.null_mean)
-        lp = _rotated_log_prob(chol, rotated, scatter, self.noise_variance, self.data.basis.num_null, self.relative,
+        lp = _rotated_log_prob(chol, rotated, scatter, self.noise_variance, self.data.basis.null_count, self.relative,
                                self.noise_factor, shift)
         return lp + self._learned_kernel_term(chol, rotated)
 

@@ -357,6 +357,30 @@ def _quick_fit(seed, prior, progress_bar=False, **kwargs):
                   **kwargs)
 
 
+def test_a_fit_on_other_rows_of_the_same_rank_compiles_no_sampler():
+    """The sampler sees the data's R-sized summaries and P - R as a number, not the rows: a fit on
+    fewer or more rows of the same N0 (a refit without some inputs, another data set) builds no
+    program, and with its LOO terms only theirs (one program: they are per row)."""
+    import warnings
+
+    import numpyro.distributions as dist
+
+    warnings.simplefilter("ignore")  # short chains
+    r = np.random.default_rng(5)
+    X, Y = r.normal(size=(20, 3)), r.normal(size=(20, 2))
+    spec = dl.ModelSpec(dl.ProportionalLimitPrior(1.0, 2, num_steps=8), noise_variance=dist.HalfNormal(1.0))
+
+    def quick(rows, **kwargs):
+        data = dl.RegressionData.linear(X[:rows], Y[:rows])
+        with count_compilations() as count:
+            dl.fit(data, spec, num_warmup=30, num_samples=20, num_chains=2, progress_bar=False, **kwargs)
+        return count[0]
+
+    quick(20)  # compiles the sampler (unless a test before it in this process fitted this structure)
+    assert quick(17, log_likelihood=False) == 0
+    assert quick(15) <= 1
+
+
 def test_repeat_fit_compare_and_sbc_compile_nothing():
     """A second round of the same structures -- new labels, new inputs, a new ratio, new fixed and
     prior hyperparameter values, a progress bar -- reuses every compiled program: the fits (LOO

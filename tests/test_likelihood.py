@@ -50,6 +50,40 @@ def test_log_prob_equals_dense_mvn(D, P, N0, kernel):
         np.testing.assert_allclose(float(d.log_prob(jnp.asarray(Y2))), ref2, rtol=1e-12, atol=1e-10)
 
 
+@pytest.mark.parametrize("noise", ["scalar", "full"])
+@pytest.mark.parametrize("P", [4, 9])  # no null space (P = N0) and a null space of dimension 5
+def test_the_samplers_summary_view_gives_the_dense_density_and_no_program_per_P(noise, P):
+    """``RegressionData.for_sampling()`` (what fit hands to the compiled sampler: no per-row array,
+    P - R a leaf) gives scipy's dense log density, with intercepts, inside jit; and data of another P
+    with the same rank share its compiled program."""
+    from test_compilation import count_compilations
+
+    D, N0 = 2, 4
+    with jax.enable_x64(True):
+        X, Y, Q = _problem(D, P, N0, seed=P)
+        K = X @ X.T / N0
+        mu = np.array([0.4, -1.1])
+        cov = np.array([[0.3, 0.1], [0.1, 0.5]]) if noise == "full" else 0.3 * np.eye(D)
+        ref = stats.multivariate_normal(np.tile(mu, P), 1.7 * np.kron(K, Q) + np.kron(np.eye(P), cov)).logpdf(
+            Y.reshape(-1))
+
+        @jax.jit
+        def density(view, q):
+            kw = {"noise_covariance": jnp.asarray(cov)} if noise == "full" else {}
+            return KroneckerNormal(q, 1.7, None if noise == "full" else 0.3, view, labels_are_data=True,
+                                   intercept=jnp.asarray(mu), **kw).data_log_prob()
+
+        view = RegressionData.linear(X, Y).for_sampling()
+        assert view.labels is None and view.basis.eigenvectors is None and view.inputs is None
+        np.testing.assert_allclose(float(density(view, jnp.asarray(Q))), ref, rtol=1e-12)
+        if P > N0:  # other rows, the same rank: the same program
+            X2, Y2, _ = _problem(D, P + 3, N0, seed=1)
+            other = RegressionData.linear(X2, Y2).for_sampling()
+            with count_compilations() as count:
+                value = density(other, jnp.asarray(Q))
+            assert count[0] == 0 and np.isfinite(float(value))
+
+
 def test_interpolation_log_prob():
     """sigma^2 = 0 with an invertible K (P <= N0)."""
     with jax.enable_x64(True):
