@@ -118,22 +118,36 @@ def test_reloo_equals_exact_loo_on_the_refitted_rows(original, exact, capsys):
 
 def test_reloo_recovers_a_high_leverage_outlier_that_psis_misses():
     """One input at 6x the scale with labels off the trend: PSIS's k exceeds 0.7 there and its
-    estimate misses the brute-force refit by more than its own SE; reloo's refit agrees with it."""
+    estimate is off by more than its own SE; reloo refits without it, and its term is the dense
+    held-out density averaged over that refit's draws (the same refit made again through
+    :class:`RefitWrapper`: the same key, data and settings, so the same draws).
+
+    Not compared with an independent refit: for this outlier the average is dominated by the few
+    draws of largest noise, and independent 400-draw refits spread over tens of nats (-48, -71 and
+    -91 for three keys, measured) while the delta-method SE says 0.8, so no Monte Carlo tolerance
+    holds (this test passed that way by luck until the draws changed at rounding level). Ordinary
+    rows are compared with independent refits in test_exact_loo_equals_brute_force_refits."""
+    from scipy.special import logsumexp
+
     X, Y = _problem(seed=1, num_obs=12)
     W = np.linalg.lstsq(X[1:], Y[1:], rcond=None)[0]
     X[0] *= 6.0
     Y[0] = X[0] @ W * np.array([1.0, -1.0]) + 8.0
     spec = dl.ModelSpec(dl.ProportionalLimitPrior(1.0, D, num_steps=4), noise_variance=dist.HalfNormal(1.0))
+    settings = dict(SETTINGS, chain_method="sequential")  # reloo and the refit below alike
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dl.ConvergenceWarning)
         fit = dl.fit(dl.RegressionData.linear(X, Y), spec, key=2, progress_bar=False, **SETTINGS)
         psis = dl.loo(fit)
         assert psis.pareto_k.values[0] > cv.DEFAULT_K_THRESHOLD
-        refitted = cv.reloo(fit, key=3, refit_settings=SETTINGS)
-        want, se = _brute_force(X, Y, 0, spec, key=4)
+        refitted = cv.reloo(fit, key=3, refit_settings=settings)
+        _, refit = cv.RefitWrapper(fit, key=3, refit_settings=settings).sample(np.arange(1, 12))
+    ll = _dense_heldout_terms(X, Y, 0, refit.draws("Q").astype(np.float64),
+                              refit.draws("lambda_star").astype(np.float64), refit.noise_draws().astype(np.float64))
+    want = float(logsumexp(ll) - np.log(ll.size))
     assert 0 in refitted.refitted
+    np.testing.assert_allclose(refitted.elpd_i.values[0], want, rtol=1e-4)
     assert abs(psis.elpd_i.values[0] - want) > psis.se  # PSIS misses by more than its SE
-    assert abs(refitted.elpd_i.values[0] - want) <= MC_SIGMAS * np.sqrt(2) * se
 
 
 def test_refits_compile_one_program_set_per_training_set_size(monkeypatch):

@@ -288,16 +288,20 @@ def test_chunked_log_density_equals_scipy_with_a_progress_bar_and_one_program(ki
         Yt = rng.normal(size=(test.num_test, 2))
         ref = _scipy_pointwise_log_density(data, test, q, lam, noise, Yt)
         monkeypatch.setattr(predictive, "LPD_CHUNK_PAIRS", CHUNK_INPUTS * len(q))
+        chunks = []
+        real = predictive._pointwise_log_density
+        monkeypatch.setattr(predictive, "_pointwise_log_density", lambda *a: chunks.append(a[5].num_test) or real(*a))
         pm = PredictiveMixture(q, lam, noise, data, test, batch_size=4)
         capsys.readouterr()
         terms = pm.log_predictive_density(Yt, pointwise=True, progress_bar=True)
-        shown = capsys.readouterr().err
-        assert "log predictive density" in shown and "3/7" in shown and "7/7" in shown, shown[-300:]
+        shown = capsys.readouterr().err  # tqdm redraws at most every 0.1 s: the first and last counts always show
+        assert "log predictive density" in shown and "0/7" in shown and "7/7" in shown, shown[-300:]
+        assert chunks == [CHUNK_INPUTS] * 3  # 3 + 3 + 1 padded to 3
         np.testing.assert_allclose(np.asarray(terms), ref, rtol=1e-12)
         Y2 = rng.normal(size=Yt.shape)
         with count_compilations() as count:
             total = pm.log_predictive_density(Y2, progress_bar=False)
-        assert count[0] == 0
+        assert count[0] == 0 and len(chunks) == 6
         assert "log predictive density" not in capsys.readouterr().err
         assert float(total) == pytest.approx(np.sum(_scipy_pointwise_log_density(data, test, q, lam, noise, Y2)),
                                              rel=1e-12)
