@@ -114,7 +114,7 @@ TARGET_ACCEPTANCE = 0.65
 STEP_ADAPTATION_RATE = 2.0  # step <- step * exp(rate * (acceptance - target)) after each pilot move
 INITIAL_STEP = 0.5  # in units of the particles' spread
 STEP_JITTER = 0.2  # each particle's step is drawn uniformly in step * [1 - jitter, 1 + jitter]
-PARTICLE_BATCH = 256  # prior draws per call of the start program (the default pilot's number)
+PARTICLE_BATCH = 256  # particles per call of the start and move programs (the default pilot's number)
 SCHEDULE_WINDOW = 32  # temperatures per call of the annealing program (one program for any T)
 
 
@@ -247,7 +247,7 @@ def _hmc_moves(model_args, x, lp, ll, key, beta, step, scale, num_moves, num_lea
     return x, lp, ll, jnp.mean(probs)
 
 
-# -- compiled pieces (per model structure: one start program; moves per particle number and move settings) --
+# -- compiled pieces (per model structure: one start program and one annealing program per move setting) --
 
 
 @jax.jit
@@ -267,10 +267,12 @@ def _start_batch(model_args, key, offset):
 def _start(model_args, key, num_particles: int):
     """``num_particles`` prior draws with their ``(log prior, log likelihood)``, :data:`PARTICLE_BATCH`
     at a time through one compiled program (the pilot's and the main run's particle numbers, and
-    every other, share it; memory stays bounded for many draws)."""
+    every other, share it; memory stays bounded for many draws). On the host: the pilot resamples
+    them there, and the moves take them in blocks (:func:`_anneal_blocks`), so no other program
+    depends on the number of particles."""
     batches = [jax.device_get(_start_batch(model_args, key, np.int32(offset)))
                for offset in range(0, num_particles, PARTICLE_BATCH)]
-    return tuple(jax.device_put(np.concatenate([b[j] for b in batches])[:num_particles]) for j in range(3))
+    return tuple(np.concatenate([np.asarray(b[j]) for b in batches])[:num_particles] for j in range(3))
 
 
 @jax.jit
@@ -280,34 +282,71 @@ def _log_likelihood_alone(model_args):
     return _log_parts(model_args, supports, unravel, jnp.zeros(0, model_args[4].dtype))[1]
 
 
-@partial(jax.jit, static_argnames=("num_moves", "num_leapfrog"))
-def _move_all(model_args, x, lp, ll, key, beta, step, scale, *, num_moves, num_leapfrog):
-    """:func:`_hmc_moves` for every particle; returns ``(x, lp, ll)`` and the mean acceptance."""
-    keys = jax.random.split(key, x.shape[0])
+def _move_all(model_args, x, lp, ll, key, first, count, beta, step, scale, num_moves, num_leapfrog):
+    """:func:`_hmc_moves` for every particle of a block, particle ``first + i`` with the key
+    ``fold_in(key, first + i)`` (under JAX's partitionable Threefry, the default, that is
+    ``split(key, n)[first + i]`` for any ``n``: blocks of any size draw as one call over all
+    particles would); returns ``(x, lp, ll)`` and the summed acceptance of the block's first
+    ``count`` rows (the rest pad the block)."""
+    index = first + jnp.arange(x.shape[0], dtype=jnp.int32)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
     x, lp, ll, acc = jax.vmap(
         lambda *a: _hmc_moves(model_args, *a, beta, step, scale, num_moves, num_leapfrog))(x, lp, ll, keys)
-    return x, lp, ll, jnp.mean(acc)
+    return x, lp, ll, jnp.sum(jnp.where(index < first + count, acc, 0.0))
 
 
 @partial(jax.jit, static_argnames=("num_moves", "num_leapfrog"), donate_argnames="carry")
-def _anneal(carry, model_args, key, betas, steps, scales, start, stop, *, num_moves, num_leapfrog):
+def _anneal(carry, model_args, key, betas, steps, scales, start, stop, first, count, *, num_moves, num_leapfrog):
     r"""Temperatures ``start..stop - 1`` (``1 <= t <= T``, at most :data:`SCHEDULE_WINDOW` of them) of the
-    annealed run: the log weights gain :math:`(\beta_t - \beta_{t-1}) \log p(Y \mid z)`, then the
-    particles move at :math:`\beta_t`. ``betas``, ``steps`` and ``scales`` are the schedule's window
-    ``start - 1 .. start - 1 + SCHEDULE_WINDOW`` (padded past ``T``), so the program does not depend on
-    ``T``. The moves of temperature ``t`` use the key ``fold_in(key, t)``, so windowing changes nothing."""
+    annealed run, for one block of particles (``first .. first + count - 1``; the block's program
+    is padded to :func:`_block_size` rows): the log weights gain
+    :math:`(\beta_t - \beta_{t-1}) \log p(Y \mid z)`, then the particles move at :math:`\beta_t`,
+    and the carry's last entry gains their summed acceptance. ``betas``, ``steps`` and ``scales``
+    are the schedule's window ``start - 1 .. start - 1 + SCHEDULE_WINDOW`` (padded past ``T``), so the
+    program does not depend on ``T``; the moves of temperature ``t`` use the key ``fold_in(key, t)``,
+    so windowing and blocking change nothing. The pilot's moves run through this program too (a
+    window whose :math:`\beta` does not change), so a model structure compiles one move program."""
 
     def temperature(t, carry):
         x, lp, ll, log_w, acc = carry
         j = t - start + 1
         log_w = log_w + (betas[j] - betas[j - 1]) * ll
         if num_moves:
-            x, lp, ll, a = _move_all(model_args, x, lp, ll, jax.random.fold_in(key, t), betas[j], steps[j],
-                                     scales[j], num_moves=num_moves, num_leapfrog=num_leapfrog)
+            x, lp, ll, a = _move_all(model_args, x, lp, ll, jax.random.fold_in(key, t), first, count, betas[j],
+                                     steps[j], scales[j], num_moves, num_leapfrog)
             acc = acc + a
         return x, lp, ll, log_w, acc
 
     return jax.lax.fori_loop(start, stop, temperature, carry)
+
+
+def _block_size(num_particles: int) -> int:
+    """Rows of the annealing program: :data:`PARTICLE_BATCH` from that many particles on (a
+    CPU moves 256 particles per call as fast per particle as 1024: measured), so the pilot's and
+    the main run's particle numbers share one program; fewer particles run in one call of their own."""
+    return PARTICLE_BATCH if num_particles >= PARTICLE_BATCH else num_particles
+
+
+def _anneal_blocks(carry, model_args, key, window, start, stop, num_moves, num_leapfrog):
+    """:func:`_anneal` over the particles in blocks of :func:`_block_size` (the last one padded
+    with copies of its last particle, whose results are dropped); the carry ``(x, lp, ll, log_w,
+    acc)`` stays on the host between calls. ``acc`` sums the acceptance over particles."""
+    x, lp, ll, log_w, acc = (np.asarray(a) for a in jax.device_get(carry))
+    n = x.shape[0]
+    size = _block_size(n)
+    out = [np.empty_like(a) for a in (x, lp, ll, log_w)]
+    acc = float(acc)
+    for first in range(0, n, size):
+        count = min(size, n - first)
+        rows = np.minimum(np.arange(first, first + size), n - 1)
+        block = tuple(a[rows] for a in (x, lp, ll, log_w)) + (np.zeros((), x.dtype),)
+        result = jax.device_get(_anneal(block, model_args, key, *window, np.int32(start), np.int32(stop),
+                                        np.int32(first), np.int32(count), num_moves=num_moves,
+                                        num_leapfrog=num_leapfrog))
+        for o, r in zip(out, result[:4]):
+            o[first:first + count] = np.asarray(r)[:count]
+        acc += float(result[4])
+    return (*out, np.asarray(acc, x.dtype))
 
 
 # -- the pilot: adaptive tempered SMC -----------------------------------------------------------------------
@@ -406,11 +445,13 @@ def _tempered_smc(model_args, key, num_particles: int, num_leapfrog: int, bar=No
         idx = _systematic_resample(rng, inc)
         x, lp, ll = x[idx], lp[idx], ll[idx]
         beta = new_beta
-        for m in range(PILOT_MOVES):
-            x, lp, ll, acc = _move_all(model_args, x, lp, ll, jax.random.fold_in(k_moves, len(betas) * PILOT_MOVES + m),
-                                       jnp.asarray(beta, dtype), jnp.asarray(step, dtype), jnp.asarray(scale, dtype),
-                                       num_moves=1, num_leapfrog=num_leapfrog)
-            step *= math.exp(STEP_ADAPTATION_RATE * (float(acc) - TARGET_ACCEPTANCE))
+        for m in range(PILOT_MOVES):  # one move at beta: a window of the annealing program with beta held
+            t = len(betas) * PILOT_MOVES + m  # the move's key is fold_in(k_moves, t)
+            window = [np.full(SCHEDULE_WINDOW + 1, beta, dtype), np.full(SCHEDULE_WINDOW + 1, step, dtype),
+                      np.broadcast_to(np.asarray(scale, dtype), (SCHEDULE_WINDOW + 1, scale.size))]
+            x, lp, ll, _, acc = _anneal_blocks((x, lp, ll, np.zeros(num_particles, dtype), 0.0), model_args, k_moves,
+                                               window, t, t + 1, 1, num_leapfrog)
+            step *= math.exp(STEP_ADAPTATION_RATE * (float(acc) / num_particles - TARGET_ACCEPTANCE))
         ll_host = _finite_log_lik(ll)
         betas.append(beta)
         steps.append(step)
@@ -566,16 +607,15 @@ def _estimate(model_args, key, method, num_particles, num_temperatures, num_leap
         x, lp, ll = _start(model_args, k_start, num_particles)
         if scales is None:
             scales = np.ones((T + 1, x.shape[1]))
-        carry = (x, lp, ll, jnp.zeros(num_particles, dtype), jnp.zeros((), dtype))
+        carry = (x, lp, ll, np.zeros(num_particles, dtype), 0.0)
         padded = [_pad_to(a, T + 1 + SCHEDULE_WINDOW) for a in (betas, steps, scales)]
         if bar is not None:
             bar.reset(total=T)
             bar.set_description(f"evidence: {method} ({num_particles} particles)")
         for lo in range(1, T + 1, SCHEDULE_WINDOW):
             hi = min(lo + SCHEDULE_WINDOW, T + 1)
-            window = [jnp.asarray(a[lo - 1:lo + SCHEDULE_WINDOW], dtype) for a in padded]
-            carry = _anneal(carry, model_args, k_run, *window, np.int32(lo), np.int32(hi), num_moves=moves,
-                            num_leapfrog=num_leapfrog)
+            window = [np.asarray(a[lo - 1:lo + SCHEDULE_WINDOW], dtype) for a in padded]
+            carry = _anneal_blocks(carry, model_args, k_run, window, lo, hi, moves, num_leapfrog)
             if bar is not None:
                 bar.update(hi - lo)
     finally:
@@ -584,7 +624,7 @@ def _estimate(model_args, key, method, num_particles, num_temperatures, num_leap
     log_w = _finite_log_lik(carry[3])
     estimate, se, ess = _weights_summary(log_w)
     se = _honest_standard_error(np.asarray(carry[3]), se, ess, num_particles)
-    acceptance = float(carry[4]) / T if moves else float("nan")
+    acceptance = float(carry[4]) / (T * num_particles) if moves else float("nan")
     value = estimate + constant
     _check_finite(value)
     return EvidenceEstimate(value, se, ess, num_particles, T, method, acceptance, length, time.perf_counter() - started)

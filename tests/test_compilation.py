@@ -68,6 +68,27 @@ def test_evidence_programs_do_not_depend_on_particle_or_temperature_numbers():
     assert est.num_particles == 300 and est.num_temperatures == 70 and np.isfinite(est.log_evidence)
 
 
+def test_the_pilot_and_the_main_run_share_one_annealing_program_for_any_particle_number():
+    """The pilot's moves run through the annealing program, and both run their particles in blocks of
+    ``PARTICLE_BATCH``: with at least that many particles, one move program serves the pilot and the
+    main run, and other particle numbers compile nothing (before: one move program for the pilot's
+    number and one annealing program per number of particles)."""
+    from deeplinear import evidence
+
+    rng = np.random.default_rng(0)
+    data = dl.RegressionData.linear(rng.normal(size=(8, 3)), rng.normal(size=(8, 2)))
+    prior = dl.ProportionalLimitPrior(0.5, 2, num_steps=6)
+    settings = dict(noise_variance=0.5, num_temperatures=16)
+    programs = evidence._anneal._cache_size()
+    evidence.log_evidence(data, prior, num_particles=300, **settings)  # default pilot: PARTICLE_BATCH particles
+    assert evidence._anneal._cache_size() == programs + 1
+    with count_compilations() as count:
+        est = evidence.log_evidence(data, prior, num_particles=700, pilot_particles=2 * evidence.PARTICLE_BATCH,
+                                    **settings)
+    assert count[0] == 0
+    assert est.num_particles == 700 and np.isfinite(est.log_evidence) and 0 < est.acceptance_rate <= 1
+
+
 def test_an_integer_seed_becomes_jaxs_raw_key_on_the_host():
     """``raw_key(seed)`` is built with NumPy (no program) and holds what JAX's own key does."""
     from deeplinear._validation import raw_key
