@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
+from deeplinear._arrays import on_device
 from deeplinear._linalg import batched_map, psd_root
 from deeplinear._precision import warn_if_spec_imprecise
 from deeplinear._prefetch import prefetch
@@ -75,12 +76,6 @@ MAX_STORED_DRAWS = 10**8  # num_chains * num_samples above this cannot be stored
 
 class ConvergenceWarning(UserWarning):
     """NUTS reported divergences or R-hat above 1.01: do not trust the posterior yet."""
-
-
-def _on_device(x, dtype) -> jax.Array:
-    """``x`` as a device array of ``dtype``, converted on the host (``jnp.asarray(x, dtype)`` of a
-    float64 NumPy array compiles a conversion program in float32 runs)."""
-    return jax.device_put(np.asarray(x, dtype))
 
 
 class Diagnostics(NamedTuple):
@@ -233,8 +228,7 @@ class PosteriorFit:
                              f"LOO_BUDGET_ENTRIES = {LOO_BUDGET_ENTRIES:.3g}; thin the draws first")
         dtype = self.data.dtype
         q, lam, noise, mu = self._per_draw_arrays(dtype)
-        keys = jax.random.split(jax.random.fold_in(rng, 0), C * S)
-        rep = np.asarray(replicate(keys, q, lam, noise, mu, self.data)).reshape(C, S, P, D)
+        rep = np.asarray(replicate(rng, 0, q, lam, noise, mu, self.data)).reshape(C, S, P, D)
         if not np.all(np.isfinite(rep)):
             raise FloatingPointError(f"{what}: the drawn labels are not finite in this precision; use float64")
         return rep
@@ -264,7 +258,7 @@ class PosteriorFit:
         dtype = self.data.dtype
         model_args = self.spec.model_arguments(self.data)
         sites = _prior_site_names(model_args)
-        params = {k: _on_device(self.draws(k), dtype) for k in sites}
+        params = {k: on_device(self.draws(k), dtype) for k in sites}
         log_prior = _log_prior_draws(model_args, params)
         joint = _joint_log_likelihood(*self._per_draw_arrays(dtype), self.data)
         groups: dict[str, Any] = {
@@ -284,18 +278,18 @@ class PosteriorFit:
         """``(Q, lambda_star, noise, intercept)`` per draw as arrays of ``dtype`` (noise: :meth:`noise_draws`;
         intercept ``None`` without one), as the compiled per-draw loops take them."""
         mu = self.intercept_draws()
-        return (_on_device(self.draws("Q"), dtype), _on_device(self.draws("lambda_star"), dtype),
-                _on_device(self.noise_draws(), dtype), None if mu is None else _on_device(mu, dtype))
+        return (on_device(self.draws("Q"), dtype), on_device(self.draws("lambda_star"), dtype),
+                on_device(self.noise_draws(), dtype), None if mu is None else on_device(mu, dtype))
 
     def _draw_keywords(self, dtype) -> dict:
         """``noise_variance=`` (``None`` for a noise covariance), ``noise_covariance=`` and
         ``intercept=`` of the draws, for the predictive and LOO functions."""
-        noise = _on_device(self.noise_draws(), dtype)
+        noise = on_device(self.noise_draws(), dtype)
         out = {"noise_variance": noise, "noise_covariance": None}
         if self.spec.noise_model != "scalar":
             out = {"noise_variance": None, "noise_covariance": noise}
         intercept = self.intercept_draws()
-        out["intercept"] = None if intercept is None else _on_device(intercept, dtype)
+        out["intercept"] = None if intercept is None else on_device(intercept, dtype)
         return out
 
     def predict(self, X_test: ArrayLike | None = None, *, cross_gram: ArrayLike | None = None,
@@ -613,10 +607,18 @@ def _fit_custom(data, prior, model, hyperparameters, *, num_warmup, num_samples,
     return result
 
 
+def _draw_keys(key, salt, num_draws: int):
+    """One key per posterior draw, ``split(fold_in(key, salt), num_draws)``, derived inside the
+    program that uses them (eager ``fold_in``/``split`` would compile two programs of their own)."""
+    return jax.random.split(jax.random.fold_in(key, salt), num_draws)
+
+
 @jax.jit
-def _replicate_labels(keys, q, lam, noise, intercept, data):
+def _replicate_labels(key, salt, q, lam, noise, intercept, data):
     """One draw of the labels per posterior draw, ``(S, P, D)`` (``noise``: ``(S,)`` variances or
-    ``(S, D, D)`` covariances; ``intercept``: ``(S, D)`` or None)."""
+    ``(S, D, D)`` covariances; ``intercept``: ``(S, D)`` or None), the draw's key from
+    :func:`_draw_keys`."""
+    keys = _draw_keys(key, salt, q.shape[0])
 
     def one(a):
         key, q1, lam1, noise1, mu1 = a
@@ -661,15 +663,17 @@ def _joint_log_likelihood(q, lam, noise, intercept, data):
     return batched_map(one, (q, lam, noise, intercept), 64)
 
 
-def _loo_predictive_labels(keys, q, lam, noise, intercept, data):
+def _loo_predictive_labels(key, salt, q, lam, noise, intercept, data):
     """Per posterior draw, each row drawn from its leave-one-input-out predictive, ``(S, P, D)``: the
     default groups' program (:data:`_default_group_draws`), which ``fit`` compiled already."""
-    return _default_group_draws(keys, q, lam, noise, intercept, data)[1]
+    return _default_group_draws(key, salt, q, lam, noise, intercept, data)[1]
 
 
-def _loo_terms_and_draws(keys, q, lam, noise, intercept, data):
+def _loo_terms_and_draws(key, salt, q, lam, noise, intercept, data):
     """Per posterior draw, the LOO terms ``(S, P)`` and each row drawn from its leave-one-input-out
-    predictive ``(S, P, D)`` (:func:`deeplinear.likelihood._loo_terms_and_draw`)."""
+    predictive ``(S, P, D)`` (:func:`deeplinear.likelihood._loo_terms_and_draw`), the draw's key from
+    :func:`_draw_keys`."""
+    keys = _draw_keys(key, salt, q.shape[0])
     terms = _loo_data_terms(data, q.dtype)
     return batched_map(lambda a: _loo_terms_and_draw(a[0], *a[1:4], data, terms, a[4]),
                        (keys, q, lam, noise, intercept), 64)
@@ -748,8 +752,7 @@ def _add_default_groups(result: PosteriorFit, rng_key) -> None:
     P, D = data.num_obs, data.num_outputs
     with_draws = C * S * P * D <= DEFAULT_GROUP_ENTRIES
     if with_draws:
-        keys = jax.random.split(jax.random.fold_in(rng_key, 2**20), C * S)
-        ll, rep = _default_group_draws(keys, *result._per_draw_arrays(data.dtype), data)
+        ll, rep = _default_group_draws(rng_key, 2**20, *result._per_draw_arrays(data.dtype), data)
     else:
         q, lam = result._per_draw_arrays(data.dtype)[:2]
         kw = result._draw_keywords(data.dtype)

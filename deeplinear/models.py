@@ -48,6 +48,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from deeplinear._arrays import on_device
 from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._types import (
     ArrayLike,
@@ -390,7 +391,7 @@ class ModelSpec:
                 return None
             if isinstance(value, dist.Distribution):
                 return HyperpriorArguments.of(value, data.dtype)
-            return jnp.asarray(value, data.dtype)
+            return on_device(value, data.dtype)
 
         noise = argument(self.noise_variance)
         if self.noise_model != "scalar":
@@ -623,7 +624,7 @@ class HyperpriorArguments:
             rebuilt = None
         if rebuilt is None or any(p is None for p in params.values()):
             return cls(type(value), None, value)
-        return cls(type(value), {k: jnp.asarray(v, dtype) for k, v in params.items()})
+        return cls(type(value), {k: on_device(v, dtype) for k, v in params.items()})
 
     def build(self) -> dist.Distribution:
         """The distribution."""
