@@ -320,20 +320,20 @@ def _anneal(carry, model_args, key, betas, steps, scales, start, stop, first, co
     return jax.lax.fori_loop(start, stop, temperature, carry)
 
 
-def _block_size(num_particles: int) -> int:
-    """Rows of the annealing program: :data:`PARTICLE_BATCH` from that many particles on (a
-    CPU moves 256 particles per call as fast per particle as 1024: measured), so the pilot's and
-    the main run's particle numbers share one program; fewer particles run in one call of their own."""
-    return PARTICLE_BATCH if num_particles >= PARTICLE_BATCH else num_particles
+def _block_size(*particle_numbers: int) -> int:
+    """Rows of the annealing program for runs of these particle numbers (the pilot's and the main
+    run's): :data:`PARTICLE_BATCH` when each has that many (a CPU moves 256 particles per call as
+    fast per particle as 1024: measured), else the smallest number, so that both runs share one
+    program whatever their sizes (a pilot of 256 and a main run of 64 move in blocks of 64)."""
+    return min(PARTICLE_BATCH, *particle_numbers)
 
 
-def _anneal_blocks(carry, model_args, key, window, start, stop, num_moves, num_leapfrog):
-    """:func:`_anneal` over the particles in blocks of :func:`_block_size` (the last one padded
-    with copies of its last particle, whose results are dropped); the carry ``(x, lp, ll, log_w,
-    acc)`` stays on the host between calls. ``acc`` sums the acceptance over particles."""
+def _anneal_blocks(carry, model_args, key, window, start, stop, num_moves, num_leapfrog, size):
+    """:func:`_anneal` over the particles in blocks of ``size`` rows (:func:`_block_size`; the last
+    block padded with copies of its last particle, whose results are dropped); the carry ``(x, lp,
+    ll, log_w, acc)`` stays on the host between calls. ``acc`` sums the acceptance over particles."""
     x, lp, ll, log_w, acc = (np.asarray(a) for a in jax.device_get(carry))
     n = x.shape[0]
-    size = _block_size(n)
     out = [np.empty_like(a) for a in (x, lp, ll, log_w)]
     acc = float(acc)
     for first in range(0, n, size):
@@ -415,9 +415,12 @@ def _systematic_resample(rng, log_w) -> np.ndarray:
     return np.minimum(np.searchsorted(cdf, positions), w.size - 1)
 
 
-def _tempered_smc(model_args, key, num_particles: int, num_leapfrog: int, bar=None) -> _Schedule:
-    r"""Adaptive tempered SMC from the prior to the posterior (the pilot; module docstring).
+def _tempered_smc(model_args, key, num_particles: int, num_leapfrog: int, bar=None,
+                  block: int | None = None) -> _Schedule:
+    r"""Adaptive tempered SMC from the prior to the posterior (the pilot; module docstring), moving
+    its particles in blocks of ``block`` (default :func:`_block_size` of ``num_particles``).
     Its own estimate :math:`\sum_t \log \tfrac1n \sum_i e^{\Delta\beta_t \ell_i}` is kept for comparison."""
+    block = _block_size(num_particles) if block is None else block
     k_start, k_moves, k_resample = jax.random.split(key, 3)
     x, lp, ll = _start(model_args, k_start, num_particles)
     rng = np.random.default_rng(np.asarray(raw_key(k_resample)).astype(np.uint64))
@@ -450,7 +453,7 @@ def _tempered_smc(model_args, key, num_particles: int, num_leapfrog: int, bar=No
             window = [np.full(SCHEDULE_WINDOW + 1, beta, dtype), np.full(SCHEDULE_WINDOW + 1, step, dtype),
                       np.broadcast_to(np.asarray(scale, dtype), (SCHEDULE_WINDOW + 1, scale.size))]
             x, lp, ll, _, acc = _anneal_blocks((x, lp, ll, np.zeros(num_particles, dtype), 0.0), model_args, k_moves,
-                                               window, t, t + 1, 1, num_leapfrog)
+                                               window, t, t + 1, 1, num_leapfrog, block)
             step *= math.exp(STEP_ADAPTATION_RATE * (float(acc) / num_particles - TARGET_ACCEPTANCE))
         ll_host = _finite_log_lik(ll)
         betas.append(beta)
@@ -581,6 +584,7 @@ def _estimate(model_args, key, method, num_particles, num_temperatures, num_leap
     """One run of ``"prior"`` or ``"ais"`` (arguments checked by :func:`log_evidence`)."""
     k_pilot, k_start, k_run = jax.random.split(key, 3)
     dtype = model_args[4].dtype
+    block = _block_size(num_particles) if method == "prior" else _block_size(num_particles, pilot_particles)
     bar = None
     if progress_bar:
         from tqdm.auto import tqdm
@@ -591,7 +595,7 @@ def _estimate(model_args, key, method, num_particles, num_temperatures, num_leap
         if method == "prior":
             betas, steps, scales, moves = np.array([0.0, 1.0]), np.ones(2), None, 0
         else:
-            schedule = _tempered_smc(model_args, k_pilot, pilot_particles, num_leapfrog, bar)
+            schedule = _tempered_smc(model_args, k_pilot, pilot_particles, num_leapfrog, bar, block)
             length = float(schedule.thermodynamic_length[-1])
             if num_temperatures is None:
                 wanted = math.ceil(length**2 / LOG_WEIGHT_VARIANCE) if np.isfinite(length) else MAX_TEMPERATURES + 1
@@ -615,7 +619,7 @@ def _estimate(model_args, key, method, num_particles, num_temperatures, num_leap
         for lo in range(1, T + 1, SCHEDULE_WINDOW):
             hi = min(lo + SCHEDULE_WINDOW, T + 1)
             window = [np.asarray(a[lo - 1:lo + SCHEDULE_WINDOW], dtype) for a in padded]
-            carry = _anneal_blocks(carry, model_args, k_run, window, lo, hi, moves, num_leapfrog)
+            carry = _anneal_blocks(carry, model_args, k_run, window, lo, hi, moves, num_leapfrog, block)
             if bar is not None:
                 bar.update(hi - lo)
     finally:

@@ -90,6 +90,11 @@ def test_the_pilot_and_the_main_run_share_one_annealing_program_for_any_particle
                                     **settings)
     assert count[0] == 0
     assert est.num_particles == 700 and np.isfinite(est.log_evidence) and 0 < est.acceptance_rate <= 1
+    # fewer particles than a block: the pilot moves in blocks of the main run's number (before: two programs)
+    programs = evidence._anneal._cache_size()
+    small = evidence.log_evidence(data, dl.ProportionalLimitPrior(0.5, 2, num_steps=7), num_particles=64, **settings)
+    assert evidence._anneal._cache_size() == programs + 1
+    assert small.num_particles == 64 and np.isfinite(small.log_evidence)
 
 
 def test_an_integer_seed_becomes_jaxs_raw_key_on_the_host():
