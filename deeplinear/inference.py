@@ -226,9 +226,8 @@ class PosteriorFit:
         if C * S * P * D > LOO_BUDGET_ENTRIES:
             raise ValueError(f"{what} would hold S x P x D = {C * S * P * D:.3g} numbers, more than "
                              f"LOO_BUDGET_ENTRIES = {LOO_BUDGET_ENTRIES:.3g}; thin the draws first")
-        dtype = self.data.dtype
-        q, lam, noise, mu = self._per_draw_arrays(dtype)
-        rep = np.asarray(replicate(rng, 0, q, lam, noise, mu, self.data)).reshape(C, S, P, D)
+        rep = _in_draw_blocks(replicate, rng, 0, self._per_draw_host_arrays(self.data.dtype), self.data)
+        rep = rep.reshape(C, S, P, D)
         if not np.all(np.isfinite(rep)):
             raise FloatingPointError(f"{what}: the drawn labels are not finite in this precision; use float64")
         return rep
@@ -274,12 +273,16 @@ class PosteriorFit:
         """Per-draw intercepts ``(S, D)``, or ``None`` for a model without intercepts."""
         return None if self.spec.intercept is None else self.draws("intercept")
 
-    def _per_draw_arrays(self, dtype) -> tuple:
-        """``(Q, lambda_star, noise, intercept)`` per draw as arrays of ``dtype`` (noise: :meth:`noise_draws`;
-        intercept ``None`` without one), as the compiled per-draw loops take them."""
+    def _per_draw_host_arrays(self, dtype) -> tuple:
+        """``(Q, lambda_star, noise, intercept)`` per draw as NumPy arrays of ``dtype`` (noise:
+        :meth:`noise_draws`; intercept ``None`` without one), as :func:`_in_draw_blocks` takes them."""
         mu = self.intercept_draws()
-        return (on_device(self.draws("Q"), dtype), on_device(self.draws("lambda_star"), dtype),
-                on_device(self.noise_draws(), dtype), None if mu is None else on_device(mu, dtype))
+        return (np.asarray(self.draws("Q"), dtype), np.asarray(self.draws("lambda_star"), dtype),
+                np.asarray(self.noise_draws(), dtype), None if mu is None else np.asarray(mu, dtype))
+
+    def _per_draw_arrays(self, dtype) -> tuple:
+        """:meth:`_per_draw_host_arrays` on the device, as the compiled per-draw loops take them."""
+        return tuple(None if a is None else on_device(a, dtype) for a in self._per_draw_host_arrays(dtype))
 
     def _draw_keywords(self, dtype) -> dict:
         """``noise_variance=`` (``None`` for a noise covariance), ``noise_covariance=`` and
@@ -607,18 +610,42 @@ def _fit_custom(data, prior, model, hyperparameters, *, num_warmup, num_samples,
     return result
 
 
-def _draw_keys(key, salt, num_draws: int):
-    """One key per posterior draw, ``split(fold_in(key, salt), num_draws)``, derived inside the
-    program that uses them (eager ``fold_in``/``split`` would compile two programs of their own)."""
-    return jax.random.split(jax.random.fold_in(key, salt), num_draws)
+DRAW_BLOCK = 64  # posterior draws per call of the per-draw programs (LOO terms, replicated labels)
+
+
+def _draw_keys(key, salt, first, count: int):
+    """The keys of draws ``first .. first + count - 1``: draw ``i`` uses ``fold_in(fold_in(key, salt), i)``,
+    which under JAX's partitionable Threefry (the default) is ``split(fold_in(key, salt), S)[i]`` for
+    any ``S``, so blocks of draws draw as one call over all of them would. Derived inside the program
+    that uses them (eager ``fold_in``/``split`` would compile programs of their own)."""
+    base = jax.random.fold_in(key, salt)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(first + jnp.arange(count, dtype=jnp.int32))
+
+
+def _in_draw_blocks(program, key, salt, arrays, data):
+    """``program(key, salt, first, *block, data)`` over the posterior draws ``arrays`` (NumPy, ``None``
+    entries passed as they are) in blocks of :data:`DRAW_BLOCK` (the last padded with copies of its
+    last draw, whose results are dropped), the outputs joined on the host: the program does not depend
+    on the number of draws, so fits with other numbers of chains or draws share it."""
+    n = arrays[0].shape[0]
+    outs = []
+    for first in range(0, n, DRAW_BLOCK):
+        rows = np.minimum(np.arange(first, first + DRAW_BLOCK), n - 1)
+        block = [None if a is None else jax.device_put(a[rows]) for a in arrays]
+        out = jax.device_get(program(key, salt, np.int32(first), *block, data))
+        kept = min(DRAW_BLOCK, n - first)
+        outs.append([np.asarray(x)[:kept] for x in out] if isinstance(out, tuple) else np.asarray(out)[:kept])
+    if isinstance(outs[0], list):
+        return tuple(np.concatenate(parts) for parts in zip(*outs))
+    return np.concatenate(outs)
 
 
 @jax.jit
-def _replicate_labels(key, salt, q, lam, noise, intercept, data):
-    """One draw of the labels per posterior draw, ``(S, P, D)`` (``noise``: ``(S,)`` variances or
-    ``(S, D, D)`` covariances; ``intercept``: ``(S, D)`` or None), the draw's key from
+def _replicate_labels(key, salt, first, q, lam, noise, intercept, data):
+    """One draw of the labels per posterior draw of a block, ``(B, P, D)`` (``noise``: ``(B,)``
+    variances or ``(B, D, D)`` covariances; ``intercept``: ``(B, D)`` or None), the draws' keys from
     :func:`_draw_keys`."""
-    keys = _draw_keys(key, salt, q.shape[0])
+    keys = _draw_keys(key, salt, first, q.shape[0])
 
     def one(a):
         key, q1, lam1, noise1, mu1 = a
@@ -663,17 +690,18 @@ def _joint_log_likelihood(q, lam, noise, intercept, data):
     return batched_map(one, (q, lam, noise, intercept), 64)
 
 
-def _loo_predictive_labels(key, salt, q, lam, noise, intercept, data):
-    """Per posterior draw, each row drawn from its leave-one-input-out predictive, ``(S, P, D)``: the
-    default groups' program (:data:`_default_group_draws`), which ``fit`` compiled already."""
-    return _default_group_draws(key, salt, q, lam, noise, intercept, data)[1]
+def _loo_predictive_labels(key, salt, first, q, lam, noise, intercept, data):
+    """Per posterior draw of a block, each row drawn from its leave-one-input-out predictive,
+    ``(B, P, D)``: the default groups' program (:data:`_default_group_draws`), which ``fit`` compiled
+    already."""
+    return _default_group_draws(key, salt, first, q, lam, noise, intercept, data)[1]
 
 
-def _loo_terms_and_draws(key, salt, q, lam, noise, intercept, data):
-    """Per posterior draw, the LOO terms ``(S, P)`` and each row drawn from its leave-one-input-out
-    predictive ``(S, P, D)`` (:func:`deeplinear.likelihood._loo_terms_and_draw`), the draw's key from
-    :func:`_draw_keys`."""
-    keys = _draw_keys(key, salt, q.shape[0])
+def _loo_terms_and_draws(key, salt, first, q, lam, noise, intercept, data):
+    """Per posterior draw of a block, the LOO terms ``(B, P)`` and each row drawn from its
+    leave-one-input-out predictive ``(B, P, D)`` (:func:`deeplinear.likelihood._loo_terms_and_draw`),
+    the draws' keys from :func:`_draw_keys`."""
+    keys = _draw_keys(key, salt, first, q.shape[0])
     terms = _loo_data_terms(data, q.dtype)
     return batched_map(lambda a: _loo_terms_and_draw(a[0], *a[1:4], data, terms, a[4]),
                        (keys, q, lam, noise, intercept), 64)
@@ -752,7 +780,8 @@ def _add_default_groups(result: PosteriorFit, rng_key) -> None:
     P, D = data.num_obs, data.num_outputs
     with_draws = C * S * P * D <= DEFAULT_GROUP_ENTRIES
     if with_draws:
-        ll, rep = _default_group_draws(rng_key, 2**20, *result._per_draw_arrays(data.dtype), data)
+        ll, rep = _in_draw_blocks(_default_group_draws, rng_key, 2**20, result._per_draw_host_arrays(data.dtype),
+                                  data)
     else:
         q, lam = result._per_draw_arrays(data.dtype)[:2]
         kw = result._draw_keywords(data.dtype)

@@ -10,14 +10,19 @@ hyperparameters are inferred and with which distribution family, the data's shap
 precision, the number of chains and the NUTS settings. A second fit with new labels, a new
 kernel, a new ratio or new fixed hyperparameter values of the same shapes compiles nothing.
 
-Two programs make a run, both for one chain (``vectorized``: ``vmap``-ed over the chains):
+Three programs make a run, the first two for one chain (``vectorized``: ``vmap``-ed over the chains):
 
 * :func:`_initial_states` -- the chain's start (the prior's mean, jittered, with uniform
   fallbacks where the density is not finite: :func:`_valid_start`) and NUTS's initial state
   (step size 1, identity mass matrix);
-* :func:`_advance` -- NUTS transitions ``start..stop``, windowed adaptation during the first
-  ``num_warmup`` iterations (Stan's schedule, NumPyro's implementation), storing the draws
-  and sample statistics of the sampling iterations in preallocated buffers.
+* :func:`_advance` -- NUTS transitions ``start..stop`` (at most :data:`ITERATION_BLOCK`), windowed
+  adaptation during the first ``num_warmup`` iterations (Stan's schedule, NumPyro's
+  implementation), storing the draws and sample statistics of the sampling iterations in buffers
+  of ``ITERATION_BLOCK`` rows, which the host copies out after each call;
+* :func:`_constrain` -- the constrained sites and ``Q`` of :data:`CONSTRAIN_BLOCK` draws at a time.
+
+None depends on the number of draws or chains (only ``num_warmup``, which fixes NumPyro's
+adaptation schedule, is static), so fits that differ only in those share the programs.
 
 NUTS runs on the flat vector of all unconstrained latents (fewer leaves for NumPyro's tree
 building to carry), and on a CPU the chains run one after another through the one-chain
@@ -25,9 +30,10 @@ program: a ``vmap``-ed NUTS step costs as much there as the chains' steps one by
 while loops run until the longest trajectory is built) and compiles to a larger program. Both
 choices are about compile time; the arithmetic of a transition is NumPyro's.
 
-A progress bar calls :func:`_advance` on successive slices of the iterations (the same
-compiled program each time: ``start``/``stop`` are data), so no host callback sits inside
-the program and the persistent compilation cache (:mod:`deeplinear.cache`) can store it.
+The host calls :func:`_advance` on successive slices of the iterations (the same compiled
+program each time: ``start``/``stop`` are data), which also drive the progress bar, so no host
+callback sits inside the program and the persistent compilation cache (:mod:`deeplinear.cache`)
+can store it.
 """
 
 from __future__ import annotations
@@ -205,13 +211,13 @@ def _initial_states(key, chains, model_args, target_accept_prob, *, num_warmup, 
 
 def _empty_buffers(states, num_samples, vectorized):
     """Zero buffers ``([C,] num_samples, ...)`` for the flat unconstrained draws and the sample
-    statistics (made on the host and transferred: no program to compile for them)."""
+    statistics (made on the host: no program to compile for them)."""
     lead = (states.i.shape[0], num_samples) if vectorized else (num_samples,)
     dtype = np.dtype(states.energy.dtype)
     z = np.zeros(lead + states.z.shape[len(lead) - 1:], states.z.dtype)
     stats = {name: np.zeros(lead, bool if name == "diverging" else dtype) for name in SAMPLE_STATS}
     stats["n_steps"] = np.zeros(lead, np.int32)
-    return jax.device_put((z, stats))
+    return z, stats
 
 
 def _stats_of(state):
@@ -225,19 +231,25 @@ def _stats_of(state):
     }
 
 
+ITERATION_BLOCK = 100  # NUTS iterations per call of _advance at most: its buffers hold that many draws
+
+
 @reuse_traces(static_argnames=("num_warmup", "max_tree_depth", "vectorized"), donate_argnames=("buffers",))
 def _advance(states, buffers, start, stop, model_args, target_accept_prob, *, num_warmup, max_tree_depth, vectorized):
-    """Iterations ``start..stop`` (warmup first, then sampling) of one chain or, ``vectorized``, of
-    every chain; a sampling iteration writes its draw into ``buffers`` at ``iteration - num_warmup``."""
+    """Iterations ``start..stop`` (warmup first, then sampling; at most :data:`ITERATION_BLOCK` of them)
+    of one chain or, ``vectorized``, of every chain; a sampling iteration ``i`` writes its draw into
+    ``buffers`` (``ITERATION_BLOCK`` rows: the program does not depend on the number of draws) at row
+    ``i - max(start, num_warmup)``."""
 
     def one_chain(state, buffers):
         info = ParamInfo(state.z, state.potential_energy, state.z_grad)
         sample = nuts_kernel(model_args, state.rng_key, num_warmup, target_accept_prob, max_tree_depth, info)[1]
+        first = jnp.maximum(start, num_warmup)
 
         def step(i, carry):
             st, (z_buf, stat_buf) = carry
             st = sample(st)
-            j = jnp.maximum(i - num_warmup, 0)
+            j = jnp.maximum(i - first, 0)
             keep = i >= num_warmup
 
             def put(buf, value):  # a warmup iteration writes back what row 0 holds
@@ -255,6 +267,21 @@ def _advance(states, buffers, start, stop, model_args, target_accept_prob, *, nu
 def _constrain(z, model_args):
     """Constrained draws and deterministic sites (``Q``) from flat unconstrained draws ``(n, dim)``."""
     return jax.vmap(_model_functions(model_args, None, _unravel_latents(model_args))[1])(z)
+
+
+CONSTRAIN_BLOCK = 256  # draws per call of _constrain: its program does not depend on the number of draws
+
+
+def _constrain_in_blocks(z: np.ndarray, model_args) -> dict:
+    """:func:`_constrain` of the flat draws ``z`` ``(n, dim)`` (NumPy) in blocks of :data:`CONSTRAIN_BLOCK`
+    rows (the last padded with copies of its last row, dropped), joined on the host as NumPy arrays."""
+    n = z.shape[0]
+    out = []
+    for first in range(0, n, CONSTRAIN_BLOCK):
+        rows = np.minimum(np.arange(first, first + CONSTRAIN_BLOCK), n - 1)
+        block = jax.device_get(_constrain(jax.device_put(z[rows]), model_args))
+        out.append({k: np.asarray(v)[:min(CONSTRAIN_BLOCK, n - first)] for k, v in block.items()})
+    return {k: np.concatenate([b[k] for b in out]) for k in out[0]}
 
 
 def _chain_sharding(num_chains: int, chain_method: str):
@@ -281,24 +308,32 @@ def _vectorized(chain_method: str, sharding) -> bool:
 
 
 def _run_chains(key, chains, model_args, accept, static, num_samples, bounds, sharding, bar, while_running=None):
-    """Initial states and the iterations in slices ``bounds`` for the chains ``chains`` (indices;
-    one index when not ``static["vectorized"]``); returns the flat unconstrained draws and the
-    statistics. ``while_running()`` is called once the first slice is compiled and dispatched."""
+    """Initial states and the iterations in slices ``bounds`` (each at most :data:`ITERATION_BLOCK`
+    long) for the chains ``chains`` (indices; one index when not ``static["vectorized"]``); returns
+    the flat unconstrained draws and the statistics (NumPy: each slice's draws are copied out of the
+    program's buffers). ``while_running()`` is called once the first slice is compiled and dispatched."""
+    vectorized, num_warmup = static["vectorized"], static["num_warmup"]
     if sharding is not None:
         chains = jax.device_put(chains, sharding)
     states = _initial_states(key, chains, model_args, accept, **static)
-    buffers = _empty_buffers(states, num_samples, static["vectorized"])
-    if sharding is not None:
-        buffers = jax.device_put(buffers, sharding)
+    draws = _empty_buffers(states, num_samples, vectorized)
+    buffers = jax.device_put(_empty_buffers(states, ITERATION_BLOCK, vectorized), sharding)
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if stop > start:
             states, buffers = _advance(states, buffers, np.int32(start), np.int32(stop), model_args, accept, **static)
             if while_running is not None:  # JAX dispatches asynchronously: the slice runs meanwhile
                 while_running()
                 while_running = None
+            first, last = max(start, num_warmup) - num_warmup, stop - num_warmup
+            if last > first:  # the slice's sampling iterations: rows 0 .. last - first - 1 of the buffers
+                for out, rows in zip(jax.tree.leaves(draws), jax.tree.leaves(jax.device_get(buffers))):
+                    if vectorized:
+                        out[:, first:last] = rows[:, :last - first]
+                    else:
+                        out[first:last] = rows[:last - first]
             if bar is not None:
                 bar.update(int(stop - start))
-    return buffers
+    return draws
 
 
 def run_nuts(
@@ -323,7 +358,8 @@ def run_nuts(
     vectorized = _vectorized(chain_method, sharding)
     static = {"num_warmup": num_warmup, "max_tree_depth": max_tree_depth, "vectorized": vectorized}
     total = num_warmup + num_samples
-    bounds = np.linspace(0, total, PROGRESS_UPDATES + 1 if progress_bar else 2).round().astype(int)
+    shown = np.linspace(0, total, PROGRESS_UPDATES + 1 if progress_bar else 2).round().astype(int)
+    bounds = np.unique(np.concatenate([shown, np.arange(0, total, ITERATION_BLOCK), [total]]))
     chains = np.arange(num_chains, dtype=np.int32)
     groups = [chains] if vectorized else list(chains)
     bar = None
@@ -343,7 +379,6 @@ def run_nuts(
     else:
         z = np.stack([r[0] for r in runs])
         stats = {k: np.stack([r[1][k] for r in runs]) for k in runs[0][1]}
-    flat = jax.device_put(z.reshape((num_chains * num_samples,) + z.shape[2:]))
-    samples = jax.device_get(_constrain(flat, model_args))
+    samples = _constrain_in_blocks(np.asarray(z).reshape((num_chains * num_samples,) + z.shape[2:]), model_args)
     samples = {k: np.asarray(v).reshape((num_chains, num_samples) + np.shape(v)[1:]) for k, v in samples.items()}
     return SamplerRun(samples, {k: np.asarray(v) for k, v in stats.items()})

@@ -410,11 +410,13 @@ def test_a_fit_on_other_rows_of_the_same_rank_compiles_no_sampler():
     assert quick(15) <= 1
 
 
-def test_a_first_fit_builds_four_programs():
+def test_a_first_fit_builds_four_programs_and_other_numbers_of_draws_none():
     """A model structure's first fit builds the sampler's three programs (initial states, the chain's
     advance, the constrained draws) and the default groups' one (LOO terms and draws), nothing eager:
     the hyperpriors' parameters are converted on the host and the draws' keys derived inside the
-    program that uses them (the old code built 8: two conversions, a fold_in and a split)."""
+    program that uses them (the old code built 8: two conversions, a fold_in and a split). The
+    programs take the draws in blocks of a fixed size, so a fit with other numbers of draws and
+    chains builds none (the old code built all four again)."""
     import warnings
 
     import numpyro.distributions as dist
@@ -423,10 +425,15 @@ def test_a_first_fit_builds_four_programs():
     r = np.random.default_rng(6)
     data = dl.RegressionData.linear(r.normal(size=(14, 3)), r.normal(size=(14, 2)))
     prior = dl.ProportionalLimitPrior(1.0, 2, num_steps=11)  # a structure no other test fits
+    hyperpriors = dict(ratio=dist.LogNormal(0.0, 1.0), noise_variance=dist.HalfNormal(1.0))
     with count_compilations(EXECUTABLE_EVENT) as count:
-        dl.fit(data, prior, ratio=dist.LogNormal(0.0, 1.0), noise_variance=dist.HalfNormal(1.0),
-               num_warmup=30, num_samples=20, num_chains=2, progress_bar=False)
+        dl.fit(data, prior, **hyperpriors, num_warmup=30, num_samples=20, num_chains=2, progress_bar=False)
     assert count[0] == 4
+    with count_compilations(EXECUTABLE_EVENT) as count:
+        post = dl.fit(data, prior, **hyperpriors, num_warmup=30, num_samples=130, num_chains=3, progress_bar=False)
+    assert count[0] == 0
+    assert post.datatree["log_likelihood"]["Y"].shape == (3, 130, 14)
+    assert np.all(post.datatree["sample_stats"]["n_steps"].values > 0)  # every draw was written
 
 
 def test_repeat_fit_compare_and_sbc_compile_nothing():
