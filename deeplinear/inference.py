@@ -47,6 +47,7 @@ from deeplinear._validation import (
     interactive,
     raw_key,
 )
+from deeplinear.cache import reuse_traces
 from deeplinear.custom import CustomModel, inspect_model, run_custom_nuts
 from deeplinear.data import RegressionData
 from deeplinear.likelihood import (
@@ -707,7 +708,8 @@ def _loo_terms_and_draws(key, salt, first, q, lam, noise, intercept, data):
                        (keys, q, lam, noise, intercept), 64)
 
 
-_default_group_draws = jax.jit(_loo_terms_and_draws)  # the default groups' one program (fit)
+# the default groups' one program (fit); with the compilation cache on, its trace is kept too (deeplinear.cache)
+_default_group_draws = reuse_traces(_loo_terms_and_draws)
 
 
 def _store_loo_terms(log_likelihood, data, num_draws) -> bool:

@@ -340,15 +340,22 @@ def test_traced_programs_are_kept_and_reused(tmp_path, monkeypatch):
 
 def test_a_warm_fit_traces_nothing(tmp_path):
     """A fit in a new process with the compilation cache of an earlier one builds no NUTS kernel
-    in Python (its sampler programs are loaded, not traced) and draws exactly what a fit without
-    any cache draws (the first process fits without a cache, then with one, which it fills)."""
+    in Python and traces no function but the calls of the loaded programs (the sampler's and the
+    default groups' programs are loaded, not traced; the default groups' was traced before), and
+    draws exactly what a fit without any cache draws (the first process fits without a cache, then
+    with one, which it fills)."""
     import subprocess
     import sys
 
     code = (
-        "import sys, warnings, numpy as np\n"
+        "import sys, warnings, numpy as np, jax.monitoring\n"
         "import deeplinear as dl, deeplinear.sampler as sampler\n"
         "warnings.simplefilter('ignore')\n"
+        "traced = []\n"
+        "def listener(event, secs, **kw):\n"
+        "    if event == '/jax/core/compile/jaxpr_trace_duration':\n"
+        "        traced.append(kw.get('fun_name'))\n"
+        "jax.monitoring.register_event_duration_secs_listener(listener)\n"
         "kernels = []\n"
         "original = sampler.nuts_kernel\n"
         "sampler.nuts_kernel = lambda *a, **k: kernels.append(1) or original(*a, **k)\n"
@@ -357,10 +364,11 @@ def test_a_warm_fit_traces_nothing(tmp_path):
         "for cache in sys.argv[1:]:\n"
         "    if cache != 'off':\n"
         "        dl.enable_compilation_cache(cache)\n"
-        "    kernels.clear()\n"
+        "    kernels.clear(), traced.clear()\n"
         "    post = dl.fit(data, dl.ProportionalLimitPrior(1.0, 2, num_steps=8), noise_variance=0.5,\n"
         "                  num_warmup=30, num_samples=20, num_chains=2, key=3, progress_bar=False)\n"
-        "    print(len(kernels), np.asarray(post.draws('Q')).astype(np.float64).sum().hex(),\n"
+        "    built = len(kernels) + sum(name != 'call' for name in traced)\n"
+        "    print(built, np.asarray(post.draws('Q')).astype(np.float64).sum().hex(),\n"
         "          np.asarray(post.datatree['log_likelihood']['Y']).astype(np.float64).sum().hex())\n"
     )
     env = _environment_without_cache()
