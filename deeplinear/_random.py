@@ -23,15 +23,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["GAMMA_BLOCK", "standard_gamma", "standard_gamma_with_info"]
+__all__ = ["GAMMA_BLOCK", "normal", "standard_gamma", "standard_gamma_with_info", "uniform"]
 
 GAMMA_BLOCK = 1 << 14  # entries per block of standard_gamma (padding wastes < one block's draws, ~0.2 ms)
 
 
+def normal(key, shape, dtype) -> jax.Array:
+    """``jax.random.normal(key, shape, dtype)``, drawn as one flat vector and reshaped.
+
+    Under JAX's partitionable Threefry (the default) each entry's counter is its C-order index, so
+    these are the same numbers as the shaped draw, bit for bit; but XLA compiles the counters of a
+    shape of rank 2 or more far more slowly (a ``(1000, 16, 2)`` draw: 0.68 s against 0.21 s on a
+    2-core CPU), and ``vmap`` adds a rank. Every multi-dimensional draw of the package goes through here."""
+    shape = tuple(shape)
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
+def uniform(key, shape, dtype, minval=0.0, maxval=1.0) -> jax.Array:
+    """``jax.random.uniform(key, shape, dtype, minval, maxval)``, drawn flat and reshaped (as :func:`normal`)."""
+    shape = tuple(shape)
+    return jax.random.uniform(key, (math.prod(shape),), dtype, minval, maxval).reshape(shape)
+
+
 def _candidates(key, d, c, shape, dtype):
     kx, ku = jax.random.split(key)
-    x = jax.random.normal(kx, shape, dtype)
-    u = jax.random.uniform(ku, shape, dtype, minval=jnp.finfo(dtype).tiny)
+    x = normal(kx, shape, dtype)
+    u = uniform(ku, shape, dtype, minval=jnp.finfo(dtype).tiny)
     v = (1 + c * x) ** 3
     ok = (v > 0) & (jnp.log(u) < 0.5 * x * x + d - d * v + d * jnp.log(jnp.where(v > 0, v, 1)))
     return d * v, ok
@@ -100,5 +117,5 @@ def standard_gamma_with_info(key, alpha, shape, dtype):
     n_rejected = jnp.sum(~flat_ok)
     _, flat_out, _ = jax.lax.while_loop(redo_cond, redo_body, (k_redo, flat_out, flat_ok))
     out = flat_out.reshape(shape)
-    u = jax.random.uniform(k_boost, shape, dtype, minval=jnp.finfo(dtype).tiny)
+    u = uniform(k_boost, shape, dtype, minval=jnp.finfo(dtype).tiny)
     return jnp.where(boost, out * u ** (1.0 / jnp.where(boost, alpha, 1.0)), out), n_rejected, buf

@@ -38,6 +38,7 @@ from deeplinear._linalg import (
     whiten_q,
     whiten_rows,
 )
+from deeplinear._random import normal
 from deeplinear._types import ArrayLike
 from deeplinear._validation import (
     check_draw_hyperparameters,
@@ -406,8 +407,8 @@ class KroneckerNormal(dist.Distribution):
         shape = tuple(sample_shape) + self.batch_shape
         D, R = self.data.num_outputs, basis.rank
         k1, k2 = jax.random.split(key)
-        g = jax.random.normal(k1, shape + (R, D), dtype)
-        e = jax.random.normal(k2, shape + self.event_shape, dtype)
+        g = normal(k1, shape + (R, D), dtype)
+        e = normal(k2, shape + self.event_shape, dtype)
         root = basis.require_rows("sampling labels").astype(dtype) * jnp.sqrt(basis.eigenvalues.astype(dtype))
         lchol = self.root if self.root is not None else jnp.linalg.cholesky(self.q)
         lam = jnp.sqrt(self.lambda_star)[..., None, None]
@@ -554,7 +555,7 @@ def _loo_terms_and_draw(key, q, lambda_star, noise_variance, data, terms, interc
     since :math:`C_i^{-\top} w_i = B_i^{-1} g_i` and :math:`\operatorname{cov}(C_i^{-\top} z_i) = B_i^{-1}`."""
     cb, g, factor, log_jacobian = _loo_precision(q, lambda_star, noise_variance, data, terms, intercept)
     log_density, w = _loo_log_density(cb, g, log_jacobian)
-    z = jax.random.normal(key, g.shape, q.dtype)
+    z = normal(key, g.shape, q.dtype)
     step = solve_triangular(cb, (z - w)[..., None], lower=True, trans=1)[..., 0]
     if factor is not None:
         step = step @ factor.T

@@ -27,6 +27,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from deeplinear._linalg import batched_map
+from deeplinear._random import normal
 from deeplinear._types import ArrayLike, DTypeLike, KeyLike, Shape
 from deeplinear._validation import (
     check_dtype,
@@ -55,7 +56,7 @@ def _network_forward(key, X, widths: tuple[int, ...], num_outputs: int, layer_sc
     keys = jax.random.split(key, L + 1)
 
     def layer(h, k, n_out, n_in, lam):
-        w = jax.random.normal(k, (n_out, n_in), X.dtype) * jnp.sqrt(lam / n_in)
+        w = normal(k, (n_out, n_in), X.dtype) * jnp.sqrt(lam / n_in)
         return h @ w.T
 
     h = layer(X, keys[0], dims[1], dims[0], scales[0])

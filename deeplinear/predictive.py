@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deeplinear._linalg import batched_map, gaussian_logpdf, psd_root, whiten_q, whiten_rows
+from deeplinear._random import normal
 from deeplinear._types import ArrayLike, KeyLike, Shape
 from deeplinear._validation import (
     check_bool,
@@ -596,7 +597,7 @@ class PredictiveMixture:
             f = (mean.reshape(-1) + root @ jax.random.normal(k2, (P * D,), self.q.dtype)).reshape(P, D)
             if include_noise:
                 noise_root = jnp.linalg.cholesky(_noise_matrix(noise, D))
-                f = f + jax.random.normal(k3, (P, D), self.q.dtype) @ noise_root.T
+                f = f + normal(k3, (P, D), self.q.dtype) @ noise_root.T
             return f
 
         out = batched_map(one, jax.random.split(key, n), self.batch_size)

@@ -36,7 +36,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from deeplinear._pytree import pytree_dataclass, static_field
-from deeplinear._random import standard_gamma
+from deeplinear._random import normal, standard_gamma
 from deeplinear._types import ArrayLike, DTypeLike, KeyLike, Shape
 from deeplinear._validation import (
     MAX_LIMIT_STEPS,
@@ -311,7 +311,7 @@ def _sample_q(prior, key_or_latents, sample_shape, dtype):
 @partial(jax.jit, static_argnames=("sample_shape", "dtype"))
 def _sample_outputs(prior, key_or_latents, key_g, X, lambda_star, sample_shape, dtype):
     vbar = _sample_vbar(prior, key_or_latents, sample_shape, dtype)
-    g = jax.random.normal(key_g, sample_shape + (prior.num_outputs, X.shape[1]), dtype)
+    g = normal(key_g, sample_shape + (prior.num_outputs, X.shape[1]), dtype)
     scale = jnp.sqrt(lambda_star / X.shape[1])
     return scale * ((X @ jnp.swapaxes(g, -1, -2)) @ jnp.swapaxes(vbar, -1, -2))
 
@@ -411,7 +411,7 @@ class FiniteWidthPrior(VbarPrior):
         out = {"bartlett_diag": standard_gamma(k_diag, concentration, shape, dtype) / rate}
         if D > 1:
             off_shape = sample_shape + (self.depth, D * (D - 1) // 2)
-            out["bartlett_offdiag"] = jax.random.normal(k_off, off_shape, dtype)
+            out["bartlett_offdiag"] = normal(k_off, off_shape, dtype)
         return out
 
     def _presampled(self, key, sample_shape, dtype):
@@ -534,6 +534,17 @@ class ProportionalLimitPrior(VbarPrior):
         if D > 1:
             out["brownian_offdiag"] = dist.Normal(jnp.zeros((K, D * (D - 1) // 2), dtype), 1.0).to_event(2)
         return out
+
+    def sample_latents(self, key: KeyLike, sample_shape: Shape = (),
+                       dtype: DTypeLike | None = None) -> dict[str, jax.Array]:
+        """As :meth:`VbarPrior.sample_latents` (the same draws: the latents are standard normal), each
+        drawn flat (:func:`deeplinear._random.normal`), which compiles faster."""
+        key = check_key(key)
+        sample_shape = check_sample_shape(sample_shape)
+        dtype = check_dtype(dtype)
+        dists = self.latent_distributions(dtype)
+        keys = jax.random.split(key, len(dists))
+        return {name: normal(k, sample_shape + d.event_shape, dtype) for k, (name, d) in zip(keys, dists.items())}
 
     def vbar_from_latents(self, latents: dict[str, jax.Array]) -> jax.Array:
         xi = latents["brownian_diag"]
