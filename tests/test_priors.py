@@ -335,6 +335,21 @@ def test_fast_gamma_fallback_path_is_exact():
 GAMMA_REPRODUCED = {"float32": 1e-6, "float64": 1e-12}  # one block function, two programs: rounding only
 
 
+@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 1, 4)])
+def test_flat_draws_are_the_shaped_draws(shape, dtype):
+    """The package draws normals and uniforms flat and reshapes them (they compile faster); under
+    JAX's partitionable Threefry these are JAX's shaped draws bit for bit, directly and under vmap
+    (a JAX that numbered the entries otherwise would change every seeded result: this says so)."""
+    from deeplinear._random import normal, uniform
+
+    key = jax.random.PRNGKey(11)
+    assert np.array_equal(normal(key, shape, dtype), jax.random.normal(key, shape, dtype))
+    assert np.array_equal(uniform(key, shape, dtype, -2.0, 3.0), jax.random.uniform(key, shape, dtype, -2.0, 3.0))
+    keys = jax.random.split(key, 3)
+    assert np.array_equal(jax.vmap(lambda k: normal(k, shape, dtype))(keys),
+                          jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys))
+
+
 def test_fast_gamma_blocks_are_one_program_and_the_same_inside_jit(dtype):
     """The Gamma variates come in fixed blocks: the same draws eagerly and in a trace for one key,
     and one compiled block program for every finite prior's widths and depth."""
