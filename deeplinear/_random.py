@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deeplinear._matmul import full_precision_jit
+
 __all__ = ["GAMMA_BLOCK", "normal", "standard_gamma", "standard_gamma_with_info", "uniform"]
 
 GAMMA_BLOCK = 1 << 14  # entries per block of standard_gamma (padding wastes < one block's draws, ~0.2 ms)
@@ -82,7 +84,7 @@ def _gamma_block(key, alpha):
     return standard_gamma_with_info(key, alpha, alpha.shape, alpha.dtype)[0]
 
 
-_gamma_block_program = jax.jit(_gamma_block)  # one program per precision (and key type)
+_gamma_block_program = full_precision_jit(_gamma_block)  # one program per precision (and key type)
 
 
 def standard_gamma_with_info(key, alpha, shape, dtype):

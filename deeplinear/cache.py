@@ -342,11 +342,13 @@ class ReusedTraceJit:
     package's source (:func:`_source_fingerprint`), JAX's configuration, the static arguments,
     the arguments' pytree structure and each leaf's shape, dtype and weak type; a later process
     with the same key deserializes it and calls it, so the function is not traced again. The
-    program is the one ``jit`` would build, so results are unchanged.
+    program is the one ``jit`` would build, so results are unchanged. Either way ``fun`` is traced
+    under full matrix-product precision (:mod:`deeplinear._matmul`).
 
-    Used as plain ``jit`` (nothing kept) when the cache is off, when a leaf is spread over several
-    devices, when the structure holds a class from outside :data:`TRUSTED_PACKAGES` (its code is
-    not in the key: :func:`_trusted_structure`), or when the program cannot be exported. A file
+    Used as plain ``jit`` (nothing kept) when the cache is off, when it is called inside another
+    program being traced (its arguments are tracers), when a leaf is spread over several devices,
+    when the structure holds a class from outside :data:`TRUSTED_PACKAGES` (its code is not in the
+    key: :func:`_trusted_structure`), or when the program cannot be exported. A file
     that cannot be read is replaced; one that cannot be written is left out, silently (it is a
     speed-up). The folder is trusted as JAX's own cache is: it holds programs that run.
 
@@ -355,12 +357,15 @@ class ReusedTraceJit:
     def __init__(self, fun, static_argnames=(), donate_argnames=()):
         import jax
 
+        from deeplinear._matmul import full_precision
+
         functools.update_wrapper(self, fun)
         self._fun = fun
         self._signature = inspect.signature(fun)
         self._static = tuple(static_argnames)
         self._donate = frozenset(donate_argnames)
-        self._jit = jax.jit(fun, static_argnames=self._static, donate_argnames=tuple(donate_argnames))
+        self._traced = full_precision(fun)  # what is traced: fun under full matrix-product precision
+        self._jit = jax.jit(self._traced, static_argnames=self._static, donate_argnames=tuple(donate_argnames))
         self._programs: dict = {}
 
     def __call__(self, *args, **kwargs):
@@ -375,6 +380,8 @@ class ReusedTraceJit:
         names = tuple(name for name in bound.arguments if name not in static)
         dynamic = tuple(bound.arguments[name] for name in names)
         leaves, treedef = jax.tree.flatten(dynamic)
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):  # inside another program: traced into it
+            return self._jit(*args, **kwargs)
         devices = {d for x in leaves if isinstance(x, jax.Array) for d in x.sharding.device_set}
         if len(devices) > 1:  # sharded or spread over devices: plain jit places it
             return self._jit(*args, **kwargs)
@@ -407,7 +414,7 @@ class ReusedTraceJit:
             out_tree = []
 
             def flat(*flat_leaves):
-                out = self._fun(**dict(zip(names, jax.tree.unflatten(treedef, flat_leaves))), **static)
+                out = self._traced(**dict(zip(names, jax.tree.unflatten(treedef, flat_leaves))), **static)
                 out_leaves, tree = jax.tree.flatten(out)
                 out_tree.append(tree)
                 return out_leaves

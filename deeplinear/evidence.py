@@ -84,6 +84,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
+from deeplinear._matmul import full_precision_jit
 from deeplinear._precision import warn_if_spec_imprecise
 from deeplinear._types import InterceptLike, KeyLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
 from deeplinear._validation import check_choice, check_key, check_positive_int, check_progress_bar, raw_key
@@ -250,7 +251,7 @@ def _hmc_moves(model_args, x, lp, ll, key, beta, step, scale, num_moves, num_lea
 # -- compiled pieces (per model structure: one start program and one annealing program per move setting) --
 
 
-@jax.jit
+@full_precision_jit
 def _start_batch(model_args, key, offset):
     """Particles ``offset .. offset + PARTICLE_BATCH - 1``: prior draws (flat, unconstrained) with
     their ``(log prior, log likelihood)``; particle ``i`` draws from ``fold_in(key, i)``."""
@@ -275,7 +276,7 @@ def _start(model_args, key, num_particles: int):
     return tuple(np.concatenate([np.asarray(b[j]) for b in batches])[:num_particles] for j in range(3))
 
 
-@jax.jit
+@full_precision_jit
 def _log_likelihood_alone(model_args):
     """``log p(Y)`` of a model that samples nothing (fixed-hyperparameter NNGP): its likelihood."""
     supports, unravel, _ = _structure(model_args)
@@ -295,7 +296,7 @@ def _move_all(model_args, x, lp, ll, key, first, count, beta, step, scale, num_m
     return x, lp, ll, jnp.sum(jnp.where(index < first + count, acc, 0.0))
 
 
-@partial(jax.jit, static_argnames=("num_moves", "num_leapfrog"), donate_argnames="carry")
+@partial(full_precision_jit, static_argnames=("num_moves", "num_leapfrog"), donate_argnames="carry")
 def _anneal(carry, model_args, key, betas, steps, scales, start, stop, first, count, *, num_moves, num_leapfrog):
     r"""Temperatures ``start..stop - 1`` (``1 <= t <= T``, at most :data:`SCHEDULE_WINDOW` of them) of the
     annealed run, for one block of particles (``first .. first + count - 1``; the block's program

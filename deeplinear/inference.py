@@ -36,6 +36,7 @@ import numpyro.distributions as dist
 
 from deeplinear._arrays import on_device
 from deeplinear._linalg import batched_map, psd_root
+from deeplinear._matmul import full_precision_jit
 from deeplinear._precision import warn_if_spec_imprecise
 from deeplinear._prefetch import prefetch
 from deeplinear._types import ArrayLike, InterceptLike, KeyLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
@@ -641,7 +642,7 @@ def _in_draw_blocks(program, key, salt, arrays, data):
     return np.concatenate(outs)
 
 
-@jax.jit
+@full_precision_jit
 def _replicate_labels(key, salt, first, q, lam, noise, intercept, data):
     """One draw of the labels per posterior draw of a block, ``(B, P, D)`` (``noise``: ``(B,)``
     variances or ``(B, D, D)`` covariances; ``intercept``: ``(B, D)`` or None), the draws' keys from
@@ -665,7 +666,7 @@ def _prior_site_names(model_args) -> list[str]:
     return [k for k, site in tr.items() if site["type"] == "sample" and not site["is_observed"]]
 
 
-@jax.jit
+@full_precision_jit
 def _log_prior_draws(model_args, params):
     """Each prior site's log density at each draw of ``params`` (``{site: (S, ...)}``), ``{site: (S,)}``."""
     from numpyro import handlers
@@ -679,7 +680,7 @@ def _log_prior_draws(model_args, params):
     return batched_map(one, params, 64)
 
 
-@jax.jit
+@full_precision_jit
 def _joint_log_likelihood(q, lam, noise, intercept, data):
     r""":math:`\log p(Y \mid \theta)` of the data's labels for each draw, ``(S,)`` (the absolute density)."""
 

@@ -38,6 +38,7 @@ from deeplinear._linalg import (
     whiten_q,
     whiten_rows,
 )
+from deeplinear._matmul import full_precision
 from deeplinear._random import normal
 from deeplinear._types import ArrayLike
 from deeplinear._validation import (
@@ -321,6 +322,7 @@ class KroneckerNormal(dist.Distribution):
                               self.noise_factor)
         return jnp.linalg.cholesky(c)
 
+    @full_precision
     def log_prob(self, value: ArrayLike) -> jax.Array:
         r""":math:`\log N(\operatorname{vec} Y^\top; 0, \lambda_* Q\otimes K + \sigma^2 I)` from the block factors."""
         if self.labels_are_data:
@@ -398,6 +400,7 @@ class KroneckerNormal(dist.Distribution):
         gram = jnp.asarray(gram, dtype)
         return jnp.sum(sg(grad) * (gram - sg(gram)), axis=(-2, -1))
 
+    @full_precision
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         r""":math:`Y = \sqrt{\lambda_*}\, (U_R \sqrt{\kappa})\, G\, \mathrm{chol}(Q)^\top + \sigma E`,
         ``G`` ``(R, D)``."""
@@ -428,6 +431,7 @@ class KroneckerNormal(dist.Distribution):
         return zero if self.intercept is None else zero + self.intercept[..., None, :]
 
 
+@full_precision
 def loo_log_likelihood(q: ArrayLike, lambda_star: ArrayLike, noise_variance: ArrayLike | None, data: RegressionData, *,
                        noise_covariance: ArrayLike | None = None, intercept: ArrayLike | None = None) -> jax.Array:
     r"""Pointwise leave-one-input-out log densities :math:`\log p(y_i \mid Y_{-i}, Q)` (``y_i`` is row ``i``).
@@ -590,6 +594,7 @@ def _loo_draws(q, lambda_star, noise_variance, data, batch_size, terms=None, int
     )
 
 
+@full_precision
 def loo_log_likelihood_draws(q: ArrayLike, lambda_star: ArrayLike, noise_variance: ArrayLike | None,
                              data: RegressionData, batch_size: int = 64, *, noise_covariance: ArrayLike | None = None,
                              intercept: ArrayLike | None = None) -> jax.Array:

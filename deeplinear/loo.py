@@ -30,11 +30,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from deeplinear._matmul import full_precision_jit
 from deeplinear._types import RowSource
 from deeplinear._validation import check_positive_int, describe
 from deeplinear.inference import LOO_BUDGET_ENTRIES, PosteriorFit
@@ -142,7 +142,7 @@ def _rows_at(data, rows, indices):
     return _eigenvector_rows(data, np.asarray(X, np.float64)), np.asarray(Y, np.float64)
 
 
-@jax.jit
+@full_precision_jit
 def _point_terms(q, lam, noise, data, terms, intercept):
     return _loo_from_terms(q, lam, noise, data, terms, intercept)
 

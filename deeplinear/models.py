@@ -49,6 +49,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from deeplinear._arrays import on_device
+from deeplinear._matmul import full_precision
 from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._types import (
     ArrayLike,
@@ -77,6 +78,7 @@ NOISE_MODELS = ("scalar", "diagonal", "full")
 DEFAULT_LKJ_CONCENTRATION = 1.0  # uniform over correlation matrices
 
 
+@full_precision
 def numpyro_q(prior: VbarPrior, *, prefix: str = "", name: str | None = "Q",
               dtype: DTypeLike | None = None) -> jax.Array:
     r"""Create the prior's latent NumPyro sites and return :math:`Q = \bar V \bar V^\top` ``(D, D)``.
@@ -575,6 +577,7 @@ def _writable(value) -> bool:
     return True
 
 
+@full_precision
 def model_body(prior, lambda_star, noise_variance, ratio, data, intercept=None, *, observed=True, labels=None):
     r"""The model's sites, with no argument checks (so that every argument may be traced):
     ``ratio`` (if a distribution), ``lambda_star``/``noise_variance`` (if distributions), the noise
@@ -677,6 +680,7 @@ def _hyper(name, value, dtype):
     return jnp.asarray(value, dtype)
 
 
+@full_precision
 def deep_linear_model(
     data: RegressionData,
     prior: VbarPrior | ModelSpec,

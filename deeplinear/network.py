@@ -27,6 +27,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from deeplinear._linalg import batched_map
+from deeplinear._matmul import full_precision_jit
 from deeplinear._random import normal
 from deeplinear._types import ArrayLike, DTypeLike, KeyLike, Shape
 from deeplinear._validation import (
@@ -74,7 +75,7 @@ def _network_forward(key, X, widths: tuple[int, ...], num_outputs: int, layer_sc
     return layer(h, keys[L], dims[L + 1], dims[L], scales[L])
 
 
-@partial(jax.jit, static_argnames=("widths", "num_outputs", "num_samples", "batch_size"))
+@partial(full_precision_jit, static_argnames=("widths", "num_outputs", "num_samples", "batch_size"))
 def _sample(key, X, layer_scales, widths, num_outputs, num_samples, batch_size):
     keys = jax.random.split(key, num_samples)
     fwd = partial(_network_forward, X=X, widths=widths, num_outputs=num_outputs, layer_scales=layer_scales)

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deeplinear._linalg import batched_map, gaussian_logpdf, psd_root, whiten_q, whiten_rows
+from deeplinear._matmul import full_precision_jit
 from deeplinear._random import normal
 from deeplinear._types import ArrayLike, KeyLike, Shape
 from deeplinear._validation import (
@@ -165,7 +166,7 @@ def _conditional(q, lambda_star, noise_variance, data, test, joint=False, interc
     return (mean if intercept is None else mean + intercept.astype(dtype)), cov
 
 
-@partial(jax.jit, static_argnames="batch_size")
+@partial(full_precision_jit, static_argnames="batch_size")
 def _all_draws(q, lam, noise, mu, data, test, batch_size):
     """Per-draw predictive mean and per-input covariance, ``(S, P*, D)`` and ``(S, P*, D, D)``
     (``mu``: intercepts ``(S, D)`` or None); module-level so that repeated calls with the same
@@ -197,7 +198,7 @@ def _draw_weights(S: int, batch_size: int, dtype):
     return (jnp.arange(num * batch_size) < S).astype(dtype).reshape(num, batch_size)
 
 
-@partial(jax.jit, static_argnames="batch_size")
+@partial(full_precision_jit, static_argnames="batch_size")
 def _mixture_moments(q, lam, noise, mu, data, test, batch_size):
     r"""Mixture mean ``(P*, D)``, :math:`E[\Sigma_*]` and :math:`\operatorname{Cov}(m_*)` ``(P*, D, D)``,
     accumulated over batches of ``batch_size`` draws in two passes (the mean, then the spread
@@ -246,7 +247,7 @@ def _draw_tensors(q, lambda_star, noise_variance, intercept, data):
     return jnp.concatenate([A, last]), B, lam_q
 
 
-@partial(jax.jit, static_argnames="batch_size")
+@partial(full_precision_jit, static_argnames="batch_size")
 def _mixture_moments_from_draw_summaries(q, lam, noise, mu, data, test, batch_size):
     r""":func:`_mixture_moments` in ``O(S R^2 D^2 + P_* R^2 D^2)`` instead of ``O(S P_* R D^2)``: the
     per-draw predictive is linear in the draw's ``A``, ``B``, :math:`\lambda Q` (:func:`_draw_tensors`),
@@ -296,7 +297,7 @@ def _moments(q, lam, noise, mu, data, test, batch_size):
     return _mixture_moments(q, lam, noise, mu, data, test, batch_size)
 
 
-@partial(jax.jit, static_argnames="batch_size")
+@partial(full_precision_jit, static_argnames="batch_size")
 def _pointwise_log_density(q, lam, noise, mu, data, test, Y_test, batch_size):
     r""":math:`\log \frac1S \sum_s N(y_{*j}; m_{*j}(Q_s), \Sigma_{*jj}(Q_s) + \sigma_s^2 I)` for each test
     input ``j``, ``(P*,)``, with a running log-sum-exp over batches of draws: memory ``O(b P* D^2)``,

@@ -35,6 +35,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from deeplinear._matmul import full_precision, full_precision_jit
 from deeplinear._pytree import pytree_dataclass, static_field
 from deeplinear._random import normal, standard_gamma
 from deeplinear._types import ArrayLike, DTypeLike, KeyLike, Shape
@@ -276,6 +277,7 @@ class VbarPrior(abc.ABC):
                                jnp.asarray(lambda_star, dtype), sample_shape, dtype)
 
     # -- NumPyro ----------------------------------------------------------------
+    @full_precision
     def numpyro_vbar(self, prefix: str = "") -> jax.Array:
         r"""Sample the latents as named NumPyro sites and return :math:`\bar V`.
 
@@ -290,7 +292,7 @@ class VbarPrior(abc.ABC):
         return self.vbar_from_latents(latents)
 
 
-@partial(jax.jit, static_argnames=("sample_shape", "dtype"))
+@partial(full_precision_jit, static_argnames=("sample_shape", "dtype"))
 def _sample_vbar(prior, key_or_latents, sample_shape, dtype):
     """Compiled :meth:`VbarPrior.sample_vbar` (arguments validated by the caller) from a key or
     from latents drawn before (a dict: :meth:`VbarPrior._presampled`); the prior is a pytree
@@ -302,13 +304,13 @@ def _sample_vbar(prior, key_or_latents, sample_shape, dtype):
     return jnp.broadcast_to(vbar, sample_shape + vbar.shape[-2:]).astype(dtype)
 
 
-@partial(jax.jit, static_argnames=("sample_shape", "dtype"))
+@partial(full_precision_jit, static_argnames=("sample_shape", "dtype"))
 def _sample_q(prior, key_or_latents, sample_shape, dtype):
     vbar = _sample_vbar(prior, key_or_latents, sample_shape, dtype)
     return vbar @ jnp.swapaxes(vbar, -1, -2)
 
 
-@partial(jax.jit, static_argnames=("sample_shape", "dtype"))
+@partial(full_precision_jit, static_argnames=("sample_shape", "dtype"))
 def _sample_outputs(prior, key_or_latents, key_g, X, lambda_star, sample_shape, dtype):
     vbar = _sample_vbar(prior, key_or_latents, sample_shape, dtype)
     g = normal(key_g, sample_shape + (prior.num_outputs, X.shape[1]), dtype)

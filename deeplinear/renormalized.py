@@ -74,6 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
+from deeplinear._matmul import full_precision_jit
 from deeplinear._types import ArrayLike, InterceptLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
 from deeplinear._validation import check_positive_int, describe
 from deeplinear.data import RegressionData, check_regression_data
@@ -190,9 +191,9 @@ def _flat_action(theta, shape, *args):
 
 
 # compiled once per (L, D, R) and precision: a sweep over widths or data of one size reuses them
-_value = jax.jit(_flat_action, static_argnums=1)
-_gradient = jax.jit(jax.grad(_flat_action), static_argnums=1)
-_hessian = jax.jit(jax.hessian(_flat_action), static_argnums=1)
+_value = full_precision_jit(_flat_action, static_argnums=1)
+_gradient = full_precision_jit(jax.grad(_flat_action), static_argnums=1)
+_hessian = full_precision_jit(jax.hessian(_flat_action), static_argnums=1)
 
 
 def _polish(theta, shape, args, tolerance):

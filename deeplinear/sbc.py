@@ -38,6 +38,7 @@ from numpyro.infer import Predictive
 from scipy import stats
 
 from deeplinear._executor import check_executor, run_with_retry
+from deeplinear._matmul import full_precision_jit
 from deeplinear._types import (
     ArrayLike,
     Executor,
@@ -124,7 +125,7 @@ def _quantities(draws, labels, model_args, inferred):
     return jnp.concatenate([c.astype(dtype) for c in cols], axis=-1)
 
 
-@partial(jax.jit, static_argnames=("num_simulations", "inferred"))
+@partial(full_precision_jit, static_argnames=("num_simulations", "inferred"))
 def _simulate(key, model_args, *, num_simulations, inferred):
     """Draws of everything from the prior predictive (``Y`` included) and their test quantities."""
     truth = Predictive(model_of_arguments, num_samples=num_simulations)(key, model_args, observed=False)
@@ -133,7 +134,7 @@ def _simulate(key, model_args, *, num_simulations, inferred):
     return labels, jax.vmap(lambda d, y: _quantities(d, y, model_args, inferred))(draws, labels)
 
 
-@partial(jax.jit, static_argnames=("num_warmup", "thin", "num_draws", "max_tree_depth", "inferred"))
+@partial(full_precision_jit, static_argnames=("num_warmup", "thin", "num_draws", "max_tree_depth", "inferred"))
 def _run_simulations(keys, labels, model_args, target_accept_prob, *, num_warmup, thin, num_draws, max_tree_depth,
                      inferred):
     """NUTS on each simulated data set (``vmap`` over ``keys``/``labels``): ``num_warmup`` adaptation

@@ -43,6 +43,7 @@ def _data(P, D, N0, seed=0, shift=0.0):
 
 @pytest.mark.parametrize("prior", [ProportionalLimitPrior(1.5, 1), FiniteWidthPrior((3, 4, 3), 1)],
                          ids=["limit", "finite"])
+@pytest.mark.device
 def test_d1_log_evidence_agrees_with_the_exact_reference(prior):
     with jax.enable_x64(True):
         data = _data(14, 1, 3)
@@ -132,6 +133,7 @@ def test_standard_error_is_honest_across_seeds():
     assert stated > 0.01  # a coarse setting: the error is there to be measured
 
 
+@pytest.mark.device
 def test_prior_importance_sampling_and_float32_agree_with_ais():
     data = _data(8, 2, 3, seed=6)
     prior = ProportionalLimitPrior(0.8, 2, num_steps=4)

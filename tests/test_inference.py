@@ -152,6 +152,7 @@ def _labels(kind, rng):
     return X, Y
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("kind", ["correlated", "anticorrelated", "independent"])
 def test_label_dependent_cross_covariance(kind, dtype):
     rng = np.random.default_rng(5)
@@ -225,6 +226,7 @@ def test_arviz_compare_and_compare_models():
     assert comp.table.loc["nngp", "mean_abs_pred_corr"] < 0.1
 
 
+@pytest.mark.device
 def test_exact_nngp_fit_and_loo():
     """NNGP with fixed hyperparameters: no MCMC; LOO terms are exact and loo() handles them."""
     with jax.enable_x64(True):

@@ -115,6 +115,7 @@ def test_batched_q_log_prob():
             np.testing.assert_allclose(lp[i], one, rtol=1e-12)
 
 
+@pytest.mark.device
 def test_sample_and_log_prob_agree(dtype):
     r"""Goodness of fit: for x ~ sample(), -2(log p(x) - log p(0)) = x^T Sigma^{-1} x ~ chi^2_{DP}."""
     D, P, N0 = 2, 6, 3  # rank-deficient K: exercises the null-space term
@@ -144,6 +145,7 @@ def test_sample_covariance_matches_kronecker():
         assert np.all(np.abs(emp - ref) < COV_SIGMAS * se)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("D,P,N0,noise", [(1, 6, 2, 0.5), (2, 7, 3, 0.3), (3, 5, 7, 0.0), (2, 6, 9, 0.2)])
 def test_loo_equals_dense_conditioning(D, P, N0, noise):
     """log p(y_i | Y_-i) by conditioning the dense Gaussian (scipy), every input (row) i."""

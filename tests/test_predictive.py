@@ -104,6 +104,7 @@ def test_nngp_equals_tinygp_regression():
         assert np.all(np.abs(cross) < 1e-12)
 
 
+@pytest.mark.device
 def test_mixture_moments_match_its_samples(dtype):
     """E[Sigma*] + Cov(m*) (closed form over draws) against joint samples from the mixture."""
     X, Xt, Y, _ = _problem(2, 6, 3, P_test=2, seed=2)

@@ -66,6 +66,7 @@ def _assert_moments(f, widths, D, label):
         assert abs(m4 - fourth[a, b, c, d]) <= Z * se4, f"{label}: {name}: {m4} vs {fourth[a, b, c, d]}"
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("D,widths", NETWORK_CASES)
 def test_bartlett_prior_matches_brute_force_networks(D, widths, dtype):
     X = jnp.asarray(X_SMALL, dtype)
@@ -123,6 +124,7 @@ def test_limit_log_vbar_diag_is_exactly_lognormal(ratio, num_steps, dtype):
     np.testing.assert_allclose(mom.limit_log_vbar_diag_mean(ratio, D), -ratio * np.arange(1, 4) / 2)
 
 
+@pytest.mark.device
 def test_limit_log_q11_law(dtype):
     ratio = 0.7
     q = ProportionalLimitPrior(ratio, 2, 8).sample_q(jax.random.key(5), N_PRIOR // 4, dtype=dtype)

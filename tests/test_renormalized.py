@@ -56,6 +56,7 @@ def _chain_gradients(layer_q, widths, kappa, rotated, lam, noise_cov):
     return np.array(grads)
 
 
+@pytest.mark.device
 def test_d1_one_layer_interpolation_is_the_closed_form_root():
     """S(q) = N/2 (q - log q) + P/2 log q + r/(2 lambda q): q^2 - (1 - alpha) q - r/(lambda N) = 0."""
     with jax.enable_x64(True):
@@ -182,6 +183,7 @@ def test_predictive_approaches_the_exact_posterior_like_one_over_width():
     assert min(nngp_dist) > 0.2, nngp_dist
 
 
+@pytest.mark.device
 def test_float32_data_give_the_float64_answer():
     X, Y = _arrays(30, 2, 20, mixing=[[1.0, 0.7], [0.0, 0.7]])
     prior = FiniteWidthPrior((40, 40), 2)

@@ -20,6 +20,7 @@ PROB = 0.99  # family-wise over the configuration's quantities
 N0, P = 2, 5
 
 
+@pytest.mark.device
 def test_sbc_finite_width_with_inferred_noise(dtype):
     X = np.random.default_rng(3).normal(size=(N0, P)).T
     data = RegressionData.linear(X, np.zeros((P, 1)), dtype=dtype)
