@@ -84,6 +84,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
+from deeplinear._devices import padded_blocks, spread
 from deeplinear._matmul import full_precision_jit
 from deeplinear._precision import warn_if_spec_imprecise
 from deeplinear._types import InterceptLike, KeyLike, NoiseCorrelationLike, NoiseVarianceLike, ScaleLike
@@ -334,13 +335,10 @@ def _anneal_blocks(carry, model_args, key, window, start, stop, num_moves, num_l
     block padded with copies of its last particle, whose results are dropped); the carry ``(x, lp,
     ll, log_w, acc)`` stays on the host between calls. ``acc`` sums the acceptance over particles."""
     x, lp, ll, log_w, acc = (np.asarray(a) for a in jax.device_get(carry))
-    n = x.shape[0]
     out = [np.empty_like(a) for a in (x, lp, ll, log_w)]
     acc = float(acc)
-    for first in range(0, n, size):
-        count = min(size, n - first)
-        rows = np.minimum(np.arange(first, first + size), n - 1)
-        block = tuple(a[rows] for a in (x, lp, ll, log_w)) + (np.zeros((), x.dtype),)
+    for first, count, rows in padded_blocks(x.shape[0], size):
+        block = spread(tuple(a[rows] for a in (x, lp, ll, log_w)), size) + (np.zeros((), x.dtype),)
         result = jax.device_get(_anneal(block, model_args, key, *window, np.int32(start), np.int32(stop),
                                         np.int32(first), np.int32(count), num_moves=num_moves,
                                         num_leapfrog=num_leapfrog))

@@ -35,6 +35,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from deeplinear._arrays import on_device
+from deeplinear._devices import padded_blocks, spread
 from deeplinear._linalg import batched_map, psd_root
 from deeplinear._matmul import full_precision_jit
 from deeplinear._precision import warn_if_spec_imprecise
@@ -629,17 +630,13 @@ def _in_draw_blocks(program, key, salt, arrays, data):
     entries passed as they are) in blocks of :data:`DRAW_BLOCK` (the last padded with copies of its
     last draw, whose results are dropped), the outputs joined on the host: the program does not depend
     on the number of draws, so fits with other numbers of chains or draws share it."""
-    n = arrays[0].shape[0]
     outs = []
-    for first in range(0, n, DRAW_BLOCK):
-        rows = np.minimum(np.arange(first, first + DRAW_BLOCK), n - 1)
-        block = [None if a is None else jax.device_put(a[rows]) for a in arrays]
+    for first, count, rows in padded_blocks(arrays[0].shape[0], DRAW_BLOCK):
+        block = spread([None if a is None else a[rows] for a in arrays], DRAW_BLOCK)
         out = jax.device_get(program(key, salt, np.int32(first), *block, data))
-        kept = min(DRAW_BLOCK, n - first)
-        outs.append([np.asarray(x)[:kept] for x in out] if isinstance(out, tuple) else np.asarray(out)[:kept])
-    if isinstance(outs[0], list):
-        return tuple(np.concatenate(parts) for parts in zip(*outs))
-    return np.concatenate(outs)
+        outs.append(tuple(np.asarray(x)[:count] for x in (out if isinstance(out, tuple) else (out,))))
+    joined = tuple(np.concatenate(parts) for parts in zip(*outs))
+    return joined if isinstance(out, tuple) else joined[0]
 
 
 @full_precision_jit

@@ -38,7 +38,6 @@ can store it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -51,6 +50,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.hmc import HMCState, hmc
 from numpyro.infer.util import ParamInfo, constrain_fn, potential_energy
 
+from deeplinear._devices import batch_sharding, padded_blocks, spread
 from deeplinear.cache import reuse_traces
 from deeplinear.models import model_body
 
@@ -275,12 +275,10 @@ CONSTRAIN_BLOCK = 256  # draws per call of _constrain: its program does not depe
 def _constrain_in_blocks(z: np.ndarray, model_args) -> dict:
     """:func:`_constrain` of the flat draws ``z`` ``(n, dim)`` (NumPy) in blocks of :data:`CONSTRAIN_BLOCK`
     rows (the last padded with copies of its last row, dropped), joined on the host as NumPy arrays."""
-    n = z.shape[0]
     out = []
-    for first in range(0, n, CONSTRAIN_BLOCK):
-        rows = np.minimum(np.arange(first, first + CONSTRAIN_BLOCK), n - 1)
-        block = jax.device_get(_constrain(jax.device_put(z[rows]), model_args))
-        out.append({k: np.asarray(v)[:min(CONSTRAIN_BLOCK, n - first)] for k, v in block.items()})
+    for _, count, rows in padded_blocks(z.shape[0], CONSTRAIN_BLOCK):
+        block = jax.device_get(_constrain(spread(z[rows], CONSTRAIN_BLOCK), model_args))
+        out.append({k: np.asarray(v)[:count] for k, v in block.items()})
     return {k: np.concatenate([b[k] for b in out]) for k in out[0]}
 
 
@@ -289,12 +287,7 @@ def _chain_sharding(num_chains: int, chain_method: str):
     ``gcd(num_chains, devices)`` local devices (``"parallel"``; ``"auto"`` when that is more than one)."""
     if chain_method not in ("parallel", "auto"):
         return None
-    devices = jax.local_devices()
-    n = math.gcd(num_chains, len(devices))
-    if n < 2:
-        return None
-    mesh = jax.sharding.Mesh(np.array(devices[:n]), ("chain",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chain"))
+    return batch_sharding(num_chains, "chain")
 
 
 def _vectorized(chain_method: str, sharding) -> bool:

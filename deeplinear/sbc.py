@@ -37,6 +37,7 @@ import numpyro.distributions as dist
 from numpyro.infer import Predictive
 from scipy import stats
 
+from deeplinear._devices import spread
 from deeplinear._executor import check_executor, run_with_retry
 from deeplinear._matmul import full_precision_jit
 from deeplinear._types import (
@@ -184,7 +185,8 @@ def _batch_task(spec_json: str, data, keys, labels, target_accept_prob: float, s
         data = jax.tree_util.tree_map(jnp.asarray, data)
         model_args = spec.model_arguments(data)
         accept = jnp.asarray(target_accept_prob, data.dtype)
-        qs, div = _run_simulations(jnp.asarray(keys), jnp.asarray(labels), model_args, accept, **settings)
+        qs, div = _run_simulations(*spread((np.asarray(keys), np.asarray(labels)), len(keys)), model_args, accept,
+                                   **settings)
         return np.asarray(qs), np.asarray(div)
 
 
@@ -447,7 +449,8 @@ def simulation_based_calibration(
     if executor is None:
         results = []
         for b in batches:
-            qs, div = _run_simulations(keys[indices[b]], labels[indices[b]], model_args, accept, **settings)
+            batch = spread((keys[indices[b]], labels[indices[b]]), batch_size)  # split over the local devices
+            qs, div = _run_simulations(*batch, model_args, accept, **settings)
             results.append((np.asarray(qs), np.asarray(div)))
     else:
         try:
