@@ -26,9 +26,11 @@ __all__ = ["batch_sharding", "padded_blocks", "spread"]
 
 
 def batch_sharding(size: int, axis_name: str = "batch") -> jax.sharding.NamedSharding | None:
-    """A sharding of a leading axis of ``size`` over the first ``gcd(size, local devices)`` local devices,
-    or ``None`` when that is one device."""
-    devices = jax.local_devices()
+    """A sharding of a leading axis of ``size`` over the first ``gcd(size, local devices)`` local devices
+    of the default device's platform (``jax.default_device`` may choose the CPU on a GPU machine), or
+    ``None`` when that is one device."""
+    chosen = jax.config.jax_default_device
+    devices = jax.local_devices(backend=chosen if chosen is None or isinstance(chosen, str) else chosen.platform)
     n = math.gcd(int(size), len(devices))
     if n < 2:
         return None

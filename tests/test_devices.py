@@ -24,6 +24,7 @@ SAME_NUMBERS_TOLERANCE = 1e-5
 CODE = f"""
 import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count={DEVICES}"
+os.environ["JAX_PLATFORMS"] = "cpu"  # the host devices, also on a machine with a GPU
 import json, warnings
 import jax, numpy as np, numpyro.distributions as dist
 import deeplinear as dl
