@@ -271,11 +271,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     size = SIZES["smoke" if args.smoke else "full"]
 
+    import importlib.util
+
     import jax
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _machine import describe
-
+    # benchmarks/_machine.py by its path: putting benchmarks/ on sys.path would shadow packages for this
+    # process and every process it spawns (benchmarks/distributed.py is not Dask's `distributed`)
+    path = Path(__file__).with_name("_machine.py")
+    spec = importlib.util.spec_from_file_location("deeplinear_benchmarks_machine", path)
+    machine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(machine)
+    describe = machine.describe
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     tests = run_device_tests(args.smoke)
     rows = throughput(size)

@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,6 @@ def test_the_device_script_runs_at_smoke_size_and_reports_every_row(tmp_path, ca
     assert text.count("| True |") == 2  # the fits at scale are finite on both devices
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith("device tests collected")
+    # benchmarks/ must not join sys.path: its distributed.py would shadow Dask's package in this worker and
+    # in every process it spawns (the Dask tests failed after this test in the same worker)
+    assert not any(Path(p).resolve() == SCRIPT.parent for p in sys.path if p)
