@@ -22,15 +22,29 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-__all__ = ["batch_sharding", "padded_blocks", "spread"]
+__all__ = ["batch_sharding", "default_device", "default_platform_devices", "padded_blocks", "spread"]
+
+
+def default_platform_devices() -> list:
+    """The local devices of the platform where JAX puts an uncommitted array: that of
+    ``jax_default_device`` (a device, or a platform's name such as ``"cpu"``, which on a GPU machine
+    chooses the CPU), else the default backend's."""
+    chosen = jax.config.jax_default_device
+    return jax.local_devices(backend=chosen if chosen is None or isinstance(chosen, str) else chosen.platform)
+
+
+def default_device():
+    """Where JAX puts an uncommitted array: ``jax_default_device`` when it names a device, else the
+    first of :func:`default_platform_devices`."""
+    chosen = jax.config.jax_default_device
+    return default_platform_devices()[0] if chosen is None or isinstance(chosen, str) else chosen
 
 
 def batch_sharding(size: int, axis_name: str = "batch") -> jax.sharding.NamedSharding | None:
     """A sharding of a leading axis of ``size`` over the first ``gcd(size, local devices)`` local devices
     of the default device's platform (``jax.default_device`` may choose the CPU on a GPU machine), or
     ``None`` when that is one device."""
-    chosen = jax.config.jax_default_device
-    devices = jax.local_devices(backend=chosen if chosen is None or isinstance(chosen, str) else chosen.platform)
+    devices = default_platform_devices()
     n = math.gcd(int(size), len(devices))
     if n < 2:
         return None

@@ -316,17 +316,6 @@ def _configuration() -> str:
     return f"backend {jax.default_backend()}; " + "; ".join(settings)
 
 
-def _default_device():
-    """Where JAX puts an uncommitted array: ``jax_default_device`` (a device or a platform's name),
-    else the first local device."""
-    import jax
-
-    chosen = jax.config.jax_default_device
-    if chosen is None:
-        return jax.local_devices()[0]
-    return jax.local_devices(backend=chosen)[0] if isinstance(chosen, str) else chosen
-
-
 _NOT_KEPT = object()  # a program that cannot be exported (or whose arguments make no key): plain jit
 
 
@@ -374,6 +363,8 @@ class ReusedTraceJit:
             return self._jit(*args, **kwargs)
         import jax
 
+        from deeplinear._devices import default_device
+
         bound = self._signature.bind(*args, **kwargs)
         bound.apply_defaults()
         static = {name: bound.arguments[name] for name in self._static}
@@ -385,7 +376,7 @@ class ReusedTraceJit:
         devices = {d for x in leaves if isinstance(x, jax.Array) for d in x.sharding.device_set}
         if len(devices) > 1:  # sharded or spread over devices: plain jit places it
             return self._jit(*args, **kwargs)
-        device = devices.pop() if devices else _default_device()
+        device = devices.pop() if devices else default_device()
         key = (
             f"{self._fun.__module__}.{self._fun.__qualname__}{names} on {device}; static {sorted(static.items())!r}; "
             f"structure {treedef}; leaves {[str(jax.typeof(x)) for x in leaves]}; {_configuration()}"
