@@ -72,6 +72,27 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+JIT_HOMES = {"deeplinear._matmul", "deeplinear.cache"}  # the modules that may call jax.jit themselves
+
+
+def test_every_program_is_compiled_at_full_matmul_precision():
+    """Programs are built by ``full_precision_jit`` or ``ReusedTraceJit`` (which trace under full
+    matrix-product precision, so that float32 products on a GPU are not TF32's ~3 digits); a plain
+    ``jax.jit`` elsewhere in the package would escape that."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            direct = (isinstance(node, ast.Attribute) and node.attr == "jit"
+                      and isinstance(node.value, ast.Name) and node.value.id == "jax")
+            imported = (isinstance(node, ast.ImportFrom) and node.module == "jax"
+                        and any(a.name == "jit" for a in node.names))
+            if (direct or imported) and name not in JIT_HOMES:
+                offenders.append(f"{name}:{node.lineno}")
+    assert not offenders, offenders
+    assert len([p for p in PACKAGE.rglob("*.py") if _module_name(p) in JIT_HOMES]) == len(JIT_HOMES)
+
+
 def test_curated_public_api():
     assert dl.__all__ == sorted(dl.__all__)
     assert len(dl.__all__) <= 25
