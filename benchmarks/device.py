@@ -269,11 +269,15 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU; the tests only collected")
     parser.add_argument("--out", type=Path, help="the results file (default: benchmarks/results/device_<kind>.md)")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists():  # a file the user names is never replaced
+        parser.error(f"--out {args.out} already exists; name a new file")
     size = SIZES["smoke" if args.smoke else "full"]
 
     import importlib.util
 
     import jax
+
+    from deeplinear._files import atomic_write
 
     # benchmarks/_machine.py by its path: putting benchmarks/ on sys.path would shadow packages for this
     # process and every process it spawns (benchmarks/distributed.py is not Dask's `distributed`)
@@ -293,9 +297,8 @@ def main(argv=None) -> int:
         out = (Path(tempfile.mkdtemp(prefix="deeplinear-device-")) if args.smoke else ROOT / "benchmarks" / "results"
                ) / f"device_{kind}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(out)
+    # written atomically; the default results file is this script's own record and a rerun replaces it
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text), overwrite=args.out is None)
     print(f"wrote {out}")
     print(summary(tests, rows, ratios(rows, size), args.smoke))
     return 0 if tests["returncode"] == 0 and not tests["missing"] and rows["large"]["accelerator"]["finite"] else 1

@@ -49,3 +49,13 @@ def test_the_device_script_runs_at_smoke_size_and_reports_every_row(tmp_path, ca
     # benchmarks/ must not join sys.path: its distributed.py would shadow Dask's package in this worker and
     # in every process it spawns (the Dask tests failed after this test in the same worker)
     assert not any(Path(p).resolve() == SCRIPT.parent for p in sys.path if p)
+
+
+def test_the_device_script_never_replaces_a_file_the_user_names(tmp_path, capsys):
+    out = tmp_path / "mine.md"
+    out.write_text("the user's notes")
+    with pytest.raises(SystemExit) as stopped:
+        _load_script().main(["--smoke", "--out", str(out)])
+    assert stopped.value.code == 2  # argparse's usage error, before any test or sampling runs
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_text() == "the user's notes"
