@@ -214,9 +214,14 @@ class VbarPrior(abc.ABC):
         """Draw the latents with an explicit PRNG ``key``; shapes ``sample_shape + event``."""
         key = check_key(key)
         sample_shape = check_sample_shape(sample_shape)
-        dists = self.latent_distributions(check_dtype(dtype))
+        dtype = check_dtype(dtype)
+        dists = self.latent_distributions(dtype)
         keys = jax.random.split(key, max(len(dists), 1))
-        return {name: d.sample(k, sample_shape) for k, (name, d) in zip(keys, dists.items())}
+        return {name: self._draw_latent(k, d, sample_shape, dtype) for k, (name, d) in zip(keys, dists.items())}
+
+    def _draw_latent(self, key, distribution, sample_shape, dtype) -> jax.Array:
+        """One latent's draws for :meth:`sample_latents`: ``distribution.sample(key, sample_shape)``."""
+        return distribution.sample(key, sample_shape)
 
     def sample_vbar(self, key: KeyLike, sample_shape: Shape = (), dtype: DTypeLike | None = None) -> jax.Array:
         r"""Exact draws of :math:`\bar V`, shape ``sample_shape + (D, D)``.
@@ -537,16 +542,10 @@ class ProportionalLimitPrior(VbarPrior):
             out["brownian_offdiag"] = dist.Normal(jnp.zeros((K, D * (D - 1) // 2), dtype), 1.0).to_event(2)
         return out
 
-    def sample_latents(self, key: KeyLike, sample_shape: Shape = (),
-                       dtype: DTypeLike | None = None) -> dict[str, jax.Array]:
-        """As :meth:`VbarPrior.sample_latents` (the same draws: the latents are standard normal), each
-        drawn flat (:func:`deeplinear._random.normal`), which compiles faster."""
-        key = check_key(key)
-        sample_shape = check_sample_shape(sample_shape)
-        dtype = check_dtype(dtype)
-        dists = self.latent_distributions(dtype)
-        keys = jax.random.split(key, len(dists))
-        return {name: normal(k, sample_shape + d.event_shape, dtype) for k, (name, d) in zip(keys, dists.items())}
+    def _draw_latent(self, key, distribution, sample_shape, dtype) -> jax.Array:
+        """The latents are standard normal: the same draws as ``distribution.sample``, drawn flat
+        (:func:`deeplinear._random.normal`), which compiles faster."""
+        return normal(key, sample_shape + distribution.event_shape, dtype)
 
     def vbar_from_latents(self, latents: dict[str, jax.Array]) -> jax.Array:
         xi = latents["brownian_diag"]

@@ -352,6 +352,17 @@ def test_flat_draws_are_the_shaped_draws(shape, dtype):
                           jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys))
 
 
+def test_limit_latents_drawn_flat_are_its_distributions_draws(dtype):
+    """``sample_latents`` of the limit prior draws flat; the numbers are those of sampling its
+    ``latent_distributions`` with the same split keys (what the base class does)."""
+    prior = ProportionalLimitPrior(ratio=0.5, num_outputs=3, num_steps=8)
+    drawn = prior.sample_latents(jax.random.key(5), (4, 2), dtype)
+    dists = prior.latent_distributions(dtype)
+    for k, (name, d) in zip(jax.random.split(jax.random.key(5), len(dists)), dists.items()):
+        assert drawn[name].dtype == dtype
+        assert np.array_equal(drawn[name], d.sample(k, (4, 2)))
+
+
 def test_fast_gamma_blocks_are_one_program_and_the_same_inside_jit(dtype):
     """The Gamma variates come in fixed blocks: the same draws eagerly and in a trace for one key,
     and one compiled block program for every finite prior's widths and depth."""
