@@ -9,6 +9,15 @@ finite-width prior's Gamma-distributed Bartlett diagonals -- fails with
 ``AttributeError: module 'numpyro.distributions' has no attribute 'distribution'``.
 :func:`repair_lazy_numpyro` finishes the lazy import and restores the
 ``parent.child`` attributes that Python's import system normally guarantees.
+
+(Python executes ``numpyro.distributions`` twice there: importing a submodule reads the lazy parent's
+``__path__``, which loads the parent, which imports the submodule; the import then loads it again, and
+the second module object gets no attribute for its already-loaded submodules.) This package's own
+modules never start it: the first NumPyro submodule each imports comes through ``from numpyro import``,
+which loads a lazy proxy whole first (``tests/test_layout.py`` checks the import statements, and a
+spawned process whose first import is ``deeplinear.crossvalidation`` -- a refit worker, which imports
+``arviz_stats`` before NumPyro). The repair is for a user's own ``import numpyro.distributions`` made
+after ``import arviz`` and before this package's first use.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def warn_if_spec_imprecise(spec, data, q_varies: bool, stacklevel: int = 4) -> N
     :func:`warn_if_correlation_ill_conditioned` for a fixed noise correlation. The one place that
     :func:`deeplinear.fit` and :func:`deeplinear.evidence.log_evidence` share (``q_varies``: the
     prior's ``Q`` is random, i.e. not the NNGP's)."""
-    import numpyro.distributions as dist
+    from numpyro import distributions as dist
 
     spec.prior.warn_if_underflows(data.dtype, stacklevel=stacklevel)
     smallest_noise = spec.noise_variance

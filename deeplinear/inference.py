@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
+from numpyro import distributions as dist
 
 from deeplinear._arrays import on_device
 from deeplinear._devices import padded_blocks, spread

@@ -24,8 +24,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
 from jax.scipy.linalg import cho_solve, solve_triangular
+from numpyro import distributions as dist
 from numpyro.distributions import constraints
 
 from deeplinear._linalg import (

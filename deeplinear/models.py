@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
+from numpyro import distributions as dist
 
 from deeplinear._arrays import on_device
 from deeplinear._matmul import full_precision

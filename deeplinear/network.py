@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
+from numpyro import distributions as dist
 
 from deeplinear._linalg import batched_map
 from deeplinear._matmul import full_precision_jit

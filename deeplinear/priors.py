@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
+from numpyro import distributions as dist
 
 from deeplinear._matmul import full_precision, full_precision_jit
 from deeplinear._pytree import pytree_dataclass, static_field

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
+from numpyro import distributions as dist
 from numpyro.infer import Predictive
 from scipy import stats
 

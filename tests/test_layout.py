@@ -93,6 +93,58 @@ def test_every_program_is_compiled_at_full_matmul_precision():
     assert len([p for p in PACKAGE.rglob("*.py") if _module_name(p) in JIT_HOMES]) == len(JIT_HOMES)
 
 
+def _numpyro_imports_in_source_order(tree):
+    nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    for node in sorted(nodes, key=lambda n: (n.lineno, n.col_offset)):
+        if isinstance(node, ast.Import):
+            yield from ((node, a.name, None) for a in node.names if a.name.split(".")[0] == "numpyro")
+        elif node.module and node.module.split(".")[0] == "numpyro":
+            yield node, node.module, node.names
+
+
+def test_numpyro_is_loaded_whole_before_its_submodules_are_imported_by_name():
+    """arviz_base (imported by arviz 1.x, arviz_stats and this package) puts a lazy proxy of ``numpyro`` in
+    ``sys.modules`` (lazy_loader) when NumPyro is not yet imported. ``import numpyro.distributions`` with
+    that proxy standing executes ``numpyro.distributions`` twice, and the second module object lacks its
+    submodules' attributes: ``numpyro.factor`` then fails (``module 'numpyro.distributions' has no
+    attribute 'distribution'``; it did in a spawned refit worker, whose first import is
+    ``deeplinear.crossvalidation``, which imports arviz_stats). ``from numpyro import distributions``
+    loads the proxy whole first. So in each module the first import of a NumPyro submodule is of that
+    form; ``import numpyro.<submodule>`` is never written."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        loaded = False
+        for node, module, names in _numpyro_imports_in_source_order(ast.parse(path.read_text())):
+            where = f"{_module_name(path)}:{node.lineno}"
+            if names is None and module != "numpyro":
+                offenders.append(f"{where} import {module}")
+            elif names is not None and module == "numpyro":
+                loaded = True
+            elif names is not None and not loaded:
+                offenders.append(f"{where} from {module} import ... before any 'from numpyro import'")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("first", ["import deeplinear.crossvalidation",  # a spawned refit worker
+                                   "import arviz_base; import deeplinear.inference"])
+def test_numpyro_stays_whole_whatever_is_imported_first(first):
+    """In a fresh process (the import order is what is tested): every loaded ``numpyro.<a>.<b>`` is the
+    attribute ``b`` of ``numpyro.<a>``, as Python's import system guarantees without lazy proxies."""
+    import subprocess
+    import sys
+
+    code = (f"{first}\n"
+            "import sys\n"
+            "print([n for n, m in list(sys.modules.items()) if n.startswith('numpyro.') and m is not None"
+            " and getattr(sys.modules.get(n.rpartition('.')[0]), n.rpartition('.')[2], None) is not m])\n"
+            "print(len([n for n in sys.modules if n.startswith('numpyro.distributions.')]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    broken, loaded = out.stdout.split("\n")[:2]
+    assert broken == "[]"
+    assert int(loaded) > 5  # NumPyro's distributions were really loaded
+
+
 def test_curated_public_api():
     assert dl.__all__ == sorted(dl.__all__)
     assert len(dl.__all__) <= 25

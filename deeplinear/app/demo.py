@@ -35,7 +35,7 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-import numpyro.distributions as dist
+from numpyro import distributions as dist
 
 from deeplinear._validation import check_choice
 from deeplinear.app.tables import Standardizer
