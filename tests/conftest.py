@@ -70,6 +70,25 @@ def _share_compiled_programs(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+# Tests that fit the same Linnerud models (limit with full and scalar noise, NNGP, Wishart; the sampler sees
+# only rank-sized summaries, so 15 or 20 men share its programs). Run first, one after another, they
+# land in one xdist worker (worksteal hands out the collection in contiguous chunks and steals from the
+# end), and each loads from the run's shared cache what the one before compiled, where two workers
+# would compile the same programs side by side. Measured one after another in one process (idle
+# 2-core EPYC): 112 s, 63 s and 25 s against 109 s, 101 s and 70 s each on its own.
+SHARED_PROGRAM_CLUSTER = (
+    "tests/test_notebooks.py::test_notebook_executes[04_linnerud]",
+    "tests/test_notebooks.py::test_notebook_executes[05_which_depth]",
+    "tests/test_cli.py::test_default_run_infers_compares_and_simulates",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Move :data:`SHARED_PROGRAM_CLUSTER` to the front, in its order (the same in every worker)."""
+    rank = {nodeid: i for i, nodeid in enumerate(SHARED_PROGRAM_CLUSTER)}
+    items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))  # stable: the rest keep their order
+
+
 def pytest_configure(config):
     config.pluginmanager.register(_CompiledProgramRelease(), "deeplinear-compiled-program-release")
     _share_compiled_programs(config)
