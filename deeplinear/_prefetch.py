@@ -2,7 +2,10 @@
 
 A first :func:`deeplinear.fit` needs ``arviz_base`` (with xarray and pandas) to build its DataTree
 and ``arviz_stats`` (with ``scipy.stats``) for R-hat and ESS: 1.35 s of imports on a 2-core
-machine (issue 27), which ``import deeplinear`` leaves out so that importing stays fast. XLA
+machine (issue 27), which ``import deeplinear`` leaves out so that importing stays fast; where Dask
+is installed, xarray also imports ``dask.array`` when it builds the first DataArray (measured with
+the quick start on a 2-core EPYC, fresh processes: a warm-cache first fit 3.03 and 2.82 s without
+it in the thread, 2.35 and 2.20 s with it; no cache, 9.94 and 8.00 s against 9.45 and 7.51 s). XLA
 compiles and runs with Python's GIL released, so importing them on a second thread while the
 chains run hides that time. :func:`deeplinear.fit` starts the thread once the sampler's programs
 are compiled (started before, it slowed XLA's compilation on two cores by about a third), and the
@@ -21,7 +24,10 @@ import threading
 
 __all__ = ["prefetch"]
 
-RESULT_MODULES = ("arviz_base", "arviz_stats")  # the DataTree; R-hat and ESS (with scipy.stats)
+# the DataTree; R-hat and ESS (with scipy.stats); and dask.array, which xarray imports (when Dask is
+# installed) on the first DataArray it builds, to check whether the data are a Dask array: 2.5 s of a
+# warm-cache first fit on a 2-core EPYC. Last: a module that is not installed ends the thread's imports.
+RESULT_MODULES = ("arviz_base", "arviz_stats", "dask.array")
 
 
 BACKGROUND_NICENESS = 19  # the importing thread's nice value (Linux): it runs on cores XLA leaves idle

@@ -534,6 +534,26 @@ def test_prefetch_imports_in_the_background_and_leaves_errors_to_the_caller():
     assert "deeplinear_no_such_module" not in sys.modules
 
 
+def test_the_prefetched_modules_are_those_a_fit_builds_its_result_with():
+    """In a fresh process, the modules the thread imports are the ones building a fit's result imports:
+    arviz_base and arviz_stats, and dask.array, which xarray imports (Dask is installed with the test
+    extra) for the first DataArray it makes. If xarray stopped doing so, the prefetch would import a
+    module nobody needs: this says so."""
+    import subprocess
+    import sys
+
+    from deeplinear._prefetch import RESULT_MODULES
+
+    code = ("import sys, numpy as np, xarray\n"
+            "before = set(sys.modules)\n"
+            "xarray.DataArray(np.zeros(2))\n"
+            "import arviz_base, arviz_stats\n"
+            f"print(sorted(m for m in {RESULT_MODULES!r} if m in sys.modules and m not in before))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == repr(sorted(RESULT_MODULES))
+
+
 def test_damaged_cache_entries_are_replaced(tmp_path):
     """Issue 28: JAX never replaces an entry that exists, so a damaged one (a write cut short) made
     every later run warn and compile again. enable_compilation_cache removes it, with one
