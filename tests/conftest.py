@@ -83,6 +83,49 @@ SHARED_PROGRAM_CLUSTER = (
 )
 
 
+class _CompileReport:
+    """``--compile-report PATH``: every XLA compilation of the run's pytest processes (not of the
+    subprocesses tests start), with the test that caused it, written to ``PATH`` as JSON rows
+    ``[test, event, program, seconds]`` (``event``: ``jaxpr_trace_duration``,
+    ``jaxpr_to_mlir_module_duration`` or ``backend_compile_duration``; a persistent-cache hit is a short
+    ``backend_compile_duration``). xdist workers hand their rows to the controller, which writes the
+    file. ``benchmarks/suite_profile.py`` runs the suite with it and writes the table."""
+
+    EVENT_PREFIX = "/jax/core/compile/"
+
+    def __init__(self, config, path):
+        self.config, self.path, self.rows, self.test = config, path, [], "<collection>"
+        self.is_worker = hasattr(config, "workerinput")
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, event, seconds, **kwargs):
+        if event.startswith(self.EVENT_PREFIX):
+            self.rows.append([self.test, event[len(self.EVENT_PREFIX):], kwargs.get("fun_name", "?"), seconds])
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.test = nodeid
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):  # controller: a worker's rows
+        self.rows.extend(node.workeroutput.get("deeplinear_compile_rows", []))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session):
+        if self.is_worker:
+            self.config.workeroutput["deeplinear_compile_rows"] = self.rows
+            return
+        import json
+
+        from deeplinear._files import atomic_write
+
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(json.dumps(self.rows)))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--compile-report", metavar="PATH", default=None,
+                     help="write every XLA compilation of the run (test, event, program, seconds) to PATH as JSON")
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Move :data:`SHARED_PROGRAM_CLUSTER` to the front, in its order (the same in every worker)."""
     rank = {nodeid: i for i, nodeid in enumerate(SHARED_PROGRAM_CLUSTER)}
@@ -91,6 +134,11 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_configure(config):
     config.pluginmanager.register(_CompiledProgramRelease(), "deeplinear-compiled-program-release")
+    report = config.getoption("compile_report")
+    if report is not None:
+        if not hasattr(config, "workerinput") and Path(report).exists():
+            raise pytest.UsageError(f"--compile-report: {report} already exists; name a new file")
+        config.pluginmanager.register(_CompileReport(config, report), "deeplinear-compile-report")
     _share_compiled_programs(config)
 
 
