@@ -39,7 +39,7 @@ WORKERS = 2  # the README's command: pytest's addopts run two xdist workers
 TOP = 15  # rows per table
 BACKEND = "backend_compile_duration"
 DURATION = re.compile(r"^([0-9.]+)s (call|setup|teardown)\s+(\S+)", re.M)
-SUMMARY = re.compile(r"^=+ (.*\bpassed\b.*) in ([0-9.]+)s", re.M)
+SUMMARY = re.compile(r"^(?:=+ )?(\d+ (?:passed|failed)\b.*?) in ([0-9.]+)s", re.M)  # with -q or without
 
 
 def _run_suite(report: Path) -> dict:
