@@ -73,7 +73,7 @@ def _tables(run: dict, rows: list) -> str:
             programs[program] += secs
             program_count[program] += 1
     compiled = {t: backend[t] + other[t] for t in seconds}
-    unseen = [t for t in seconds if compiled[t] == 0 and seconds[t] >= 1.0]  # compiles in subprocesses
+    unseen = [t for t in seconds if compiled[t] == 0 and seconds[t] >= 1.0]  # mostly: compiles in subprocesses
     total, total_compiled = sum(seconds.values()), sum(compiled.values())
     unseen_s = sum(seconds[t] for t in unseen)
     floor = (total - total_compiled) / WORKERS
@@ -90,7 +90,8 @@ def _tables(run: dict, rows: list) -> str:
         f"- compiling in the pytest processes: **{total_compiled:.0f} s** ({total_compiled / total:.0%}): "
         + ", ".join(f"{e} {s:.0f} s" for e, s in events.most_common()),
         f"- {len(rows)} compile events; {sum(program_count.values())} backend compilations (or cache loads)",
-        f"- tests of 1 s or more that compile only in subprocesses (notebooks, command line, fresh processes): "
+        "- tests of 1 s or more that compile nothing in the pytest processes (most start subprocesses that do: "
+        "notebooks, command line, fresh multi-device processes; the documentation build is one of them): "
         f"{len(unseen)}, **{unseen_s:.0f} s** ({unseen_s / total:.0%}); their compiling is not in the events",
         f"- **floor** with no in-process compiling, the workers evenly loaded: {floor / 60:.1f} min "
         f"(the subprocess tests whole in it)", "",
